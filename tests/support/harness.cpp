@@ -1,0 +1,75 @@
+// Harness implementation.
+#include "support/harness.hpp"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+
+namespace pgferry::testing {
+
+std::unique_ptr<LocalCluster> ClusterPairTest::source_;
+std::unique_ptr<LocalCluster> ClusterPairTest::target_;
+
+std::unique_ptr<LocalCluster> start_cluster(tools::ClusterOptions options) {
+  return std::make_unique<LocalCluster>(std::move(options));
+}
+
+void ClusterPairTest::SetUpTestSuite() {
+  source_ = start_cluster();
+  target_ = start_cluster();
+}
+
+void ClusterPairTest::TearDownTestSuite() {
+  source_.reset();
+  target_.reset();
+}
+
+replication::Connection connect(const LocalCluster& cluster, std::string_view dbname,
+                                replication::Side side) {
+  return replication::Connection::open(cluster.conninfo(dbname), side);
+}
+
+std::string query_value(const replication::Connection& conn, std::string_view sql) {
+  return conn.exec(sql).scalar();
+}
+
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    if (condition()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+CommandResult run_pgferry(const std::vector<std::string>& args) {
+  char path[] = "/tmp/pgferry-cmd-XXXXXX";
+  int fd = ::mkstemp(path);
+  ::close(fd);
+  std::vector<std::string> argv = {PGFERRY_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  CommandResult result;
+  result.exit_code = tools::run_process(argv, path);
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  result.output = text.str();
+  ::unlink(path);
+  return result;
+}
+
+std::string table_fingerprint(const replication::Connection& conn, std::string_view table,
+                              std::string_view order_by) {
+  return conn
+      .exec(fmt::format("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY "
+                        "{})), '') FROM {} t",
+                        order_by, table))
+      .scalar();
+}
+
+}  // namespace pgferry::testing

@@ -1,0 +1,57 @@
+// Integration-test harness: real PostgreSQL clusters (LocalCluster) and small helpers to
+// run SQL, wait for a condition and run the pgferry binary.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pgferry/replication/pg.hpp"
+#include "pgferry/tools/local_cluster.hpp"
+
+namespace pgferry::testing {
+
+using tools::LocalCluster;
+
+// Starts a cluster for a test (temp dir pgferry-test-*, free port, wal_level=logical).
+std::unique_ptr<LocalCluster> start_cluster(tools::ClusterOptions options = {});
+
+// A fixture with a source and a target cluster, started once per test suite.
+class ClusterPairTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite();
+  static void TearDownTestSuite();
+  static LocalCluster& source() { return *source_; }
+  static LocalCluster& target() { return *target_; }
+
+  static std::unique_ptr<LocalCluster> source_;
+  static std::unique_ptr<LocalCluster> target_;
+};
+
+replication::Connection connect(const LocalCluster& cluster, std::string_view dbname = "postgres",
+                                replication::Side side = replication::Side::none);
+
+// The single value of a query (throws if not exactly one row and column).
+std::string query_value(const replication::Connection& conn, std::string_view sql);
+
+// Polls `condition` every 20 ms until it holds; returns false after `timeout`.
+bool wait_until(const std::function<bool()>& condition,
+                std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+// Runs the pgferry binary built with the tests, with `args`, and waits for it.
+CommandResult run_pgferry(const std::vector<std::string>& args);
+
+// A text fingerprint of a table's rows (ordered by `order_by`), to compare source and target.
+std::string table_fingerprint(const replication::Connection& conn, std::string_view table,
+                              std::string_view order_by);
+
+}  // namespace pgferry::testing

@@ -1,0 +1,53 @@
+// The pgferry CLI: the options every subcommand shares and the registration hook each
+// subcommand file implements. The subcommands are declared as a table in main.cpp; each
+// lives in its own cmd_<name>.cpp and only parses options and calls into the libraries.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include <CLI/CLI.hpp>
+
+namespace pgferry::tools {
+
+struct CommonOptions {
+  std::string source;
+  std::string target;
+  std::string name = "pgferry";
+  std::string publication;
+  bool json = false;
+  std::string log_format = "text";
+  std::string log_level = "info";
+
+  // The --source / --target string (or PGFERRY_SOURCE / PGFERRY_TARGET), validated.
+  // Throws ConfigError naming the option when it is missing or malformed.
+  std::string source_conninfo() const;
+  std::string target_conninfo() const;
+  std::string publication_name() const { return publication.empty() ? name : publication; }
+};
+
+// What runs once parsing picked a subcommand; returns the process exit code.
+using CommandAction = std::function<int()>;
+
+// One entry of the subcommand table.
+struct CommandSpec {
+  const char* name;
+  void (*add)(CLI::App& app, CommonOptions& common, CommandAction& action);
+};
+
+// Prints that `command` is not built yet and returns 1: a subcommand must not pretend.
+int not_built_yet(std::string_view command);
+
+void add_check_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_init_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_run_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_lag_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_sequences_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_cutover_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_rollback_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_cleanup_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_demo_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_decode_command(CLI::App&, CommonOptions&, CommandAction&);
+
+}  // namespace pgferry::tools

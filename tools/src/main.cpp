@@ -1,0 +1,96 @@
+// pgferry: the command-line entry point. Parses the common options, dispatches to the
+// subcommand picked, and turns the exception that ended it into the contract's exit code:
+// 0 ok · 1 error · 2 usage · 3 check failed · 4 source unreachable · 5 target unreachable ·
+// 6 timed out · 7 aborted and rolled back.
+#include <cstdlib>
+#include <iostream>
+
+#include <spdlog/spdlog.h>
+
+#include "cli.hpp"
+#include "pgferry/replication/conninfo.hpp"
+#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/log.hpp"
+
+namespace pgferry::tools {
+
+namespace {
+
+namespace repl = pgferry::replication;
+
+constexpr CommandSpec kCommands[] = {
+    {"check", add_check_command},         {"init", add_init_command},
+    {"run", add_run_command},             {"lag", add_lag_command},
+    {"sequences", add_sequences_command}, {"cutover", add_cutover_command},
+    {"rollback", add_rollback_command},   {"cleanup", add_cleanup_command},
+    {"demo", add_demo_command},           {"decode", add_decode_command},
+};
+
+std::string required_conninfo(const std::string& value, const char* option, const char* env) {
+  if (value.empty()) {
+    throw repl::ConfigError(fmt::format("{} is required (or set {})", option, env));
+  }
+  repl::validate_conninfo(value, option);
+  return value;
+}
+
+}  // namespace
+
+std::string CommonOptions::source_conninfo() const {
+  return required_conninfo(source, "--source", "PGFERRY_SOURCE");
+}
+
+std::string CommonOptions::target_conninfo() const {
+  return required_conninfo(target, "--target", "PGFERRY_TARGET");
+}
+
+int not_built_yet(std::string_view command) {
+  std::cerr << "pgferry " << command << ": not built yet in this version\n";
+  return static_cast<int>(repl::ExitCode::error);
+}
+
+int main(int argc, char** argv) {
+  CLI::App app{"pgferry: move a live PostgreSQL database to another server with logical "
+               "replication, and switch traffic over in a fraction of a second.",
+               "pgferry"};
+  app.set_version_flag("--version", std::string("pgferry ") + PGFERRY_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough();
+
+  CommonOptions common;
+  app.add_option("--source", common.source, "source server: libpq conninfo or URI")
+      ->envname("PGFERRY_SOURCE");
+  app.add_option("--target", common.target, "target server: libpq conninfo or URI")
+      ->envname("PGFERRY_TARGET");
+  app.add_option("--name", common.name,
+                 "names the replication slot and the progress record (default pgferry)");
+  app.add_option("--publication", common.publication, "publication name (default: --name)");
+  app.add_flag("--json", common.json, "print a JSON document instead of text");
+  app.add_option("--log-format", common.log_format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  app.add_option("--log-level", common.log_level, "trace, debug, info, warn, error or off");
+
+  CommandAction action;
+  for (const auto& command : kCommands) command.add(app, common, action);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : static_cast<int>(repl::ExitCode::usage);
+  }
+
+  try {
+    repl::setup_logging(
+        common.log_format == "json" ? repl::LogFormat::json : repl::LogFormat::text,
+        common.log_level);
+    return action ? action() : static_cast<int>(repl::ExitCode::usage);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return static_cast<int>(repl::exit_code_for(e));
+  }
+}
+
+}  // namespace pgferry::tools
+
+int main(int argc, char** argv) { return pgferry::tools::main(argc, argv); }
