@@ -1,11 +1,89 @@
-// `pgferry lag`: show how far the target is behind the source, in bytes
+// `pgferry lag`: how far the target is behind the source, in bytes — once, or --watch.
+#include <unistd.h>
+
+#include <csignal>
+#include <iostream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
 #include "cli.hpp"
+#include "pgferry/lagmon/render.hpp"
+#include "pgferry/lagmon/sample.hpp"
 
 namespace pgferry::tools {
 
-void add_lag_command(CLI::App& app, CommonOptions& /*common*/, CommandAction& action) {
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void on_stop_signal(int) { g_stop = 1; }
+
+struct LagOptions {
+  double watch_seconds = 0;  // 0: one sample
+  long count = 0;            // with --watch: stop after this many samples (0: until SIGINT)
+};
+
+int lag_command(const CommonOptions& common, const LagOptions& options) {
+  lagmon::LagSampler sampler(common.source_conninfo(), common.target_conninfo(), common.name);
+  if (options.watch_seconds <= 0) {
+    auto sample = sampler.sample();
+    if (common.json) {
+      std::cout << lagmon::render_json(sample, std::nullopt).dump() << std::endl;
+    } else {
+      std::cout << lagmon::render_text(sample, std::nullopt);
+    }
+    return 0;
+  }
+
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+  bool terminal = ::isatty(STDOUT_FILENO) && !common.json;
+  std::optional<lagmon::LagSample> previous;
+  auto interval = std::chrono::duration<double>(options.watch_seconds);
+  for (long n = 0; !g_stop && (options.count == 0 || n < options.count); ++n) {
+    auto started = std::chrono::steady_clock::now();
+    try {
+      auto sample = sampler.sample();
+      std::optional<lagmon::LagTrend> trend;
+      if (previous) trend = lagmon::trend(*previous, sample);
+      if (common.json) {
+        std::cout << lagmon::render_json(sample, trend).dump() << std::endl;
+      } else if (terminal) {
+        // Redraw in place: home the cursor and clear the screen.
+        std::cout << "\x1b[H\x1b[2J" << "pgferry lag — " << common.name << " (every "
+                  << options.watch_seconds << "s, Ctrl-C to stop)\n\n"
+                  << lagmon::render_text(sample, trend) << std::flush;
+      } else {
+        std::cout << lagmon::render_line(sample, trend) << std::endl;
+      }
+      previous = sample;
+    } catch (const replication::ConnectionError& e) {
+      // Keep watching through a restart of either server; say what is wrong.
+      spdlog::warn("{}", e.what());
+      previous.reset();
+    }
+    auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(interval);
+    while (!g_stop && std::chrono::steady_clock::now() < next) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_lag_command(CLI::App& app, CommonOptions& common, CommandAction& action) {
+  auto options = std::make_shared<LagOptions>();
   auto* cmd = app.add_subcommand("lag", "show how far the target is behind the source, in bytes");
-  cmd->callback([&action] { action = [] { return not_built_yet("lag"); }; });
+  cmd->add_option("--watch", options->watch_seconds,
+                  "sample every SECS seconds (default 2) until interrupted")
+      ->expected(0, 1)
+      ->default_str("2");
+  cmd->add_option("--count", options->count, "with --watch: stop after N samples");
+  cmd->callback([&common, &action, options] {
+    action = [&common, options] { return lag_command(common, *options); };
+  });
 }
 
 }  // namespace pgferry::tools
