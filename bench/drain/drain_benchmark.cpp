@@ -1,0 +1,323 @@
+// End-to-end drain benchmark: in one run, on one pair of local clusters, write a backlog
+// while nothing consumes it, then time draining that same backlog with
+//   floor   pg_recvlogical of pgoutput to /dev/null (what the walsender alone costs),
+//   native  CREATE SUBSCRIPTION (PostgreSQL's own apply worker),
+//   pgferry pgferry run --until <end of backlog>,
+// each from its own slot created before the backlog was written. The target is checked
+// equal to the source after native and after pgferry. Prints seconds, ratios against
+// native, and pgferry's peak RSS; medians over --runs.
+//
+// Usage: pgferry_drain_bench [--workload bulk|oltp|bigtxn|all] [--runs N] [--rows N]
+//                            [--methods floor,native,pgferry] [--streaming on|off]
+// Connections use the Unix socket for all three methods.
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <functional>
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <unistd.h>
+
+#include "pgferry/replication/pg.hpp"
+#include "pgferry/tools/local_cluster.hpp"
+
+extern char** environ;
+
+namespace repl = pgferry::replication;
+using pgferry::tools::LocalCluster;
+
+namespace {
+
+struct Options {
+  std::string workload = "all";
+  int runs = 3;
+  long rows = 0;  // 0: the workload's default size
+  std::vector<std::string> methods = {"floor", "native", "pgferry"};
+  bool streaming = false;
+};
+
+struct Workload {
+  std::string name;
+  std::string schema_sql;                         // run on both sides
+  std::vector<std::string> tables;                // to compare and truncate
+  std::function<void(LocalCluster&)> write;       // the backlog
+};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::string fingerprint(const repl::Connection& conn, const std::string& table) {
+  return conn
+      .exec(fmt::format("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY "
+                        "t::text)), '') FROM {} t",
+                        table))
+      .scalar();
+}
+
+void psql(const LocalCluster& cluster, const std::string& sql) {
+  repl::Connection::open(cluster.conninfo(), repl::Side::none).exec(sql);
+}
+
+Workload make_workload(const std::string& name, long rows) {
+  if (name == "bulk" || name == "bigtxn") {
+    long n = rows > 0 ? rows : (name == "bulk" ? 1'000'000 : 2'000'000);
+    long per_txn = name == "bulk" ? 1'000 : n;
+    return {name,
+            "CREATE TABLE t(id bigint PRIMARY KEY, a int, b text, c timestamptz)",
+            {"t"},
+            [n, per_txn](LocalCluster& source) {
+              auto conn = repl::Connection::open(source.conninfo(), repl::Side::source);
+              for (long first = 1; first <= n; first += per_txn) {
+                long last = std::min(n, first + per_txn - 1);
+                conn.exec(fmt::format(
+                    "INSERT INTO t SELECT g, g % 1000, md5(g::text) || md5((g+1)::text), "
+                    "'2026-01-01'::timestamptz + g * interval '1 second' "
+                    "FROM generate_series({}, {}) g",
+                    first, last));
+              }
+            }};
+  }
+  if (name == "oltp") {
+    long transactions = rows > 0 ? rows : 10'000;
+    return {name,
+            "",  // pgbench -i creates it; the target gets the same schema below
+            {"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"},
+            [transactions](LocalCluster& source) {
+              int status = source.run_tool({"pgbench", "-n", "-h", source.socket_dir().string(),
+                                            "-p", std::to_string(source.port()), "-U", "postgres",
+                                            "-c", "4", "-j", "2", "-t",
+                                            std::to_string(transactions), "postgres"},
+                                           source.dir() / "pgbench-run.log");
+              if (status != 0) throw std::runtime_error("pgbench run failed");
+            }};
+  }
+  throw std::runtime_error("unknown workload " + name);
+}
+
+// Creates the workload's schema (and, for oltp, pgbench's deterministic initial data) in
+// `dbname` of `cluster`, plus the marker table whose row says "the backlog is through".
+void prepare_database(const Workload& workload, LocalCluster& cluster, const std::string& dbname) {
+  if (dbname != "postgres") psql(cluster, fmt::format("CREATE DATABASE {}", dbname));
+  auto conn = repl::Connection::open(cluster.conninfo(dbname), repl::Side::none);
+  if (workload.name == "oltp") {
+    int status = cluster.run_tool({"pgbench", "-i", "-s", "10", "-q", "-h",
+                                   cluster.socket_dir().string(), "-p",
+                                   std::to_string(cluster.port()), "-U", "postgres", dbname},
+                                  cluster.dir() / "pgbench-init.log");
+    if (status != 0) throw std::runtime_error("pgbench -i failed");
+    conn.exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY");
+  } else {
+    conn.exec(workload.schema_sql);
+  }
+  conn.exec("CREATE TABLE bench_marker(id int PRIMARY KEY)");
+}
+
+struct Spawned {
+  int exit_code = -1;
+  long max_rss_kib = 0;
+};
+
+// Runs argv and waits, returning its exit code and peak RSS (wait4's rusage).
+Spawned spawn_and_wait(const std::vector<std::string>& argv, const std::string& log) {
+  std::vector<char*> args;
+  std::vector<std::string> copy = argv;
+  for (auto& arg : copy) args.push_back(arg.data());
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid = 0;
+  if (posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
+    throw std::runtime_error("cannot run " + argv[0]);
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  int status = 0;
+  rusage usage{};
+  ::wait4(pid, &status, 0, &usage);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), usage.ru_maxrss};
+}
+
+struct RunResult {
+  std::map<std::string, double> seconds;
+  long pgferry_rss_kib = 0;
+};
+
+RunResult run_once(const Options& options, const Workload& workload, int run_index) {
+  pgferry::tools::ClusterOptions cluster_options;
+  cluster_options.prefix = "pgferry-bench-";
+  LocalCluster source(cluster_options);
+  LocalCluster target(cluster_options);
+  prepare_database(workload, source, "postgres");
+  prepare_database(workload, target, "t_native");
+  prepare_database(workload, target, "t_pgferry");
+
+  auto src = repl::Connection::open(source.conninfo(), repl::Side::source);
+  src.exec("CREATE PUBLICATION bench FOR ALL TABLES");
+  src.exec("SELECT pg_create_logical_replication_slot('bench_floor', 'pgoutput')");
+  src.exec("SELECT pg_create_logical_replication_slot('bench_native', 'pgoutput')");
+  std::string log = (source.dir() / "bench.log").string();
+  auto init = spawn_and_wait({PGFERRY_BINARY, "init", "--no-data", "--source", source.conninfo(),
+                              "--target", target.conninfo("t_pgferry"), "--name", "bench_pgferry",
+                              "--publication", "bench"},
+                             log);
+  bool with_pgferry = std::find(options.methods.begin(), options.methods.end(), "pgferry") !=
+                      options.methods.end();
+  if (with_pgferry && init.exit_code != 0) {
+    throw std::runtime_error(fmt::format("pgferry init failed ({}), see {}", init.exit_code, log));
+  }
+
+  auto write_start = std::chrono::steady_clock::now();
+  workload.write(source);
+  src.exec("INSERT INTO bench_marker VALUES (1)");
+  std::string end_lsn = src.exec("SELECT pg_current_wal_lsn()").scalar();
+  std::cerr << fmt::format("  run {}: backlog written in {:.1f}s, {} of WAL to drain\n",
+                           run_index + 1, seconds_since(write_start),
+                           src.exec("SELECT pg_size_pretty(pg_current_wal_lsn() - "
+                                    "confirmed_flush_lsn) FROM pg_replication_slots WHERE "
+                                    "slot_name = 'bench_floor'")
+                               .scalar());
+
+  RunResult result;
+  // Rotate the order between runs so that no method always goes first.
+  std::vector<std::string> order = options.methods;
+  std::rotate(order.begin(), order.begin() + (run_index % static_cast<int>(order.size())),
+              order.end());
+  for (const auto& method : order) {
+    auto start = std::chrono::steady_clock::now();
+    if (method == "floor") {
+      int status = source.run_tool(
+          {"pg_recvlogical", "-h", source.socket_dir().string(), "-p",
+           std::to_string(source.port()), "-U", "postgres", "-d", "postgres", "--slot",
+           "bench_floor", "--start", "--no-loop", "-E", end_lsn, "-o", "proto_version=1", "-o",
+           "publication_names=bench", "-f", "/dev/null"},
+          source.dir() / "recvlogical.log");
+      if (status != 0) throw std::runtime_error("pg_recvlogical failed");
+    } else if (method == "native") {
+      auto tgt = repl::Connection::open(target.conninfo("t_native"), repl::Side::target);
+      tgt.exec(fmt::format(
+          "CREATE SUBSCRIPTION bench_sub CONNECTION '{}' PUBLICATION bench WITH (create_slot = "
+          "false, slot_name = 'bench_native', copy_data = false, streaming = {})",
+          source.conninfo(), options.streaming ? "on" : "off"));
+      while (tgt.exec("SELECT count(*) FROM bench_marker").scalar() == "0") {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    } else if (method == "pgferry") {
+      auto run = spawn_and_wait({PGFERRY_BINARY, "run", "--source", source.conninfo(), "--target",
+                                 target.conninfo("t_pgferry"), "--name", "bench_pgferry",
+                                 "--publication", "bench", "--until", end_lsn},
+                                log);
+      if (run.exit_code != 0) {
+        throw std::runtime_error(fmt::format("pgferry run failed ({}), see {}", run.exit_code, log));
+      }
+      result.pgferry_rss_kib = run.max_rss_kib;
+    }
+    result.seconds[method] = seconds_since(start);
+  }
+
+  // The drained targets must equal the source.
+  for (const auto& method : {"native", "pgferry"}) {
+    if (!result.seconds.count(method)) continue;
+    auto tgt = repl::Connection::open(target.conninfo(std::string("t_") + method), repl::Side::target);
+    for (const auto& table : workload.tables) {
+      if (fingerprint(src, table) != fingerprint(tgt, table)) {
+        throw std::runtime_error(fmt::format("{}: table {} differs from the source", method, table));
+      }
+    }
+  }
+  if (result.seconds.count("native")) {
+    repl::Connection::open(target.conninfo("t_native"), repl::Side::target)
+        .exec("DROP SUBSCRIPTION bench_sub");
+  }
+  return result;
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  auto n = values.size();
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    if (comma > start) out.push_back(text.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--workload") options.workload = value();
+    else if (arg == "--runs") options.runs = std::stoi(value());
+    else if (arg == "--rows") options.rows = std::stol(value());
+    else if (arg == "--methods") options.methods = split(value());
+    else if (arg == "--streaming") options.streaming = value() == "on";
+    else {
+      std::cerr << "usage: pgferry_drain_bench [--workload bulk|oltp|bigtxn|all] [--runs N] "
+                   "[--rows N] [--methods floor,native,pgferry] [--streaming on|off]\n";
+      return 2;
+    }
+  }
+  pgferry::tools::stop_all_on_signal();
+  std::vector<std::string> workloads =
+      options.workload == "all" ? std::vector<std::string>{"bulk", "oltp", "bigtxn"}
+                                : split(options.workload);
+  try {
+    fmt::print("{:<8} {:<8} {:>10} {:>12}  {}\n", "workload", "method", "median s", "vs native",
+               "runs (s)");
+    for (const auto& name : workloads) {
+      auto workload = make_workload(name, options.rows);
+      std::map<std::string, std::vector<double>> times;
+      std::vector<long> rss;
+      std::cerr << fmt::format("workload {}:\n", name);
+      for (int run = 0; run < options.runs; ++run) {
+        auto result = run_once(options, workload, run);
+        for (const auto& [method, seconds] : result.seconds) times[method].push_back(seconds);
+        if (result.pgferry_rss_kib) rss.push_back(result.pgferry_rss_kib);
+      }
+      double native = times.count("native") ? median(times["native"]) : 0;
+      for (const auto& method : options.methods) {
+        if (!times.count(method)) continue;
+        double m = median(times[method]);
+        std::string runs;
+        for (double t : times[method]) runs += fmt::format("{:.2f} ", t);
+        fmt::print("{:<8} {:<8} {:>10.2f} {:>12}  {}\n", name, method, m,
+                   native > 0 ? fmt::format("{:.2f}x", m / native) : std::string("-"), runs);
+      }
+      if (!rss.empty()) {
+        fmt::print("{:<8} pgferry peak RSS: {} MiB (max over runs)\n", name,
+                   *std::max_element(rss.begin(), rss.end()) / 1024);
+      }
+      std::fflush(stdout);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "drain benchmark failed: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
