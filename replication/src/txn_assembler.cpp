@@ -1,0 +1,229 @@
+// Transaction assembler: pass-through for plain transactions, spool-and-replay for
+// streamed ones.
+#include "pgferry/replication/txn_assembler.hpp"
+
+#include <fmt/format.h>
+
+namespace pgferry::replication {
+
+namespace pg = pgoutput;
+
+namespace {
+
+template <typename... Fs>
+struct Overloaded : Fs... {
+  using Fs::operator()...;
+};
+template <typename... Fs>
+Overloaded(Fs...) -> Overloaded<Fs...>;
+
+[[noreturn]] void protocol_error(char type, const std::string& what) {
+  throw ProtocolError(fmt::format("pgoutput {} message: {}", pgoutput_message_name(type), what), 0,
+                      type);
+}
+
+std::optional<Xid> change_xid(const pg::Message& message) {
+  return std::visit(Overloaded{
+                        [](const pg::RelationMessage& m) { return m.xid; },
+                        [](const pg::TypeMessage& m) { return m.xid; },
+                        [](const pg::Insert& m) { return m.xid; },
+                        [](const pg::Update& m) { return m.xid; },
+                        [](const pg::Delete& m) { return m.xid; },
+                        [](const pg::Truncate& m) { return m.xid; },
+                        [](const pg::LogicalMessage& m) { return m.xid; },
+                        [](const auto&) { return std::optional<Xid>{}; },
+                    },
+                    message);
+}
+
+}  // namespace
+
+TransactionAssembler::TransactionAssembler(ChangeSink& sink, std::filesystem::path spool_dir,
+                                           int protocol_version, DecoderOptions decoder_options)
+    : sink_(sink),
+      decoder_(protocol_version, decoder_options),
+      replay_decoder_(protocol_version, decoder_options),
+      spool_(std::move(spool_dir)) {}
+
+void TransactionAssembler::reset() {
+  decoder_.reset();
+  spool_.clear();
+  open_.reset();
+}
+
+void TransactionAssembler::on_keepalive(Lsn wal_end) {
+  if (!open_) sink_.idle(wal_end);
+}
+
+const Relation& TransactionAssembler::resolve(RelationId id, char type) const {
+  const Relation* relation = relations_.find(id);
+  if (relation == nullptr) {
+    protocol_error(type,
+                   fmt::format("unknown relation id {} (no Relation message before it)", id.value));
+  }
+  return *relation;
+}
+
+void TransactionAssembler::check_tuple(const Relation& relation, pg::TupleView tuple,
+                                       char type) const {
+  if (tuple.size() != relation.columns.size()) {
+    protocol_error(type, fmt::format("tuple of {} columns for {} which has {}", tuple.size(),
+                                     relation.qualified_name(), relation.columns.size()));
+  }
+}
+
+void TransactionAssembler::on_message(std::span<const std::byte> bytes) {
+  pg::Message message = decoder_.decode(bytes);
+  char type = static_cast<char>(bytes[0]);
+
+  // Inside a stream block every change goes to the spool of the block's transaction.
+  if (auto stream_xid = decoder_.stream_xid();
+      stream_xid && !std::holds_alternative<pg::StreamStart>(message)) {
+    if (std::holds_alternative<pg::Origin>(message)) return;
+    auto subxid = change_xid(message);
+    if (!subxid) protocol_error(type, "unexpected inside a stream block");
+    TransactionSpool* spool = spool_.find(*stream_xid);
+    if (spool == nullptr) {
+      protocol_error(type, fmt::format("no open streamed transaction {}", stream_xid->value));
+    }
+    spool->append(*subxid, bytes);
+    return;
+  }
+
+  std::visit(
+      Overloaded{
+          [&](const pg::Begin& begin) {
+            if (open_) {
+              protocol_error(type, fmt::format("Begin of xid {} while xid {} is open",
+                                               begin.xid.value, open_->xid.value));
+            }
+            open_ = OpenTransaction{begin.xid, begin.final_lsn};
+            sink_.begin_transaction({begin.xid, begin.final_lsn, begin.commit_time, false});
+          },
+          [&](const pg::Commit& commit) {
+            if (!open_) protocol_error(type, "Commit without a Begin");
+            // worker.c apply_handle_commit makes the same check.
+            if (commit.commit_lsn != open_->final_lsn) {
+              protocol_error(type, fmt::format("commit LSN {} differs from Begin's final LSN {}",
+                                               commit.commit_lsn, open_->final_lsn));
+            }
+            Xid xid = open_->xid;
+            open_.reset();
+            ++transactions_;
+            sink_.commit_transaction({xid, commit.commit_lsn, commit.end_lsn, commit.commit_time});
+          },
+          [&](const pg::Origin&) {},
+          [&](const pg::TypeMessage&) {},
+          [&](const pg::StreamStart& start) {
+            if (start.first_segment) {
+              spool_.open(start.xid);
+            } else if (spool_.find(start.xid) == nullptr) {
+              protocol_error(type, fmt::format("a later segment of xid {} without its first one",
+                                               start.xid.value));
+            }
+          },
+          [&](const pg::StreamStop&) {},
+          [&](const pg::StreamCommit& commit) {
+            if (open_) protocol_error(type, "inside an open transaction");
+            replay_streamed(commit);
+          },
+          [&](const pg::StreamAbort& abort) {
+            if (abort.subxid == abort.xid) {
+              spool_.remove(abort.xid);
+            } else if (TransactionSpool* spool = spool_.find(abort.xid)) {
+              spool->abort_subtransaction(abort.subxid);
+            }
+          },
+          [&](const pg::BeginPrepare&) {
+            protocol_error(type,
+                           "two-phase transactions are not supported; start the stream "
+                           "without two_phase");
+          },
+          [&](const pg::Prepare&) {
+            protocol_error(type,
+                           "two-phase transactions are not supported; start the stream "
+                           "without two_phase");
+          },
+          [&](const pg::CommitPrepared&) {
+            protocol_error(type,
+                           "two-phase transactions are not supported; start the stream "
+                           "without two_phase");
+          },
+          [&](const pg::RollbackPrepared&) {
+            protocol_error(type,
+                           "two-phase transactions are not supported; start the stream "
+                           "without two_phase");
+          },
+          [&](const pg::LogicalMessage& logical) {
+            if (logical.transactional && !open_) {
+              protocol_error(type, "a transactional message outside a transaction");
+            }
+            sink_.message(logical);
+          },
+          [&](const auto&) {
+            if (!open_) protocol_error(type, "a change outside a transaction");
+            dispatch_change(message, type);
+          },
+      },
+      message);
+}
+
+void TransactionAssembler::dispatch_change(const pg::Message& message, char type) {
+  std::visit(
+      Overloaded{
+          [&](const pg::RelationMessage& relation) { sink_.relation(relations_.update(relation)); },
+          [&](const pg::TypeMessage&) {},
+          [&](const pg::Insert& insert) {
+            const Relation& relation = resolve(insert.relation, type);
+            check_tuple(relation, insert.new_tuple, type);
+            ++changes_;
+            sink_.insert(relation, insert);
+          },
+          [&](const pg::Update& update) {
+            const Relation& relation = resolve(update.relation, type);
+            if (update.old_kind != 0) check_tuple(relation, update.old_tuple, type);
+            check_tuple(relation, update.new_tuple, type);
+            ++changes_;
+            sink_.update(relation, update);
+          },
+          [&](const pg::Delete& del) {
+            const Relation& relation = resolve(del.relation, type);
+            check_tuple(relation, del.old_tuple, type);
+            ++changes_;
+            sink_.delete_rows(relation, del);
+          },
+          [&](const pg::Truncate& truncate) {
+            truncate_relations_.clear();
+            for (RelationId id : truncate.relations) {
+              truncate_relations_.push_back(&resolve(id, type));
+            }
+            ++changes_;
+            sink_.truncate(truncate_relations_, truncate.flags);
+          },
+          [&](const pg::LogicalMessage& logical) { sink_.message(logical); },
+          [&](const auto&) { protocol_error(type, "not a change message"); },
+      },
+      message);
+}
+
+void TransactionAssembler::replay_streamed(const pg::StreamCommit& commit) {
+  TransactionSpool* spool = spool_.find(commit.xid);
+  if (spool == nullptr) {
+    protocol_error(
+        'c', fmt::format("Stream Commit of xid {} which was never streamed", commit.xid.value));
+  }
+  sink_.begin_transaction({commit.xid, commit.commit_lsn, commit.commit_time, true});
+  spool->replay([&](std::span<const std::byte> bytes) {
+    pg::Message change = replay_decoder_.decode_streamed_change(bytes);
+    dispatch_change(change, static_cast<char>(bytes[0]));
+  });
+  ++transactions_;
+  ++streamed_transactions_;
+  // Copy what commit_transaction needs: the views of `commit` stay valid (they point
+  // into the live message), but the spool goes away.
+  TransactionCommit done{commit.xid, commit.commit_lsn, commit.end_lsn, commit.commit_time};
+  spool_.remove(commit.xid);
+  sink_.commit_transaction(done);
+}
+
+}  // namespace pgferry::replication
