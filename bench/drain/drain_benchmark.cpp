@@ -10,23 +10,22 @@
 // Usage: pgferry_drain_bench [--workload bulk|oltp|bigtxn|all] [--runs N] [--rows N]
 //                            [--methods floor,native,pgferry] [--streaming on|off]
 // Connections use the Unix socket for all three methods.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <functional>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <fmt/format.h>
-#include <fcntl.h>
-#include <spawn.h>
-#include <unistd.h>
 
 #include "pgferry/replication/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
@@ -48,9 +47,9 @@ struct Options {
 
 struct Workload {
   std::string name;
-  std::string schema_sql;                         // run on both sides
-  std::vector<std::string> tables;                // to compare and truncate
-  std::function<void(LocalCluster&)> write;       // the backlog
+  std::string schema_sql;                    // run on both sides
+  std::vector<std::string> tables;           // to compare and truncate
+  std::function<void(LocalCluster&)> write;  // the backlog
 };
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -94,11 +93,11 @@ Workload make_workload(const std::string& name, long rows) {
             "",  // pgbench -i creates it; the target gets the same schema below
             {"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"},
             [transactions](LocalCluster& source) {
-              int status = source.run_tool({"pgbench", "-n", "-h", source.socket_dir().string(),
-                                            "-p", std::to_string(source.port()), "-U", "postgres",
-                                            "-c", "4", "-j", "2", "-t",
-                                            std::to_string(transactions), "postgres"},
-                                           source.dir() / "pgbench-run.log");
+              int status =
+                  source.run_tool({"pgbench", "-n", "-h", source.socket_dir().string(), "-p",
+                                   std::to_string(source.port()), "-U", "postgres", "-c", "4", "-j",
+                                   "2", "-t", std::to_string(transactions), "postgres"},
+                                  source.dir() / "pgbench-run.log");
               if (status != 0) throw std::runtime_error("pgbench run failed");
             }};
   }
@@ -111,10 +110,10 @@ void prepare_database(const Workload& workload, LocalCluster& cluster, const std
   if (dbname != "postgres") psql(cluster, fmt::format("CREATE DATABASE {}", dbname));
   auto conn = repl::Connection::open(cluster.conninfo(dbname), repl::Side::none);
   if (workload.name == "oltp") {
-    int status = cluster.run_tool({"pgbench", "-i", "-s", "10", "-q", "-h",
-                                   cluster.socket_dir().string(), "-p",
-                                   std::to_string(cluster.port()), "-U", "postgres", dbname},
-                                  cluster.dir() / "pgbench-init.log");
+    int status =
+        cluster.run_tool({"pgbench", "-i", "-s", "10", "-q", "-h", cluster.socket_dir().string(),
+                          "-p", std::to_string(cluster.port()), "-U", "postgres", dbname},
+                         cluster.dir() / "pgbench-init.log");
     if (status != 0) throw std::runtime_error("pgbench -i failed");
     conn.exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY");
   } else {
@@ -168,12 +167,12 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
   src.exec("SELECT pg_create_logical_replication_slot('bench_floor', 'pgoutput')");
   src.exec("SELECT pg_create_logical_replication_slot('bench_native', 'pgoutput')");
   std::string log = (source.dir() / "bench.log").string();
-  auto init = spawn_and_wait({PGFERRY_BINARY, "init", "--no-data", "--source", source.conninfo(),
-                              "--target", target.conninfo("t_pgferry"), "--name", "bench_pgferry",
-                              "--publication", "bench"},
-                             log);
-  bool with_pgferry = std::find(options.methods.begin(), options.methods.end(), "pgferry") !=
-                      options.methods.end();
+  auto init = spawn_and_wait(
+      {PGFERRY_BINARY, "init", "--no-data", "--source", source.conninfo(), "--target",
+       target.conninfo("t_pgferry"), "--name", "bench_pgferry", "--publication", "bench"},
+      log);
+  bool with_pgferry =
+      std::find(options.methods.begin(), options.methods.end(), "pgferry") != options.methods.end();
   if (with_pgferry && init.exit_code != 0) {
     throw std::runtime_error(fmt::format("pgferry init failed ({}), see {}", init.exit_code, log));
   }
@@ -197,12 +196,28 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
   for (const auto& method : order) {
     auto start = std::chrono::steady_clock::now();
     if (method == "floor") {
-      int status = source.run_tool(
-          {"pg_recvlogical", "-h", source.socket_dir().string(), "-p",
-           std::to_string(source.port()), "-U", "postgres", "-d", "postgres", "--slot",
-           "bench_floor", "--start", "--no-loop", "-E", end_lsn, "-o", "proto_version=1", "-o",
-           "publication_names=bench", "-f", "/dev/null"},
-          source.dir() / "recvlogical.log");
+      int status = source.run_tool({"pg_recvlogical",
+                                    "-h",
+                                    source.socket_dir().string(),
+                                    "-p",
+                                    std::to_string(source.port()),
+                                    "-U",
+                                    "postgres",
+                                    "-d",
+                                    "postgres",
+                                    "--slot",
+                                    "bench_floor",
+                                    "--start",
+                                    "--no-loop",
+                                    "-E",
+                                    end_lsn,
+                                    "-o",
+                                    "proto_version=1",
+                                    "-o",
+                                    "publication_names=bench",
+                                    "-f",
+                                    "/dev/null"},
+                                   source.dir() / "recvlogical.log");
       if (status != 0) throw std::runtime_error("pg_recvlogical failed");
     } else if (method == "native") {
       auto tgt = repl::Connection::open(target.conninfo("t_native"), repl::Side::target);
@@ -219,7 +234,8 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
                                  "--publication", "bench", "--until", end_lsn},
                                 log);
       if (run.exit_code != 0) {
-        throw std::runtime_error(fmt::format("pgferry run failed ({}), see {}", run.exit_code, log));
+        throw std::runtime_error(
+            fmt::format("pgferry run failed ({}), see {}", run.exit_code, log));
       }
       result.pgferry_rss_kib = run.max_rss_kib;
     }
@@ -229,10 +245,12 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
   // The drained targets must equal the source.
   for (const auto& method : {"native", "pgferry"}) {
     if (!result.seconds.count(method)) continue;
-    auto tgt = repl::Connection::open(target.conninfo(std::string("t_") + method), repl::Side::target);
+    auto tgt =
+        repl::Connection::open(target.conninfo(std::string("t_") + method), repl::Side::target);
     for (const auto& table : workload.tables) {
       if (fingerprint(src, table) != fingerprint(tgt, table)) {
-        throw std::runtime_error(fmt::format("{}: table {} differs from the source", method, table));
+        throw std::runtime_error(
+            fmt::format("{}: table {} differs from the source", method, table));
       }
     }
   }
@@ -271,11 +289,16 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
       return argv[++i];
     };
-    if (arg == "--workload") options.workload = value();
-    else if (arg == "--runs") options.runs = std::stoi(value());
-    else if (arg == "--rows") options.rows = std::stol(value());
-    else if (arg == "--methods") options.methods = split(value());
-    else if (arg == "--streaming") options.streaming = value() == "on";
+    if (arg == "--workload")
+      options.workload = value();
+    else if (arg == "--runs")
+      options.runs = std::stoi(value());
+    else if (arg == "--rows")
+      options.rows = std::stol(value());
+    else if (arg == "--methods")
+      options.methods = split(value());
+    else if (arg == "--streaming")
+      options.streaming = value() == "on";
     else {
       std::cerr << "usage: pgferry_drain_bench [--workload bulk|oltp|bigtxn|all] [--runs N] "
                    "[--rows N] [--methods floor,native,pgferry] [--streaming on|off]\n";
@@ -283,9 +306,9 @@ int main(int argc, char** argv) {
     }
   }
   pgferry::tools::stop_all_on_signal();
-  std::vector<std::string> workloads =
-      options.workload == "all" ? std::vector<std::string>{"bulk", "oltp", "bigtxn"}
-                                : split(options.workload);
+  std::vector<std::string> workloads = options.workload == "all"
+                                           ? std::vector<std::string>{"bulk", "oltp", "bigtxn"}
+                                           : split(options.workload);
   try {
     fmt::print("{:<8} {:<8} {:>10} {:>12}  {}\n", "workload", "method", "median s", "vs native",
                "runs (s)");
@@ -320,4 +343,3 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
-

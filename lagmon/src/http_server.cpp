@@ -1,16 +1,15 @@
 // HttpServer over Boost.Beast (synchronous accept/read/write on one thread).
 #include "pgferry/lagmon/http_server.hpp"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
 #include <atomic>
-#include <thread>
-
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
+#include <thread>
 
 #include "pgferry/replication/error.hpp"
 
@@ -137,7 +136,9 @@ HttpServer::~HttpServer() {
   impl_->acceptor.close(ec);
 }
 
-unsigned short HttpServer::port() const { return impl_->acceptor.local_endpoint().port(); }
+unsigned short HttpServer::port() const {
+  return impl_->acceptor.local_endpoint().port();
+}
 
 std::string HttpServer::address() const {
   auto endpoint = impl_->acceptor.local_endpoint();

@@ -5,12 +5,12 @@
 // Histograms expose name_bucket{le="..."} cumulative counts, name_sum and name_count.
 #include "pgferry/lagmon/metrics.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <regex>
 #include <stdexcept>
-
-#include <fmt/format.h>
 
 namespace pgferry::lagmon {
 
@@ -89,9 +89,8 @@ std::string number(double value) {
 
 }  // namespace
 
-MetricsRegistry::Series& MetricsRegistry::series(const std::string& name,
-                                                 const std::string& help, Type type,
-                                                 const Labels& labels) {
+MetricsRegistry::Series& MetricsRegistry::series(const std::string& name, const std::string& help,
+                                                 Type type, const Labels& labels) {
   check_name(name);
   for (const auto& [key, value] : labels) check_name(key);
   std::lock_guard lock(mutex_);
@@ -158,8 +157,7 @@ std::string MetricsRegistry::render() const {
           }
           out += fmt::format("{}_sum{} {}\n", family->name, label_text(s->labels),
                              number(s->histogram->sum()));
-          out += fmt::format("{}_count{} {}\n", family->name, label_text(s->labels),
-                             counts.back());
+          out += fmt::format("{}_count{} {}\n", family->name, label_text(s->labels), counts.back());
           break;
         }
       }

@@ -63,12 +63,12 @@ std::string render_text(const LagSample& sample, const std::optional<LagTrend>& 
                              sample.wal_status.empty() ? "" : ", wal " + sample.wal_status)
                : std::string("-"));
   if (trend) {
-    add("catch-up rate", fmt::format("{}/s applied, lag {}{}/s",
-                                     human_bytes(static_cast<std::uint64_t>(
-                                         std::max(0.0, trend->applied_bytes_per_second))),
-                                     trend->lag_change_per_second <= 0 ? "-" : "+",
-                                     human_bytes(static_cast<std::uint64_t>(
-                                         std::abs(trend->lag_change_per_second)))));
+    add("catch-up rate",
+        fmt::format(
+            "{}/s applied, lag {}{}/s",
+            human_bytes(static_cast<std::uint64_t>(std::max(0.0, trend->applied_bytes_per_second))),
+            trend->lag_change_per_second <= 0 ? "-" : "+",
+            human_bytes(static_cast<std::uint64_t>(std::abs(trend->lag_change_per_second)))));
   }
   add("ETA to zero", eta_text(trend, sample));
   if (auto age = seconds_since(sample.last_commit_time, sample.taken_at)) {

@@ -1,11 +1,11 @@
 // Lag sampling queries.
 #include "pgferry/lagmon/sample.hpp"
 
+#include <fmt/format.h>
+
 #include <cctype>
 #include <charconv>
 #include <ctime>
-
-#include <fmt/format.h>
 
 namespace pgferry::lagmon {
 
@@ -100,8 +100,7 @@ std::optional<Clock::time_point> parse_timestamptz(std::string_view text) {
   return Clock::from_time_t(t) + std::chrono::microseconds(micros);
 }
 
-LagSampler::LagSampler(std::string source_conninfo, std::string target_conninfo,
-                       std::string name)
+LagSampler::LagSampler(std::string source_conninfo, std::string target_conninfo, std::string name)
     : source_conninfo_(std::move(source_conninfo)),
       target_conninfo_(std::move(target_conninfo)),
       name_(std::move(name)) {}

@@ -2,12 +2,11 @@
 // strings are treated exactly as libpq treats them.
 #include "pgferry/replication/conninfo.hpp"
 
+#include <fmt/format.h>
 #include <libpq-fe.h>
 
 #include <memory>
 #include <regex>
-
-#include <fmt/format.h>
 
 #include "pgferry/replication/error.hpp"
 

@@ -1,15 +1,15 @@
 // spdlog configuration with a JSON-lines formatter.
 #include "pgferry/replication/log.hpp"
 
-#include <chrono>
-#include <memory>
-#include <string>
-
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <spdlog/formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
 
 #include "pgferry/replication/error.hpp"
 

@@ -35,6 +35,8 @@ Lsn Lsn::from_string(std::string_view text, std::string_view what) {
       what, text));
 }
 
-std::string Lsn::to_string() const { return fmt::format("{}", *this); }
+std::string Lsn::to_string() const {
+  return fmt::format("{}", *this);
+}
 
 }  // namespace pgferry::replication

@@ -1,11 +1,11 @@
 // libpq RAII and the single SQLSTATE → exception mapping.
 #include "pgferry/replication/pg.hpp"
 
+#include <fmt/format.h>
+
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
-
-#include <fmt/format.h>
 
 #include "pgferry/replication/conninfo.hpp"
 
@@ -72,8 +72,8 @@ void throw_pg_error(PGconn* conn, const PGresult* result, Side side, std::string
 
 Connection Connection::open(std::string_view conninfo, Side side,
                             const std::vector<std::pair<std::string, std::string>>& extra) {
-  validate_conninfo(conninfo, side == Side::none ? "connection string"
-                                                 : fmt::format("--{}", to_string(side)));
+  validate_conninfo(
+      conninfo, side == Side::none ? "connection string" : fmt::format("--{}", to_string(side)));
   std::vector<std::pair<std::string, std::string>> overrides = extra;
   bool has_app_name = false;
   for (const auto& [key, value] : extra) has_app_name = has_app_name || key == "application_name";
@@ -88,8 +88,8 @@ Connection Connection::open(std::string_view conninfo, Side side,
   connection.redacted_ = redact_conninfo(full);
   connection.conn_.reset(PQconnectdb(full.c_str()));
   if (!connection.conn_ || PQstatus(connection.conn_.get()) != CONNECTION_OK) {
-    std::string message = trimmed(connection.conn_ ? PQerrorMessage(connection.conn_.get())
-                                                   : "out of memory");
+    std::string message =
+        trimmed(connection.conn_ ? PQerrorMessage(connection.conn_.get()) : "out of memory");
     throw ConnectionError(fmt::format("cannot connect to {} ({}): {}", to_string(side),
                                       connection.redacted_, message),
                           "08001", side);

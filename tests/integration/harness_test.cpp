@@ -1,16 +1,16 @@
 // Proves the harness: two real clusters up with wal_level=logical, a logical slot can be
 // created, server errors come back typed with SQLSTATE and side, and the CLI skeleton
 // keeps its contract.
+#include "support/harness.hpp"
+
+#include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 
-#include <fmt/format.h>
-
 #include "pgferry/replication/conninfo.hpp"
-#include "support/harness.hpp"
 
 namespace repl = pgferry::replication;
 using namespace pgferry::testing;
@@ -29,8 +29,9 @@ TEST_F(Harness, BothServersUpWithLogicalWal) {
 TEST_F(Harness, LogicalSlotCreatable) {
   auto conn = connect(source());
   conn.exec("SELECT pg_create_logical_replication_slot('harness_slot', 'pgoutput')");
-  EXPECT_EQ(query_value(conn, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = "
-                              "'harness_slot' AND plugin = 'pgoutput'"),
+  EXPECT_EQ(query_value(conn,
+                        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = "
+                        "'harness_slot' AND plugin = 'pgoutput'"),
             "1");
   conn.exec("SELECT pg_drop_replication_slot('harness_slot')");
 }
@@ -91,8 +92,8 @@ TEST_F(Harness, RestartAndKill9Recover) {
 TEST(Cli, HelpVersionAndContract) {
   auto help = run_pgferry({"--help"});
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* command : {"check", "init", "run", "lag", "sequences", "cutover", "rollback",
-                              "cleanup", "demo"}) {
+  for (const char* command :
+       {"check", "init", "run", "lag", "sequences", "cutover", "rollback", "cleanup", "demo"}) {
     EXPECT_NE(help.output.find(command), std::string::npos) << command;
   }
   auto version = run_pgferry({"--version"});
@@ -135,7 +136,8 @@ TEST(Cluster, StopsOnFatalSignal) {
   int status = 0;
   ::waitpid(child, &status, 0);
   EXPECT_TRUE(WIFSIGNALED(status));
-  EXPECT_TRUE(wait_until([&] { return !pgferry::tools::process_alive(postmaster); }, std::chrono::seconds(30)));
+  EXPECT_TRUE(wait_until([&] { return !pgferry::tools::process_alive(postmaster); },
+                         std::chrono::seconds(30)));
   std::remove("/tmp/pgferry-test-sig.pid");
   // The temp dir is left for the sweep in tools/test.sh (a signal handler cannot rm -rf).
 }

@@ -1,14 +1,13 @@
 // Harness implementation.
 #include "support/harness.hpp"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <thread>
-
-#include <fmt/format.h>
 
 namespace pgferry::testing {
 

@@ -23,7 +23,8 @@ struct PrometheusSample {
 
 inline std::vector<PrometheusSample> parse_prometheus_text(const std::string& text) {
   static const std::regex help(R"(# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*))");
-  static const std::regex type(R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped))");
+  static const std::regex type(
+      R"(# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped))");
   static const std::regex sample(
       R"(([a-zA-Z_:][a-zA-Z0-9_:]*)(\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*)\})? ([-+]?(?:[0-9.]+(?:[eE][-+]?[0-9]+)?|Inf|NaN))( -?[0-9]+)?)");
   static const std::regex label(R"(([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)\")");
@@ -47,8 +48,7 @@ inline std::vector<PrometheusSample> parse_prometheus_text(const std::string& te
     s.name = m[1];
     std::string family = s.name;
     for (const char* suffix : {"_bucket", "_sum", "_count"}) {
-      if (!types.count(family) && family.size() > std::strlen(suffix) &&
-          family.ends_with(suffix)) {
+      if (!types.count(family) && family.size() > std::strlen(suffix) && family.ends_with(suffix)) {
         family = family.substr(0, family.size() - std::strlen(suffix));
       }
     }
@@ -59,9 +59,9 @@ inline std::vector<PrometheusSample> parse_prometheus_text(const std::string& te
     }
     std::string value = m[4];
     s.value = value == "+Inf" || value == "Inf" ? INFINITY
-              : value == "-Inf"                  ? -INFINITY
-              : value == "NaN"                   ? NAN
-                                                 : std::stod(value);
+              : value == "-Inf"                 ? -INFINITY
+              : value == "NaN"                  ? NAN
+                                                : std::stod(value);
     samples.push_back(std::move(s));
   }
   return samples;

@@ -1,7 +1,8 @@
 // Conninfo validation and redaction: passwords never come back out.
+#include "pgferry/replication/conninfo.hpp"
+
 #include <gtest/gtest.h>
 
-#include "pgferry/replication/conninfo.hpp"
 #include "pgferry/replication/error.hpp"
 
 namespace repl = pgferry::replication;

@@ -1,7 +1,7 @@
 // Exit codes of the CLI contract, from the exception that ended a command.
-#include <gtest/gtest.h>
-
 #include "pgferry/replication/error.hpp"
+
+#include <gtest/gtest.h>
 
 namespace repl = pgferry::replication;
 using repl::ExitCode;

@@ -130,11 +130,12 @@ std::pair<int, std::string> http_get(unsigned short port, const std::string& pat
 }  // namespace
 
 TEST(HttpServer, ServesAndRejects) {
-  lagmon::HttpServer server("127.0.0.1:0", [](const std::string& path)
-                                               -> std::optional<lagmon::HttpResponse> {
-    if (path == "/metrics") return lagmon::HttpResponse{200, "text/plain", "# TYPE x gauge\nx 1\n"};
-    return std::nullopt;
-  });
+  lagmon::HttpServer server(
+      "127.0.0.1:0", [](const std::string& path) -> std::optional<lagmon::HttpResponse> {
+        if (path == "/metrics")
+          return lagmon::HttpResponse{200, "text/plain", "# TYPE x gauge\nx 1\n"};
+        return std::nullopt;
+      });
   ASSERT_GT(server.port(), 0);
   auto [status, body] = http_get(server.port(), "/metrics");
   EXPECT_EQ(status, 200);

@@ -3,11 +3,10 @@
 // lives in its own cmd_<name>.cpp and only parses options and calls into the libraries.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <functional>
 #include <string>
 #include <string_view>
-
-#include <CLI/CLI.hpp>
 
 namespace pgferry::tools {
 

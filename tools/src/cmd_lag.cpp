@@ -1,12 +1,11 @@
 // `pgferry lag`: how far the target is behind the source, in bytes — once, or --watch.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <csignal>
 #include <iostream>
 #include <thread>
-
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "cli.hpp"
 #include "pgferry/lagmon/render.hpp"
@@ -17,7 +16,9 @@ namespace pgferry::tools {
 namespace {
 
 volatile std::sig_atomic_t g_stop = 0;
-extern "C" void on_stop_signal(int) { g_stop = 1; }
+extern "C" void on_stop_signal(int) {
+  g_stop = 1;
+}
 
 struct LagOptions {
   double watch_seconds = 0;  // 0: one sample
@@ -51,8 +52,9 @@ int lag_command(const CommonOptions& common, const LagOptions& options) {
         std::cout << lagmon::render_json(sample, trend).dump() << std::endl;
       } else if (terminal) {
         // Redraw in place: home the cursor and clear the screen.
-        std::cout << "\x1b[H\x1b[2J" << "pgferry lag — " << common.name << " (every "
-                  << options.watch_seconds << "s, Ctrl-C to stop)\n\n"
+        std::cout << "\x1b[H\x1b[2J"
+                  << "pgferry lag — " << common.name << " (every " << options.watch_seconds
+                  << "s, Ctrl-C to stop)\n\n"
                   << lagmon::render_text(sample, trend) << std::flush;
       } else {
         std::cout << lagmon::render_line(sample, trend) << std::endl;

@@ -3,6 +3,7 @@
 #include "pgferry/tools/local_cluster.hpp"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
@@ -22,8 +23,6 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
-
-#include <fmt/format.h>
 
 extern char** environ;
 
@@ -62,7 +61,9 @@ extern "C" void stop_clusters_and_reraise(int signo) {
   ::raise(signo);
 }
 
-bool running_as_root() { return ::geteuid() == 0; }
+bool running_as_root() {
+  return ::geteuid() == 0;
+}
 
 std::string default_bindir() {
   if (const char* env = std::getenv("PGFERRY_PG_BINDIR"); env && *env) return env;
@@ -73,8 +74,7 @@ std::string default_bindir() {
 
 }  // namespace
 
-int run_process(const std::vector<std::string>& argv, const fs::path& output,
-                bool as_server_user) {
+int run_process(const std::vector<std::string>& argv, const fs::path& output, bool as_server_user) {
   std::vector<std::string> full;
   if (as_server_user && running_as_root()) {
     full = {"runuser", "-u", kServerUser, "--"};
@@ -246,8 +246,8 @@ void LocalCluster::start() {
   int status = 1;
   // After kill9() the old backends may hold the shared memory for a moment: retry.
   for (int attempt = 0; attempt < 20; ++attempt) {
-    status = run_process({bindir_ + "/pg_ctl", "-D", data_dir().string(), "-l",
-                          log_file().string(), "-w", "-t", "60", "start"},
+    status = run_process({bindir_ + "/pg_ctl", "-D", data_dir().string(), "-l", log_file().string(),
+                          "-w", "-t", "60", "start"},
                          dir_ / "pg_ctl.log", true);
     if (status == 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
@@ -264,8 +264,8 @@ void LocalCluster::start() {
 
 void LocalCluster::stop(std::string_view mode) {
   if (postmaster_pid_ <= 0) return;
-  run_process({bindir_ + "/pg_ctl", "-D", data_dir().string(), "-m", std::string(mode), "-w",
-               "-t", "60", "stop"},
+  run_process({bindir_ + "/pg_ctl", "-D", data_dir().string(), "-m", std::string(mode), "-w", "-t",
+               "60", "stop"},
               dir_ / "pg_ctl.log", true);
   unregister_postmaster(postmaster_pid_);
   postmaster_pid_ = 0;

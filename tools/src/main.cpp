@@ -2,10 +2,10 @@
 // subcommand picked, and turns the exception that ended it into the contract's exit code:
 // 0 ok · 1 error · 2 usage · 3 check failed · 4 source unreachable · 5 target unreachable ·
 // 6 timed out · 7 aborted and rolled back.
+#include <spdlog/spdlog.h>
+
 #include <cstdlib>
 #include <iostream>
-
-#include <spdlog/spdlog.h>
 
 #include "cli.hpp"
 #include "pgferry/replication/conninfo.hpp"
@@ -19,11 +19,16 @@ namespace {
 namespace repl = pgferry::replication;
 
 constexpr CommandSpec kCommands[] = {
-    {"check", add_check_command},         {"init", add_init_command},
-    {"run", add_run_command},             {"lag", add_lag_command},
-    {"sequences", add_sequences_command}, {"cutover", add_cutover_command},
-    {"rollback", add_rollback_command},   {"cleanup", add_cleanup_command},
-    {"demo", add_demo_command},           {"decode", add_decode_command},
+    {"check", add_check_command},
+    {"init", add_init_command},
+    {"run", add_run_command},
+    {"lag", add_lag_command},
+    {"sequences", add_sequences_command},
+    {"cutover", add_cutover_command},
+    {"rollback", add_rollback_command},
+    {"cleanup", add_cleanup_command},
+    {"demo", add_demo_command},
+    {"decode", add_decode_command},
 };
 
 std::string required_conninfo(const std::string& value, const char* option, const char* env) {
@@ -50,9 +55,10 @@ int not_built_yet(std::string_view command) {
 }
 
 int main(int argc, char** argv) {
-  CLI::App app{"pgferry: move a live PostgreSQL database to another server with logical "
-               "replication, and switch traffic over in a fraction of a second.",
-               "pgferry"};
+  CLI::App app{
+      "pgferry: move a live PostgreSQL database to another server with logical "
+      "replication, and switch traffic over in a fraction of a second.",
+      "pgferry"};
   app.set_version_flag("--version", std::string("pgferry ") + PGFERRY_VERSION);
   app.require_subcommand(1);
   app.fallthrough();
@@ -81,9 +87,8 @@ int main(int argc, char** argv) {
   }
 
   try {
-    repl::setup_logging(
-        common.log_format == "json" ? repl::LogFormat::json : repl::LogFormat::text,
-        common.log_level);
+    repl::setup_logging(common.log_format == "json" ? repl::LogFormat::json : repl::LogFormat::text,
+                        common.log_level);
     return action ? action() : static_cast<int>(repl::ExitCode::usage);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
@@ -93,4 +98,6 @@ int main(int argc, char** argv) {
 
 }  // namespace pgferry::tools
 
-int main(int argc, char** argv) { return pgferry::tools::main(argc, argv); }
+int main(int argc, char** argv) {
+  return pgferry::tools::main(argc, argv);
+}

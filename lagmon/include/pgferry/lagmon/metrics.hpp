@@ -76,8 +76,7 @@ class MetricsRegistry {
     Type type;
     std::vector<std::unique_ptr<Series>> series;
   };
-  Series& series(const std::string& name, const std::string& help, Type type,
-                 const Labels& labels);
+  Series& series(const std::string& name, const std::string& help, Type type, const Labels& labels);
 
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<Family>> families_;

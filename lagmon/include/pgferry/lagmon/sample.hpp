@@ -34,16 +34,17 @@ std::string_view to_string(AgentState state);
 
 struct LagSample {
   Clock::time_point taken_at;
-  Lsn source_lsn;                         // pg_current_wal_lsn() on the source
-  std::optional<Lsn> applied_lsn;         // progress record on the target
+  Lsn source_lsn;                          // pg_current_wal_lsn() on the source
+  std::optional<Lsn> applied_lsn;          // progress record on the target
   std::optional<Lsn> confirmed_flush_lsn;  // slot
   std::optional<Lsn> restart_lsn;          // slot
   bool slot_exists = false;
   bool slot_active = false;
   std::optional<int> active_pid;
-  std::string wal_status;                              // slot's wal_status (reserved, extended, ...)
-  std::optional<Clock::time_point> last_commit_time;    // source commit time of the last applied
-  std::optional<Clock::time_point> progress_updated_at;  // when the record last moved (target clock)
+  std::string wal_status;                             // slot's wal_status (reserved, extended, ...)
+  std::optional<Clock::time_point> last_commit_time;  // source commit time of the last applied
+  std::optional<Clock::time_point>
+      progress_updated_at;  // when the record last moved (target clock)
   std::chrono::microseconds source_rtt{0};
   std::chrono::microseconds target_rtt{0};
 
@@ -56,8 +57,8 @@ struct LagSample {
 
 // Catch-up rate and ETA from two consecutive samples.
 struct LagTrend {
-  double applied_bytes_per_second = 0;  // how fast the applied position moves
-  double lag_change_per_second = 0;     // negative while catching up
+  double applied_bytes_per_second = 0;      // how fast the applied position moves
+  double lag_change_per_second = 0;         // negative while catching up
   std::optional<std::chrono::seconds> eta;  // to zero lag, when catching up
 };
 LagTrend trend(const LagSample& previous, const LagSample& current);

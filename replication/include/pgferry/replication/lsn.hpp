@@ -3,13 +3,13 @@
 // ("16/B374D848": high and low 32 bits in upper-case hex).
 #pragma once
 
+#include <fmt/format.h>
+
 #include <compare>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
-
-#include <fmt/format.h>
 
 namespace pgferry::replication {
 

@@ -48,7 +48,10 @@ class LocalCluster {
   void start();
   // mode: "fast", "immediate" or "smart".
   void stop(std::string_view mode = "fast");
-  void restart() { stop(); start(); }
+  void restart() {
+    stop();
+    start();
+  }
   // SIGKILL to the postmaster; its children notice and exit. start() recovers.
   void kill9();
   bool running() const { return postmaster_pid_ > 0; }
@@ -56,7 +59,8 @@ class LocalCluster {
 
   // Runs a server binary (psql, pg_dump, pgbench, ...) from bindir as the cluster's OS user.
   // Returns the exit status; output goes to `output` (appended) when given.
-  int run_tool(const std::vector<std::string>& args, const std::filesystem::path& output = {}) const;
+  int run_tool(const std::vector<std::string>& args,
+               const std::filesystem::path& output = {}) const;
 
  private:
   void write_settings();
