@@ -1,0 +1,1241 @@
+// Applier: decoded source transactions → the target, through libpq pipeline mode and COPY.
+//
+// NOTES
+// - Pipeline. The connection stays in pipeline mode. Each command sent is recorded in
+//   `pending_` (what it was, which source transaction, relation and key) so that its result,
+//   read later, can be checked and any failure named. Results are read opportunistically and
+//   whenever the backlog passes its bounds (after a flush request, since the server holds its
+//   output until a Sync or Flush). A Sync is sent only when a target transaction commits, when
+//   a COPY needs the pipeline empty, and for idle progress writes.
+// - COPY is not allowed in pipeline mode: a run of inserts long enough to be worth it syncs
+//   the pipeline, leaves pipeline mode, runs COPY inside the still open target transaction,
+//   and enters pipeline mode again. Shorter runs go as pipelined prepared INSERTs. The rows
+//   of a run are kept in one arena (values NUL-terminated for libpq), so buffering a row
+//   costs no allocation once the arena has grown.
+// - Grouping. A target transaction (BEGIN ... progress UPDATE, COMMIT) holds whole source
+//   transactions only, so the target only ever shows states the source had at a commit, and
+//   the progress row always describes exactly what is committed beside it. COMMIT is sent only
+//   once every earlier result was read and checked (a zero-row UPDATE is no server error), so
+//   a group costs two round trips, whatever the number of rows and source transactions in it.
+// - Exactly once. A source transaction whose commit record lies before the applied position
+//   is skipped whole (decided at Begin from final_lsn, checked again at Commit with end_lsn).
+// - Updates SET only the columns the new tuple carries as values ('u', unchanged TOAST, is
+//   never written) and find the row by the replica identity: the old key ('K'), the new
+//   tuple's key columns (no old tuple), or for REPLICA IDENTITY FULL ('O') the target's
+//   primary key when the source sends all of its columns, else every old column compared
+//   through its text form, one row only (by ctid), as the server's apply worker does.
+// - synchronous_commit=off: a COMMIT returns before the target flushed it, so each commit is
+//   followed by a query of the target's WAL insert and flush positions, and durable_lsn()
+//   only moves past a group once the target flushed the WAL that holds it.
+#include "pgferry/replication/applier.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <deque>
+#include <functional>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "pgferry/replication/copy_encoding.hpp"
+#include "pgferry/replication/progress.hpp"
+
+namespace pgferry::replication {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using pgoutput::ColumnKind;
+using pgoutput::ColumnValue;
+using pgoutput::TupleView;
+
+enum class Op : std::uint8_t {
+  begin,
+  prepare,
+  insert,
+  update,
+  delete_,
+  truncate,
+  progress,
+  commit,
+  wal_position,
+  query,
+  sync,
+};
+
+std::string_view op_name(Op op) {
+  switch (op) {
+    case Op::begin:
+      return "BEGIN";
+    case Op::prepare:
+      return "preparing a statement";
+    case Op::insert:
+      return "INSERT";
+    case Op::update:
+      return "UPDATE";
+    case Op::delete_:
+      return "DELETE";
+    case Op::truncate:
+      return "TRUNCATE";
+    case Op::progress:
+      return "updating the progress record";
+    case Op::commit:
+      return "COMMIT";
+    case Op::wal_position:
+      return "reading the target WAL position";
+    case Op::query:
+      return "reading the target catalog";
+    case Op::sync:
+      return "pipeline sync";
+  }
+  return "?";
+}
+
+// The target side of one source relation version.
+struct TargetTable {
+  RelationId id;
+  std::uint64_t version = 0;
+  std::string qualified;             // "schema"."name"
+  std::string display;               // schema.name, for messages
+  std::vector<std::string> columns;  // quoted target column name, per source column
+  std::vector<std::string> types;    // target type (format_type), per source column
+  std::vector<int> key;              // source columns flagged as replica identity key
+  std::vector<int> primary_key;      // target primary key as source columns; empty if unusable
+};
+
+struct Pending {
+  Op op;
+  std::uint32_t bytes;
+  Lsn commit_lsn;
+  const TargetTable* table;
+  std::uint32_t key_offset;
+  std::uint32_t key_length;
+};
+
+struct Statement {
+  std::string name;
+  int params = 0;
+};
+
+// How an UPDATE or DELETE finds its row.
+enum class Match : char { key = 'k', primary_key = 'p', full = 'f' };
+
+constexpr std::size_t kMaxKeyText = 200;
+
+}  // namespace
+
+struct Applier::Impl {
+  Impl(Connection target, ApplierOptions opts);
+
+  // --- pipeline ----------------------------------------------------------------------------
+  void push(Op op, std::size_t bytes, const TargetTable* table = nullptr,
+            std::string_view key = {});
+  void after_send();
+  void send_prepared(const Statement& statement, Op op, const TargetTable* table,
+                     std::string_view key);
+  void send_query(std::string_view sql, Op op, std::initializer_list<Param> params = {},
+                  const TargetTable* table = nullptr);
+  Result read_next();
+  void read_available();
+  void request_flush();
+  void drain_to(std::size_t max_bytes, std::size_t max_commands);
+  void sync_and_drain();
+  Result pipeline_query(std::string_view sql, std::initializer_list<Param> params);
+  [[noreturn]] void fail(const Pending& pending, const Result& result);
+  std::string describe(const Pending& pending) const;
+
+  // --- catalog and statements --------------------------------------------------------------
+  const TargetTable& table_for(const Relation& relation);
+  const Statement& statement(std::string_view sql_key, int params,
+                             const std::function<std::string()>& build_sql);
+
+  // --- groups ------------------------------------------------------------------------------
+  void open_group();
+  void commit_group();
+  void write_progress(Lsn lsn, std::optional<PgTimestamp> commit_time, Op op);
+  void refresh_durable(Lsn target_insert, Lsn target_flush);
+
+  // --- rows --------------------------------------------------------------------------------
+  void buffer_insert(const Relation& relation, const pgoutput::Insert& insert);
+  void flush_insert_run();
+  void copy_insert_run();
+  void apply_update(const Relation& relation, const pgoutput::Update& update);
+  void apply_delete(const Relation& relation, const pgoutput::Delete& del);
+  Match choose_match(const TargetTable& table, char old_kind, TupleView old_tuple) const;
+  std::vector<int> match_columns(const TargetTable& table, Match match, char old_kind) const;
+  void check_tuple(const Relation& relation, TupleView tuple, std::string_view what) const;
+
+  // Scratch parameter list: values copied NUL-terminated, then pointed at.
+  void clear_params() {
+    param_arena_.clear();
+    param_offsets_.clear();
+  }
+  void add_param(const ColumnValue& value);
+  void finish_params();
+  // Appends "(a, b)=(1, x)" for `columns` of `tuple` to key_scratch_.
+  void format_key(const TargetTable& table, const std::vector<int>& columns, TupleView tuple);
+
+  void check_usable() const {
+    if (broken_)
+      throw Error("the applier stopped after an error; restart it from the progress record");
+  }
+
+  Connection conn_;
+  PGconn* pg_;
+  ApplierOptions options_;
+  bool async_commit_ = false;
+
+  Lsn resume_lsn_;
+  Lsn applied_lsn_;  // end of the last source transaction accepted (committed or in the group)
+  std::atomic<std::uint64_t> durable_lsn_{0};
+  bool broken_ = false;
+
+  // Source transaction.
+  bool in_source_txn_ = false;
+  bool skipping_ = false;
+  TransactionBegin current_;
+
+  // Target transaction (group).
+  bool group_open_ = false;
+  Clock::time_point group_started_;
+  std::size_t group_bytes_ = 0;
+  std::size_t group_rows_ = 0;
+  Lsn group_end_lsn_;
+  PgTimestamp group_commit_time_;
+  std::uint64_t group_transactions_ = 0;
+  Clock::time_point last_idle_write_{};
+
+  // synchronous_commit=off: (target WAL position of a commit, source end_lsn it covers).
+  std::deque<std::pair<Lsn, Lsn>> unflushed_;
+  Lsn last_commit_end_;
+
+  // Pipeline.
+  std::deque<Pending> pending_;
+  std::size_t pending_bytes_ = 0;
+  std::size_t sent_since_read_ = 0;
+  std::string key_arena_;
+  std::string key_scratch_;
+
+  std::unordered_map<RelationId, TargetTable> tables_;
+  std::unordered_map<std::string, Statement> statements_;
+  std::string statement_key_;
+  std::uint64_t next_statement_ = 0;
+
+  // The current run of inserts.
+  struct InsertRun {
+    const TargetTable* table = nullptr;
+    RelationId relation;
+    std::uint64_t version = 0;
+    std::size_t rows = 0;
+    std::size_t columns = 0;
+    std::string values;                                     // NUL-terminated values
+    std::vector<std::int64_t> cells;                        // offset into values; -1 is NULL
+    std::vector<std::pair<std::size_t, Lsn>> transactions;  // (first row, commit lsn)
+    bool empty() const { return rows == 0; }
+    void clear() {
+      table = nullptr;
+      rows = 0;
+      values.clear();
+      cells.clear();
+      transactions.clear();
+    }
+    Lsn commit_lsn_of(std::size_t row) const {
+      Lsn lsn;
+      for (const auto& [first, commit] : transactions) {
+        if (first > row) break;
+        lsn = commit;
+      }
+      return lsn;
+    }
+  } run_;
+  std::string copy_buffer_;
+
+  std::string param_arena_;
+  std::vector<std::int64_t> param_offsets_;
+  std::vector<const char*> param_values_;
+
+  struct Counters {
+    std::atomic<std::uint64_t> rows_inserted{0}, rows_updated{0}, rows_deleted{0},
+        relations_truncated{0}, transactions_applied{0}, transactions_skipped{0},
+        groups_committed{0}, copy_batches{0}, statements_sent{0};
+  } counters_;
+};
+
+// ----------------------------------------------------------------------------------------------
+// Set-up
+
+Applier::Impl::Impl(Connection target, ApplierOptions opts)
+    : conn_(std::move(target)), pg_(conn_.native()), options_(std::move(opts)) {
+  static constexpr std::string_view kSyncModes[] = {"on", "remote_apply", "remote_write", "local",
+                                                    "off"};
+  if (std::find(std::begin(kSyncModes), std::end(kSyncModes), options_.synchronous_commit) ==
+      std::end(kSyncModes)) {
+    throw ConfigError(fmt::format(
+        "--synchronous-commit: unknown value \"{}\"; use on, remote_apply, remote_write, local "
+        "or off",
+        options_.synchronous_commit));
+  }
+  if (options_.name.empty()) throw ConfigError("--name must not be empty");
+  async_commit_ = options_.synchronous_commit == "off";
+  options_.pipeline_max_commands = std::max<std::size_t>(options_.pipeline_max_commands, 2);
+  options_.copy_min_rows = std::max<std::size_t>(options_.copy_min_rows, 1);
+
+  conn_.exec(fmt::format("SET synchronous_commit = {}", quote_literal(options_.synchronous_commit)),
+             "setting synchronous_commit");
+  // One applier per name: a second one would apply every change twice.
+  conn_.exec(fmt::format("SET lock_timeout = '{}s'", options_.lock_timeout.count()));
+  try {
+    conn_.exec("SELECT pg_advisory_lock(hashtext('pgferry'), hashtext($1))", {options_.name},
+               "locking the progress record");
+  } catch (const SqlError& e) {
+    if (e.sqlstate() != "55P03") throw;
+    throw Error(fmt::format(
+        "another pgferry run is applying \"{}\" on the target (advisory lock held for {}s); stop "
+        "it first, or use a different --name",
+        options_.name, options_.lock_timeout.count()));
+  }
+  conn_.exec("RESET lock_timeout");
+
+  auto applied = ProgressStore(conn_).read(options_.name);
+  if (!applied) {
+    throw Error(fmt::format(
+        "the target has no progress record \"{}\" in pgferry.progress: run `pgferry init` (with "
+        "the same --name) first",
+        options_.name));
+  }
+  resume_lsn_ = *applied;
+  applied_lsn_ = *applied;
+  durable_lsn_ = applied->value();
+  last_commit_end_ = *applied;
+
+  if (PQenterPipelineMode(pg_) != 1) {
+    throw_pg_error(pg_, nullptr, Side::target, "entering pipeline mode");
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Pipeline
+
+void Applier::Impl::push(Op op, std::size_t bytes, const TargetTable* table, std::string_view key) {
+  auto offset = static_cast<std::uint32_t>(key_arena_.size());
+  key_arena_.append(key);
+  pending_.push_back({op, static_cast<std::uint32_t>(bytes + 32), current_.final_lsn, table, offset,
+                      static_cast<std::uint32_t>(key.size())});
+  pending_bytes_ += bytes + 32;
+  sent_since_read_ += bytes + 32;
+  counters_.statements_sent.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Applier::Impl::after_send() {
+  if (pending_bytes_ > options_.pipeline_max_bytes ||
+      pending_.size() > options_.pipeline_max_commands) {
+    drain_to(options_.pipeline_max_bytes / 2, options_.pipeline_max_commands / 2);
+  } else if (sent_since_read_ > (64u << 10)) {
+    read_available();
+  }
+}
+
+void Applier::Impl::send_prepared(const Statement& statement, Op op, const TargetTable* table,
+                                  std::string_view key) {
+  std::size_t bytes = param_arena_.size();
+  if (PQsendQueryPrepared(pg_, statement.name.c_str(), statement.params, param_values_.data(),
+                          nullptr, nullptr, 0) != 1) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, fmt::format("sending {}", op_name(op)));
+  }
+  push(op, bytes, table, key);
+  after_send();
+}
+
+void Applier::Impl::send_query(std::string_view sql, Op op, std::initializer_list<Param> params,
+                               const TargetTable* table) {
+  clear_params();
+  for (const auto& param : params) {
+    if (!param) {
+      param_offsets_.push_back(-1);
+    } else {
+      param_offsets_.push_back(static_cast<std::int64_t>(param_arena_.size()));
+      param_arena_.append(*param);
+      param_arena_.push_back('\0');
+    }
+  }
+  finish_params();
+  std::string text(sql);
+  if (PQsendQueryParams(pg_, text.c_str(), static_cast<int>(param_values_.size()), nullptr,
+                        param_values_.data(), nullptr, nullptr, 0) != 1) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, fmt::format("sending {}", op_name(op)));
+  }
+  push(op, text.size() + param_arena_.size(), table);
+  after_send();
+}
+
+std::string Applier::Impl::describe(const Pending& pending) const {
+  std::string text = std::string(op_name(pending.op));
+  if (pending.table) text += fmt::format(" rel={}", pending.table->display);
+  if (pending.key_length > 0) {
+    text += fmt::format(
+        " key {}", std::string_view(key_arena_).substr(pending.key_offset, pending.key_length));
+  }
+  if (pending.commit_lsn.is_valid()) {
+    text += fmt::format(" in source transaction commit_lsn={}", pending.commit_lsn);
+  }
+  return text;
+}
+
+void Applier::Impl::fail(const Pending& pending, const Result& result) {
+  broken_ = true;
+  throw_pg_error(pg_, result.native(), Side::target, fmt::format("applying {}", describe(pending)));
+}
+
+Result Applier::Impl::read_next() {
+  if (pending_.empty()) throw Error("applier: reading a result with nothing pending");
+  Pending pending = pending_.front();
+  PGresult* raw = PQgetResult(pg_);
+  if (!raw) {
+    broken_ = true;
+    if (PQstatus(pg_) == CONNECTION_BAD) {
+      throw_pg_error(pg_, nullptr, Side::target,
+                     fmt::format("reading the result of {}", describe(pending)));
+    }
+    throw Error(fmt::format("target: no result for {} (pipeline out of step)", describe(pending)));
+  }
+  Result result(raw);
+  pending_.pop_front();
+  pending_bytes_ -= pending.bytes;
+  if (pending_.empty()) key_arena_.clear();
+
+  if (pending.op == Op::sync) {
+    if (result.status() != PGRES_PIPELINE_SYNC) fail(pending, result);
+    return result;
+  }
+  // Each command's results end with a NULL.
+  if (PGresult* extra = PQgetResult(pg_)) {
+    PQclear(extra);
+    broken_ = true;
+    throw Error(fmt::format("target: more than one result for {}", describe(pending)));
+  }
+  auto status = result.status();
+  if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) fail(pending, result);
+
+  if (pending.op == Op::insert || pending.op == Op::update || pending.op == Op::delete_) {
+    long affected = result.affected_rows();
+    if (affected != 1) {
+      broken_ = true;
+      throw Error(fmt::format(
+          "target: {} affected {} rows instead of 1: the target no longer holds the row the "
+          "source changed (a write on the target, or a table copied without its rows); repair "
+          "the row or re-copy the table, then restart",
+          describe(pending), affected));
+    }
+  } else if (pending.op == Op::progress && result.affected_rows() != 1) {
+    broken_ = true;
+    throw Error(fmt::format(
+        "target: the progress record \"{}\" disappeared from pgferry.progress while applying; "
+        "run `pgferry init --no-data` again and check who deletes it",
+        options_.name));
+  }
+  return result;
+}
+
+void Applier::Impl::read_available() {
+  sent_since_read_ = 0;
+  if (PQflush(pg_) < 0 || PQconsumeInput(pg_) != 1) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, "reading pipelined results");
+  }
+  while (!pending_.empty() && pending_.front().op != Op::sync && PQisBusy(pg_) == 0) {
+    read_next();
+  }
+}
+
+void Applier::Impl::request_flush() {
+  // The server holds its output until a Sync or a Flush: ask for it before waiting.
+  if (pending_.back().op != Op::sync && PQsendFlushRequest(pg_) != 1) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, "sending a flush request");
+  }
+  if (PQflush(pg_) != 0) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, "flushing the pipeline");
+  }
+}
+
+void Applier::Impl::drain_to(std::size_t max_bytes, std::size_t max_commands) {
+  if (pending_.empty()) return;
+  request_flush();
+  while (!pending_.empty() && (pending_bytes_ > max_bytes || pending_.size() > max_commands)) {
+    read_next();
+  }
+  sent_since_read_ = 0;
+}
+
+void Applier::Impl::sync_and_drain() {
+  if (PQpipelineSync(pg_) != 1) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, "sending a pipeline sync");
+  }
+  push(Op::sync, 0);
+  while (!pending_.empty()) read_next();
+  sent_since_read_ = 0;
+}
+
+Result Applier::Impl::pipeline_query(std::string_view sql, std::initializer_list<Param> params) {
+  send_query(sql, Op::query, params);
+  request_flush();
+  while (pending_.size() > 1) read_next();
+  return read_next();
+}
+
+// ----------------------------------------------------------------------------------------------
+// Catalog and statements
+
+const TargetTable& Applier::Impl::table_for(const Relation& relation) {
+  auto it = tables_.find(relation.id);
+  if (it != tables_.end() && it->second.version == relation.version) return it->second;
+
+  TargetTable table;
+  table.id = relation.id;
+  table.version = relation.version;
+  table.qualified = relation.qualified_name();
+  std::string schema = relation.nspname.empty() ? "pg_catalog" : relation.nspname;
+  table.display = fmt::format("{}.{}", schema, relation.relname);
+
+  auto result = pipeline_query(
+      "SELECT r.oid IS NOT NULL, a.attname, format_type(a.atttypid, a.atttypmod), "
+      "coalesce(a.attnum = ANY (i.indkey), false) "
+      "FROM (SELECT to_regclass($1)::oid AS oid) r "
+      "LEFT JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped "
+      "LEFT JOIN pg_index i ON i.indrelid = r.oid AND i.indisprimary",
+      {table.qualified});
+  if (result.rows() == 0 || result.get(0, 0) != "t") {
+    broken_ = true;
+    throw Error(fmt::format(
+        "the target has no table {}, which the source publishes: create it on the target "
+        "(pgferry init --schema copies the schema), or remove it from the publication",
+        table.display));
+  }
+  std::unordered_map<std::string_view, int> target_columns;
+  std::vector<std::string_view> target_primary_key;
+  for (int row = 0; row < result.rows(); ++row) {
+    if (result.is_null(row, 1)) continue;
+    target_columns.emplace(result.get(row, 1), row);
+    if (result.get(row, 3) == "t") target_primary_key.push_back(result.get(row, 1));
+  }
+  for (std::size_t i = 0; i < relation.columns.size(); ++i) {
+    const auto& column = relation.columns[i];
+    auto found = target_columns.find(column.name);
+    if (found == target_columns.end()) {
+      broken_ = true;
+      throw Error(fmt::format(
+          "the target table {} has no column \"{}\" ({}.{}), which the source sends: add the "
+          "column on the target (ALTER TABLE {} ADD COLUMN {} <type as on the source>), then "
+          "restart",
+          table.display, column.name, table.display, column.name, table.qualified,
+          quote_ident(column.name)));
+    }
+    table.columns.push_back(quote_ident(column.name));
+    table.types.emplace_back(result.get(found->second, 2));
+    if (column.is_key) table.key.push_back(static_cast<int>(i));
+  }
+  for (auto name : target_primary_key) {
+    auto source = std::find_if(relation.columns.begin(), relation.columns.end(),
+                               [&](const auto& column) { return column.name == name; });
+    if (source == relation.columns.end()) {
+      table.primary_key.clear();
+      break;
+    }
+    table.primary_key.push_back(static_cast<int>(source - relation.columns.begin()));
+  }
+  spdlog::debug("target table {} mapped: {} columns, rel={} version={}", table.display,
+                table.columns.size(), relation.id.value, relation.version);
+  auto& slot = tables_[relation.id];
+  slot = std::move(table);
+  return slot;
+}
+
+const Statement& Applier::Impl::statement(std::string_view sql_key, int params,
+                                          const std::function<std::string()>& build_sql) {
+  statement_key_.assign(sql_key);
+  auto it = statements_.find(statement_key_);
+  if (it != statements_.end()) return it->second;
+  Statement prepared{fmt::format("pgferry_{}", next_statement_++), params};
+  std::string sql = build_sql();
+  if (PQsendPrepare(pg_, prepared.name.c_str(), sql.c_str(), params, nullptr) != 1) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, "preparing a statement");
+  }
+  push(Op::prepare, sql.size());
+  spdlog::debug("prepared {}: {}", prepared.name, sql);
+  return statements_.emplace(statement_key_, std::move(prepared)).first->second;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Groups
+
+void Applier::Impl::open_group() {
+  send_query("BEGIN", Op::begin);
+  group_open_ = true;
+  group_started_ = Clock::now();
+  group_bytes_ = 0;
+  group_rows_ = 0;
+  group_transactions_ = 0;
+}
+
+void Applier::Impl::write_progress(Lsn lsn, std::optional<PgTimestamp> commit_time, Op op) {
+  std::string lsn_text = lsn.to_string();
+  std::string micros;
+  if (commit_time) micros = fmt::format("{}", to_pg_timestamp(*commit_time));
+  send_query(ProgressStore::kUpdateSql, op,
+             {options_.name, lsn_text, commit_time ? Param(micros) : Param(std::nullopt)});
+}
+
+void Applier::Impl::refresh_durable(Lsn target_insert, Lsn target_flush) {
+  if (target_insert.is_valid()) unflushed_.emplace_back(target_insert, last_commit_end_);
+  while (!unflushed_.empty() && unflushed_.front().first <= target_flush) {
+    durable_lsn_.store(std::max(durable_lsn_.load(), unflushed_.front().second.value()));
+    unflushed_.pop_front();
+  }
+}
+
+void Applier::Impl::commit_group() {
+  flush_insert_run();
+  write_progress(group_end_lsn_, group_commit_time_, Op::progress);
+  // Every result must be checked before COMMIT is sent: an UPDATE that matched no row is no
+  // error to the server, and a COMMIT already in the pipeline would make it permanent.
+  request_flush();
+  while (!pending_.empty()) read_next();
+  send_query("COMMIT", Op::commit);
+  if (async_commit_) {
+    send_query("SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text",
+               Op::wal_position);
+  }
+  if (PQpipelineSync(pg_) != 1) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, "sending a pipeline sync");
+  }
+  push(Op::sync, 0);
+  Result position;
+  while (!pending_.empty()) {
+    bool is_position = pending_.front().op == Op::wal_position;
+    Result result = read_next();
+    if (is_position) position = std::move(result);
+  }
+  sent_since_read_ = 0;
+  group_open_ = false;
+  last_commit_end_ = group_end_lsn_;
+  if (async_commit_) {
+    refresh_durable(Lsn::from_string(position.get(0, 0), "pg_current_wal_insert_lsn"),
+                    Lsn::from_string(position.get(0, 1), "pg_current_wal_flush_lsn"));
+  } else {
+    durable_lsn_.store(group_end_lsn_.value());
+  }
+  counters_.groups_committed.fetch_add(1, std::memory_order_relaxed);
+  spdlog::debug("committed group lsn={} transactions={} rows={} bytes={}", group_end_lsn_,
+                group_transactions_, group_rows_, group_bytes_);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Rows
+
+void Applier::Impl::check_tuple(const Relation& relation, TupleView tuple,
+                                std::string_view what) const {
+  if (tuple.size() != relation.columns.size()) {
+    throw ProtocolError(
+        fmt::format("{} for {} carries {} columns, its Relation message {}", what,
+                    relation.qualified_name(), tuple.size(), relation.columns.size()),
+        0, 'R');
+  }
+  for (std::size_t i = 0; i < tuple.size(); ++i) {
+    if (tuple[i].kind == ColumnKind::binary) {
+      throw Error(fmt::format(
+          "{} for {} carries column \"{}\" in binary format; the applier takes text only: start "
+          "the stream without the binary option",
+          what, relation.qualified_name(), relation.columns[i].name));
+    }
+  }
+}
+
+void Applier::Impl::add_param(const ColumnValue& value) {
+  if (value.kind == ColumnKind::null) {
+    param_offsets_.push_back(-1);
+    return;
+  }
+  param_offsets_.push_back(static_cast<std::int64_t>(param_arena_.size()));
+  param_arena_.append(value.data);
+  param_arena_.push_back('\0');
+}
+
+void Applier::Impl::finish_params() {
+  param_values_.clear();
+  for (auto offset : param_offsets_) {
+    param_values_.push_back(offset < 0 ? nullptr : param_arena_.data() + offset);
+  }
+}
+
+void Applier::Impl::format_key(const TargetTable& table, const std::vector<int>& columns,
+                               TupleView tuple) {
+  key_scratch_.clear();
+  key_scratch_ += '(';
+  for (std::size_t i = 0; i < columns.size(); ++i) {
+    if (i) key_scratch_ += ", ";
+    key_scratch_ += table.columns[static_cast<std::size_t>(columns[i])];
+  }
+  key_scratch_ += ")=(";
+  for (std::size_t i = 0; i < columns.size(); ++i) {
+    if (i) key_scratch_ += ", ";
+    const auto& value = tuple[static_cast<std::size_t>(columns[i])];
+    if (value.kind == ColumnKind::null) {
+      key_scratch_ += "NULL";
+    } else if (value.data.size() > kMaxKeyText) {
+      key_scratch_.append(value.data.substr(0, kMaxKeyText));
+      key_scratch_ += "...";
+    } else {
+      key_scratch_.append(value.data);
+    }
+  }
+  key_scratch_ += ')';
+}
+
+void Applier::Impl::buffer_insert(const Relation& relation, const pgoutput::Insert& insert) {
+  check_tuple(relation, insert.new_tuple, "INSERT");
+  if (!run_.empty() && (run_.relation != relation.id || run_.version != relation.version)) {
+    flush_insert_run();
+  }
+  const TargetTable& table = table_for(relation);
+  if (run_.empty()) {
+    run_.table = &table;
+    run_.relation = relation.id;
+    run_.version = relation.version;
+    run_.columns = relation.columns.size();
+  }
+  if (run_.transactions.empty() || run_.transactions.back().second != current_.final_lsn) {
+    run_.transactions.emplace_back(run_.rows, current_.final_lsn);
+  }
+  std::size_t before = run_.values.size();
+  for (std::size_t i = 0; i < insert.new_tuple.size(); ++i) {
+    const auto& value = insert.new_tuple[i];
+    switch (value.kind) {
+      case ColumnKind::null:
+        run_.cells.push_back(-1);
+        break;
+      case ColumnKind::text:
+        run_.cells.push_back(static_cast<std::int64_t>(run_.values.size()));
+        run_.values.append(value.data);
+        run_.values.push_back('\0');
+        break;
+      case ColumnKind::unchanged_toast:
+      case ColumnKind::binary:
+        throw ProtocolError(
+            fmt::format("INSERT into {} has an unchanged-TOAST or binary column \"{}\"",
+                        table.display, relation.columns[i].name),
+            0, 'I');
+    }
+  }
+  ++run_.rows;
+  ++group_rows_;
+  group_bytes_ += run_.values.size() - before;
+  if (run_.values.size() >= options_.copy_max_bytes) flush_insert_run();
+}
+
+void Applier::Impl::flush_insert_run() {
+  if (run_.empty()) return;
+  if (run_.rows >= options_.copy_min_rows) {
+    copy_insert_run();
+  } else {
+    const TargetTable& table = *run_.table;
+    statement_key_.clear();
+    std::string key = fmt::format("I/{}/{}", table.id.value, table.version);
+    const auto& prepared = statement(key, static_cast<int>(run_.columns), [&] {
+      std::string sql = fmt::format("INSERT INTO {} (", table.qualified);
+      for (std::size_t i = 0; i < table.columns.size(); ++i) {
+        if (i) sql += ", ";
+        sql += table.columns[i];
+      }
+      sql += ") OVERRIDING SYSTEM VALUE VALUES (";
+      for (std::size_t i = 0; i < table.columns.size(); ++i) {
+        if (i) sql += ", ";
+        sql += fmt::format("${}", i + 1);
+      }
+      sql += ')';
+      return sql;
+    });
+    Statement insert_statement = prepared;  // the map may rehash while sending
+    for (std::size_t row = 0; row < run_.rows; ++row) {
+      param_values_.clear();
+      std::size_t bytes = 0;
+      key_scratch_.clear();
+      for (std::size_t column = 0; column < run_.columns; ++column) {
+        auto offset = run_.cells[row * run_.columns + column];
+        const char* value = offset < 0 ? nullptr : run_.values.data() + offset;
+        param_values_.push_back(value);
+        if (value) bytes += std::char_traits<char>::length(value);
+      }
+      // Key text for messages: the source key columns.
+      key_scratch_ += '(';
+      for (std::size_t i = 0; i < table.key.size(); ++i) {
+        if (i) key_scratch_ += ", ";
+        key_scratch_ += table.columns[static_cast<std::size_t>(table.key[i])];
+      }
+      key_scratch_ += ")=(";
+      for (std::size_t i = 0; i < table.key.size(); ++i) {
+        if (i) key_scratch_ += ", ";
+        const char* value = param_values_[static_cast<std::size_t>(table.key[i])];
+        key_scratch_ += value ? std::string_view(value).substr(0, kMaxKeyText) : "NULL";
+      }
+      key_scratch_ += ')';
+      if (PQsendQueryPrepared(pg_, insert_statement.name.c_str(), insert_statement.params,
+                              param_values_.data(), nullptr, nullptr, 0) != 1) {
+        broken_ = true;
+        throw_pg_error(pg_, nullptr, Side::target, "sending INSERT");
+      }
+      Lsn saved = current_.final_lsn;
+      current_.final_lsn = run_.commit_lsn_of(row);
+      push(Op::insert, bytes, &table, table.key.empty() ? std::string_view{} : key_scratch_);
+      current_.final_lsn = saved;
+      after_send();
+    }
+  }
+  counters_.rows_inserted.fetch_add(run_.rows, std::memory_order_relaxed);
+  run_.clear();
+}
+
+void Applier::Impl::copy_insert_run() {
+  const TargetTable& table = *run_.table;
+  sync_and_drain();
+  if (PQexitPipelineMode(pg_) != 1) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, "leaving pipeline mode for COPY");
+  }
+  std::string sql = fmt::format("COPY {} (", table.qualified);
+  for (std::size_t i = 0; i < table.columns.size(); ++i) {
+    if (i) sql += ", ";
+    sql += table.columns[i];
+  }
+  sql += ") FROM STDIN";
+  auto fail_copy = [&](const PGresult* result, std::string_view doing) {
+    broken_ = true;
+    std::string where =
+        fmt::format("{} rel={} ({} rows, source commit_lsn={}..{})", doing, table.display,
+                    run_.rows, run_.transactions.front().second, run_.transactions.back().second);
+    // The server names the failing row as "COPY t, line N": name its transaction and key.
+    if (result) {
+      if (const char* context = PQresultErrorField(result, PG_DIAG_CONTEXT)) {
+        std::string_view text(context);
+        auto at = text.find(", line ");
+        std::size_t line = 0;
+        if (at != std::string_view::npos) {
+          auto digits = text.substr(at + 7);
+          std::from_chars(digits.data(), digits.data() + digits.size(), line);
+        }
+        if (line >= 1 && line <= run_.rows) {
+          std::size_t row = line - 1;
+          key_scratch_.clear();
+          if (!table.key.empty()) {
+            key_scratch_ += " key (";
+            for (std::size_t i = 0; i < table.key.size(); ++i) {
+              if (i) key_scratch_ += ", ";
+              key_scratch_ += table.columns[static_cast<std::size_t>(table.key[i])];
+            }
+            key_scratch_ += ")=(";
+            for (std::size_t i = 0; i < table.key.size(); ++i) {
+              if (i) key_scratch_ += ", ";
+              auto offset = run_.cells[row * run_.columns + static_cast<std::size_t>(table.key[i])];
+              key_scratch_ +=
+                  offset < 0 ? std::string_view("NULL")
+                             : std::string_view(run_.values.data() + offset).substr(0, kMaxKeyText);
+            }
+            key_scratch_ += ')';
+          }
+          where = fmt::format("COPY rel={}{} in source transaction commit_lsn={}", table.display,
+                              key_scratch_, run_.commit_lsn_of(row));
+        }
+      }
+    }
+    throw_pg_error(pg_, result, Side::target, where);
+  };
+
+  Result started(PQexec(pg_, sql.c_str()));
+  if (!started || started.status() != PGRES_COPY_IN) fail_copy(started.native(), "starting COPY");
+
+  copy_buffer_.clear();
+  for (std::size_t row = 0; row < run_.rows; ++row) {
+    for (std::size_t column = 0; column < run_.columns; ++column) {
+      if (column) copy_buffer_ += '\t';
+      auto offset = run_.cells[row * run_.columns + column];
+      if (offset < 0) {
+        copy_buffer_ += kCopyNull;
+      } else {
+        append_copy_text(copy_buffer_, std::string_view(run_.values.data() + offset));
+      }
+    }
+    copy_buffer_ += '\n';
+    if (copy_buffer_.size() >= (256u << 10) || row + 1 == run_.rows) {
+      if (PQputCopyData(pg_, copy_buffer_.data(), static_cast<int>(copy_buffer_.size())) != 1) {
+        fail_copy(nullptr, "sending COPY data");
+      }
+      copy_buffer_.clear();
+    }
+  }
+  if (PQputCopyEnd(pg_, nullptr) != 1) fail_copy(nullptr, "ending COPY");
+  Result done(PQgetResult(pg_));
+  while (PGresult* extra = PQgetResult(pg_)) PQclear(extra);
+  if (!done || done.status() != PGRES_COMMAND_OK) fail_copy(done.native(), "COPY");
+  if (done.affected_rows() != static_cast<long>(run_.rows)) {
+    broken_ = true;
+    throw Error(fmt::format("target: COPY into {} wrote {} rows instead of {}", table.display,
+                            done.affected_rows(), run_.rows));
+  }
+  if (PQenterPipelineMode(pg_) != 1) {
+    broken_ = true;
+    throw_pg_error(pg_, nullptr, Side::target, "entering pipeline mode after COPY");
+  }
+  counters_.copy_batches.fetch_add(1, std::memory_order_relaxed);
+}
+
+Match Applier::Impl::choose_match(const TargetTable& table, char old_kind,
+                                  TupleView old_tuple) const {
+  if (old_kind != 'O') return Match::key;
+  if (table.primary_key.empty()) return Match::full;
+  for (int column : table.primary_key) {
+    if (old_tuple[static_cast<std::size_t>(column)].kind != ColumnKind::text) return Match::full;
+  }
+  return Match::primary_key;
+}
+
+std::vector<int> Applier::Impl::match_columns(const TargetTable& table, Match match,
+                                              char /*old_kind*/) const {
+  switch (match) {
+    case Match::key:
+      return table.key;
+    case Match::primary_key:
+      return table.primary_key;
+    case Match::full: {
+      std::vector<int> all(table.columns.size());
+      for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+      return all;
+    }
+  }
+  return {};
+}
+
+namespace {
+
+// Appends the WHERE clause that finds the row; parameters from `first_param` on, one for
+// each non-NULL, non-unchanged column of `tuple` among `columns`.
+void append_where(std::string& sql, const TargetTable& table, Match match,
+                  const std::vector<int>& columns, TupleView tuple, int first_param) {
+  std::string condition;
+  int param = first_param;
+  for (std::size_t i = 0; i < columns.size(); ++i) {
+    auto column = static_cast<std::size_t>(columns[i]);
+    auto kind = tuple[column].kind;
+    if (kind == ColumnKind::unchanged_toast) continue;
+    if (!condition.empty()) condition += " AND ";
+    if (kind == ColumnKind::null) {
+      condition += fmt::format("{} IS NULL", table.columns[column]);
+    } else if (match == Match::full) {
+      // Through the text form: works for types without an equality operator (json, point).
+      condition += fmt::format("{}::text = (${}::{})::text", table.columns[column], param++,
+                               table.types[column]);
+    } else {
+      condition += fmt::format("{} = ${}::{}", table.columns[column], param++, table.types[column]);
+    }
+  }
+  if (match == Match::full) {
+    sql += fmt::format(" WHERE ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)", table.qualified,
+                       condition.empty() ? "true" : condition);
+  } else {
+    sql += " WHERE " + condition;
+  }
+}
+
+// One byte per column for the statement cache key: which columns a statement uses and how.
+void append_shape(std::string& key, TupleView tuple, const std::vector<int>& columns) {
+  for (int column : columns) key += static_cast<char>(tuple[static_cast<std::size_t>(column)].kind);
+  key += '|';
+}
+
+}  // namespace
+
+void Applier::Impl::apply_update(const Relation& relation, const pgoutput::Update& update) {
+  flush_insert_run();
+  check_tuple(relation, update.new_tuple, "UPDATE");
+  if (update.old_kind != 0) check_tuple(relation, update.old_tuple, "UPDATE (old tuple)");
+  const TargetTable& table = table_for(relation);
+  TupleView old_tuple = update.old_kind != 0 ? update.old_tuple : update.new_tuple;
+  Match match = choose_match(table, update.old_kind, old_tuple);
+  std::vector<int> where = match_columns(table, match, update.old_kind);
+  if (where.empty()) {
+    broken_ = true;
+    throw Error(fmt::format(
+        "UPDATE of {} has no replica identity key to find the row by: give the source table a "
+        "primary key or REPLICA IDENTITY FULL",
+        table.display));
+  }
+
+  // SET: every column the new tuple carries as a value; without an old tuple the key did not
+  // change, so key columns are left out (unless nothing else is left).
+  std::vector<int> set;
+  for (std::size_t i = 0; i < update.new_tuple.size(); ++i) {
+    if (update.new_tuple[i].kind == ColumnKind::unchanged_toast) continue;
+    if (update.old_kind == 0 && relation.columns[i].is_key) continue;
+    set.push_back(static_cast<int>(i));
+  }
+  if (set.empty()) set = table.key;
+
+  statement_key_.clear();
+  std::string key = fmt::format("U/{}/{}/{}/{}/", table.id.value, table.version,
+                                static_cast<char>(match), update.old_kind);
+  for (int column : set) key += fmt::format("{},", column);
+  key += '|';
+  append_shape(key, old_tuple, where);
+
+  clear_params();
+  for (int column : set) add_param(update.new_tuple[static_cast<std::size_t>(column)]);
+  int set_params = static_cast<int>(param_offsets_.size());
+  // NULLs in SET are parameters; NULLs in WHERE become IS NULL.
+  for (int column : where) {
+    const auto& value = old_tuple[static_cast<std::size_t>(column)];
+    if (value.kind == ColumnKind::text) add_param(value);
+  }
+  finish_params();
+  const auto& prepared = statement(key, static_cast<int>(param_offsets_.size()), [&] {
+    std::string sql = fmt::format("UPDATE {} SET ", table.qualified);
+    for (std::size_t i = 0; i < set.size(); ++i) {
+      if (i) sql += ", ";
+      sql += fmt::format("{} = ${}", table.columns[static_cast<std::size_t>(set[i])], i + 1);
+    }
+    append_where(sql, table, match, where, old_tuple, set_params + 1);
+    return sql;
+  });
+  Statement update_statement = prepared;
+  format_key(table, match == Match::full ? table.key : where, old_tuple);
+  send_prepared(update_statement, Op::update, &table, key_scratch_);
+  ++group_rows_;
+  group_bytes_ += param_arena_.size();
+  counters_.rows_updated.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Applier::Impl::apply_delete(const Relation& relation, const pgoutput::Delete& del) {
+  flush_insert_run();
+  check_tuple(relation, del.old_tuple, "DELETE");
+  const TargetTable& table = table_for(relation);
+  Match match = choose_match(table, del.old_kind, del.old_tuple);
+  std::vector<int> where = match_columns(table, match, del.old_kind);
+  if (where.empty()) {
+    broken_ = true;
+    throw Error(fmt::format(
+        "DELETE from {} has no replica identity key to find the row by: give the source table "
+        "a primary key or REPLICA IDENTITY FULL",
+        table.display));
+  }
+  std::string key =
+      fmt::format("D/{}/{}/{}/", table.id.value, table.version, static_cast<char>(match));
+  append_shape(key, del.old_tuple, where);
+  clear_params();
+  for (int column : where) {
+    const auto& value = del.old_tuple[static_cast<std::size_t>(column)];
+    if (value.kind == ColumnKind::text) add_param(value);
+  }
+  finish_params();
+  const auto& prepared = statement(key, static_cast<int>(param_offsets_.size()), [&] {
+    std::string sql = fmt::format("DELETE FROM {}", table.qualified);
+    append_where(sql, table, match, where, del.old_tuple, 1);
+    return sql;
+  });
+  Statement delete_statement = prepared;
+  format_key(table, match == Match::full ? table.key : where, del.old_tuple);
+  send_prepared(delete_statement, Op::delete_, &table, key_scratch_);
+  ++group_rows_;
+  group_bytes_ += param_arena_.size();
+  counters_.rows_deleted.fetch_add(1, std::memory_order_relaxed);
+}
+
+// ----------------------------------------------------------------------------------------------
+// ChangeSink
+
+Applier::Applier(Connection target, ApplierOptions options)
+    : impl_(std::make_unique<Impl>(std::move(target), std::move(options))) {}
+
+Applier::~Applier() = default;
+
+void Applier::begin_transaction(const TransactionBegin& begin) {
+  auto& s = *impl_;
+  s.check_usable();
+  if (s.in_source_txn_) {
+    s.broken_ = true;
+    throw Error(fmt::format("begin of xid={} while xid={} is still open", begin.xid.value,
+                            s.current_.xid.value));
+  }
+  s.in_source_txn_ = true;
+  s.current_ = begin;
+  // Its commit record lies before what is applied: the whole transaction is on the target.
+  s.skipping_ = begin.final_lsn < s.applied_lsn_;
+  if (s.skipping_) {
+    spdlog::debug("skipping applied transaction xid={} lsn={}", begin.xid.value, begin.final_lsn);
+    return;
+  }
+  if (!s.group_open_) s.open_group();
+}
+
+void Applier::relation(const Relation& relation) {
+  auto& s = *impl_;
+  s.check_usable();
+  if (!s.run_.empty() && s.run_.relation == relation.id) s.flush_insert_run();
+}
+
+void Applier::insert(const Relation& relation, const pgoutput::Insert& insert) {
+  auto& s = *impl_;
+  s.check_usable();
+  if (s.skipping_) return;
+  s.buffer_insert(relation, insert);
+}
+
+void Applier::update(const Relation& relation, const pgoutput::Update& update) {
+  auto& s = *impl_;
+  s.check_usable();
+  if (s.skipping_) return;
+  s.apply_update(relation, update);
+}
+
+void Applier::delete_rows(const Relation& relation, const pgoutput::Delete& del) {
+  auto& s = *impl_;
+  s.check_usable();
+  if (s.skipping_) return;
+  s.apply_delete(relation, del);
+}
+
+void Applier::truncate(std::span<const Relation* const> relations, std::uint8_t flags) {
+  auto& s = *impl_;
+  s.check_usable();
+  if (s.skipping_ || relations.empty()) return;
+  s.flush_insert_run();
+  std::string sql = "TRUNCATE ";
+  const TargetTable* first = nullptr;
+  for (std::size_t i = 0; i < relations.size(); ++i) {
+    const TargetTable& table = s.table_for(*relations[i]);
+    if (!first) first = &table;
+    if (i) sql += ", ";
+    sql += table.qualified;
+  }
+  if (flags & pgoutput::Truncate::kRestartIdentity) sql += " RESTART IDENTITY";
+  if (flags & pgoutput::Truncate::kCascade) sql += " CASCADE";
+  s.send_query(sql, Op::truncate, {}, first);
+  s.counters_.relations_truncated.fetch_add(relations.size(), std::memory_order_relaxed);
+}
+
+void Applier::commit_transaction(const TransactionCommit& commit) {
+  auto& s = *impl_;
+  s.check_usable();
+  if (!s.in_source_txn_) {
+    s.broken_ = true;
+    throw Error(fmt::format("commit of xid={} without a begin", commit.xid.value));
+  }
+  s.in_source_txn_ = false;
+  if (s.skipping_) {
+    s.skipping_ = false;
+    if (commit.end_lsn > s.applied_lsn_) {
+      s.broken_ = true;
+      throw Error(fmt::format(
+          "transaction xid={} commit_lsn={} ends at {}, past the applied position {} although "
+          "it began before it: the progress record does not match this stream",
+          commit.xid.value, commit.commit_lsn, commit.end_lsn, s.applied_lsn_));
+    }
+    s.counters_.transactions_skipped.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  s.group_end_lsn_ = commit.end_lsn;
+  s.group_commit_time_ = commit.commit_time;
+  s.applied_lsn_ = std::max(s.applied_lsn_, commit.end_lsn);
+  ++s.group_transactions_;
+  s.counters_.transactions_applied.fetch_add(1, std::memory_order_relaxed);
+  if (s.group_rows_ >= s.options_.group_max_rows || s.group_bytes_ >= s.options_.group_max_bytes ||
+      Clock::now() - s.group_started_ >= s.options_.group_max_delay) {
+    s.commit_group();
+  }
+}
+
+void Applier::idle(Lsn wal_end) {
+  auto& s = *impl_;
+  s.check_usable();
+  if (s.in_source_txn_) return;
+  if (s.group_open_) s.commit_group();
+  auto now = Clock::now();
+  if (s.async_commit_ && !s.unflushed_.empty()) {
+    auto result = s.pipeline_query("SELECT pg_current_wal_flush_lsn()::text", {});
+    s.refresh_durable(Lsn::invalid(),
+                      Lsn::from_string(result.get(0, 0), "pg_current_wal_flush_lsn"));
+  }
+  if (wal_end <= s.applied_lsn_ || now - s.last_idle_write_ < s.options_.idle_progress_interval) {
+    return;
+  }
+  // Nothing of ours before wal_end is left: record it, so that lag reaches zero at idle.
+  s.current_.final_lsn = Lsn::invalid();
+  s.write_progress(wal_end, std::nullopt, Op::progress);
+  if (s.async_commit_) {
+    s.send_query("SELECT pg_current_wal_insert_lsn()::text, pg_current_wal_flush_lsn()::text",
+                 Op::wal_position);
+  }
+  if (PQpipelineSync(s.pg_) != 1) {
+    s.broken_ = true;
+    throw_pg_error(s.pg_, nullptr, Side::target, "sending a pipeline sync");
+  }
+  s.push(Op::sync, 0);
+  Result position;
+  while (!s.pending_.empty()) {
+    bool is_position = s.pending_.front().op == Op::wal_position;
+    Result result = s.read_next();
+    if (is_position) position = std::move(result);
+  }
+  s.applied_lsn_ = wal_end;
+  s.last_commit_end_ = wal_end;
+  s.last_idle_write_ = now;
+  if (s.async_commit_) {
+    s.refresh_durable(Lsn::from_string(position.get(0, 0), "pg_current_wal_insert_lsn"),
+                      Lsn::from_string(position.get(0, 1), "pg_current_wal_flush_lsn"));
+  } else {
+    s.durable_lsn_.store(wal_end.value());
+  }
+}
+
+void Applier::flush() {
+  auto& s = *impl_;
+  s.check_usable();
+  if (s.group_open_ && !s.in_source_txn_) s.commit_group();
+}
+
+void Applier::tick() {
+  auto& s = *impl_;
+  s.check_usable();
+  if (s.group_open_ && !s.in_source_txn_ &&
+      Clock::now() - s.group_started_ >= s.options_.group_max_delay) {
+    s.commit_group();
+  }
+}
+
+Lsn Applier::resume_lsn() const {
+  return impl_->resume_lsn_;
+}
+Lsn Applier::durable_lsn() const {
+  return Lsn{impl_->durable_lsn_.load()};
+}
+bool Applier::in_source_transaction() const {
+  return impl_->in_source_txn_;
+}
+
+ApplierCounters Applier::counters() const {
+  const auto& c = impl_->counters_;
+  auto get = [](const std::atomic<std::uint64_t>& value) {
+    return value.load(std::memory_order_relaxed);
+  };
+  return {get(c.rows_inserted),       get(c.rows_updated),         get(c.rows_deleted),
+          get(c.relations_truncated), get(c.transactions_applied), get(c.transactions_skipped),
+          get(c.groups_committed),    get(c.copy_batches),         get(c.statements_sent)};
+}
+
+}  // namespace pgferry::replication

@@ -1,0 +1,461 @@
+// The applier alone, against a real target cluster: Relations and pgoutput structs built by
+// hand (text values, as the walsender sends them) fed to an Applier, then the target's rows
+// checked. No source cluster: what the stream delivers is simulated exactly.
+#include "pgferry/replication/applier.hpp"
+
+#include <fmt/format.h>
+
+#include "pgferry/replication/progress.hpp"
+#include "support/harness.hpp"
+
+namespace repl = pgferry::replication;
+namespace pgo = pgferry::replication::pgoutput;
+using namespace pgferry::testing;
+using repl::Lsn;
+
+namespace {
+
+pgo::ColumnValue T(std::string_view text) {
+  return {pgo::ColumnKind::text, text};
+}
+const pgo::ColumnValue N{pgo::ColumnKind::null, {}};
+const pgo::ColumnValue U{pgo::ColumnKind::unchanged_toast, {}};
+using Tuple = std::vector<pgo::ColumnValue>;
+
+std::uint64_t next_version = 1000;
+
+repl::Relation make_relation(std::uint32_t id, std::string schema, std::string name,
+                             std::vector<std::pair<std::string, bool>> columns,
+                             char replica_identity = 'd') {
+  repl::Relation relation;
+  relation.id = repl::RelationId{id};
+  relation.nspname = std::move(schema);
+  relation.relname = std::move(name);
+  relation.replica_identity = replica_identity;
+  for (auto& [column, key] : columns) relation.columns.push_back({column, repl::Oid{25}, -1, key});
+  relation.version = next_version++;
+  return relation;
+}
+
+// Plays the role of the transaction assembler: one source transaction per call, commit
+// records 0x100 bytes apart.
+class Source {
+ public:
+  explicit Source(repl::Applier& applier, Lsn start = Lsn{0x1000000})
+      : applier_(&applier), lsn_(start) {}
+  Lsn next_commit() const { return lsn_ + 0x100; }
+
+  // Runs `body` inside begin/commit of a transaction whose commit record is at `commit_lsn`
+  // (default: the next one). Returns the end_lsn.
+  Lsn transaction(const std::function<void()>& body, std::optional<Lsn> commit_lsn = {}) {
+    Lsn commit = commit_lsn.value_or(next_commit());
+    if (commit > lsn_) lsn_ = commit;
+    repl::TransactionBegin begin{repl::Xid{++xid_}, commit, repl::PgTimestamp{}, false};
+    begin.commit_time = repl::from_pg_timestamp(700'000'000'000'000 + xid_);
+    applier_->begin_transaction(begin);
+    body();
+    Lsn end = commit + 0x28;
+    applier_->commit_transaction({begin.xid, commit, end, begin.commit_time});
+    return end;
+  }
+  void insert(const repl::Relation& relation, const Tuple& tuple) {
+    applier_->insert(relation, {std::nullopt, relation.id, tuple});
+  }
+  void update(const repl::Relation& relation, char old_kind, const Tuple& old_tuple,
+              const Tuple& new_tuple) {
+    applier_->update(relation, {std::nullopt, relation.id, old_kind, old_tuple, new_tuple});
+  }
+  void remove(const repl::Relation& relation, char old_kind, const Tuple& old_tuple) {
+    applier_->delete_rows(relation, {std::nullopt, relation.id, old_kind, old_tuple});
+  }
+
+ private:
+  repl::Applier* applier_;
+  Lsn lsn_;
+  std::uint32_t xid_ = 700;
+};
+
+}  // namespace
+
+class ApplierTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { target_ = start_cluster(); }
+  static void TearDownTestSuite() { target_.reset(); }
+
+  void SetUp() override {
+    sql_ = std::make_unique<repl::Connection>(connect(*target_));
+    name_ = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    repl::ProgressStore(*sql_).initialize(name_, Lsn{0x1000000});
+  }
+
+  std::unique_ptr<repl::Applier> applier(repl::ApplierOptions options = {}) {
+    options.name = name_;
+    return std::make_unique<repl::Applier>(connect(*target_, "postgres", repl::Side::target),
+                                           options);
+  }
+  std::string value(std::string_view query) { return query_value(*sql_, query); }
+  Lsn progress() { return *repl::ProgressStore(*sql_).read(name_); }
+
+  static std::unique_ptr<pgferry::tools::LocalCluster> target_;
+  std::unique_ptr<repl::Connection> sql_;
+  std::string name_;
+};
+
+std::unique_ptr<pgferry::tools::LocalCluster> ApplierTest::target_;
+
+TEST_F(ApplierTest, ProgressRecordIsIdempotentAndDroppable) {
+  repl::ProgressStore store(*sql_);
+  EXPECT_FALSE(store.initialize(name_, Lsn{0x5000000}));  // exists: left alone
+  EXPECT_EQ(store.read(name_), Lsn{0x1000000});
+  EXPECT_FALSE(store.read("no-such-name").has_value());
+  EXPECT_TRUE(store.initialize("other", Lsn{7}));
+  EXPECT_TRUE(store.drop("other"));
+  EXPECT_FALSE(store.drop("other"));
+  EXPECT_EQ(store.read(name_), Lsn{0x1000000});
+}
+
+TEST_F(ApplierTest, ManyTypesThroughPreparedInsertsAndCopy) {
+  sql_->exec(
+      "CREATE TYPE mood AS ENUM ('sad', 'happy');"
+      "CREATE TABLE types_expected (id int PRIMARY KEY, b bigint, n numeric, t text, raw bytea, "
+      "  doc jsonb, ints int[], texts text[], m mood, at timestamptz, u uuid, f float8);"
+      "CREATE TABLE types_applied (LIKE types_expected INCLUDING ALL)");
+  auto relation = make_relation(1, "public", "types_applied",
+                                {{"id", true},
+                                 {"b", false},
+                                 {"n", false},
+                                 {"t", false},
+                                 {"raw", false},
+                                 {"doc", false},
+                                 {"ints", false},
+                                 {"texts", false},
+                                 {"m", false},
+                                 {"at", false},
+                                 {"u", false},
+                                 {"f", false}});
+  std::vector<std::string> texts = {
+      "plain",     "it's \"quoted\"",          "line1\nline2\r\nline3",
+      "tab\there", "back\\slash \\N \\. \\\\", "unicode: żółw 🐢 ü",
+      "",
+  };
+  std::vector<Tuple> rows;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 60; ++i) ids.push_back(std::to_string(i));
+  for (int i = 0; i < 60; ++i) {
+    const std::string& text = texts[static_cast<std::size_t>(i) % texts.size()];
+    bool nulls = i % 5 == 4;
+    rows.push_back({T(ids[static_cast<std::size_t>(i)]), nulls ? N : T("-9223372036854775808"),
+                    i % 3 == 0 ? T("NaN") : T("12345678901234567890.000000000123"),
+                    nulls ? N : T(text), T("\\x00ff5c0a09"),
+                    T("{\"a\": [1, \"x\\ty\", null], \"k\\\"q\": \"\\u00fc\"}"), T("{1,2,NULL,-4}"),
+                    T("{\"a b\",\"c\\\"d\",NULL,\"\\\\\"}"), i % 2 ? T("happy") : T("sad"),
+                    T("2024-02-29 23:59:59.123456+00"), T("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+                    nulls ? N : T("-Infinity")});
+  }
+  for (const auto& row : rows) {
+    std::vector<repl::Param> params;
+    for (const auto& value : row) {
+      params.push_back(value.kind == pgo::ColumnKind::null ? repl::Param{}
+                                                           : repl::Param{value.data});
+    }
+    sql_->exec("INSERT INTO types_expected VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
+               std::span<const repl::Param>(params));
+  }
+
+  auto a = applier();
+  Source source(*a);
+  // 3 rows: below copy_min_rows, prepared INSERTs. Then 57 rows: one COPY.
+  source.transaction([&] {
+    for (int i = 0; i < 3; ++i) source.insert(relation, rows[static_cast<std::size_t>(i)]);
+  });
+  Lsn end = source.transaction([&] {
+    for (int i = 3; i < 60; ++i) source.insert(relation, rows[static_cast<std::size_t>(i)]);
+  });
+  a->flush();
+  EXPECT_EQ(a->durable_lsn(), end);
+  EXPECT_EQ(progress(), end);
+  auto counters = a->counters();
+  EXPECT_EQ(counters.rows_inserted, 60u);
+  EXPECT_EQ(counters.copy_batches, 1u);
+  EXPECT_EQ(counters.transactions_applied, 2u);
+  EXPECT_EQ(value("SELECT count(*) FROM types_applied"), "60");
+  EXPECT_EQ(table_fingerprint(*sql_, "types_applied", "id"),
+            table_fingerprint(*sql_, "types_expected", "id"));
+  EXPECT_EQ(value("SELECT t FROM types_applied WHERE id = 11"), texts[4]);
+  EXPECT_EQ(value("SELECT n::text FROM types_applied WHERE id = 3"), "NaN");
+  EXPECT_EQ(value("SELECT source_commit_time IS NOT NULL FROM pgferry.progress WHERE name = '" +
+                  name_ + "'"),
+            "t");
+}
+
+TEST_F(ApplierTest, UpdatesKeyChangeAndUnchangedToast) {
+  sql_->exec("CREATE TABLE docs (id int PRIMARY KEY, title text, body text, n int)");
+  auto relation = make_relation(2, "public", "docs",
+                                {{"id", true}, {"title", false}, {"body", false}, {"n", false}});
+  std::string body(100'000, 'x');
+  auto a = applier();
+  Source source(*a);
+  source.transaction([&] {
+    source.insert(relation, {T("1"), T("first"), T(body), T("1")});
+    source.insert(relation, {T("2"), T("second"), T("short"), N});
+  });
+  source.transaction([&] {
+    // Unchanged TOAST body: must stay as it is, never be written.
+    source.update(relation, 0, {}, {T("1"), T("renamed"), U, T("2")});
+    // Key change: old key in the 'K' tuple.
+    source.update(relation, 'K', {T("2"), N, N, N}, {T("20"), T("moved"), T("short"), T("7")});
+    // Set a column to NULL.
+    source.update(relation, 0, {}, {T("20"), N, T("short"), T("7")});
+  });
+  a->flush();
+  EXPECT_EQ(value("SELECT title || ':' || n || ':' || length(body) || ':' || (body = repeat('x', "
+                  "100000)) FROM docs WHERE id = 1"),
+            "renamed:2:100000:true");
+  EXPECT_EQ(value("SELECT count(*) FROM docs WHERE id = 2"), "0");
+  EXPECT_EQ(value("SELECT coalesce(title, 'NULL') || ':' || n FROM docs WHERE id = 20"), "NULL:7");
+  EXPECT_EQ(a->counters().rows_updated, 3u);
+}
+
+TEST_F(ApplierTest, QuotedMixedCaseNamesAndDifferentColumnOrder) {
+  sql_->exec(
+      "CREATE SCHEMA \"My Schema\";"
+      "CREATE TABLE \"My Schema\".\"Mixed\"\"Case\" (\"Note\" text, extra int DEFAULT 42, "
+      "\"Key Col\" int PRIMARY KEY, \"select\" text)");
+  auto relation = make_relation(3, "My Schema", "Mixed\"Case",
+                                {{"Key Col", true}, {"select", false}, {"Note", false}});
+  auto a = applier();
+  Source source(*a);
+  source.transaction([&] {
+    for (int i = 0; i < 20; ++i) {  // a COPY
+      source.insert(relation, {T(i == 0 ? "100" : std::to_string(i)), T("s"), T("n")});
+    }
+  });
+  // The strings above die with the loop: the applier must have copied what it buffered.
+  source.transaction([&] {
+    source.insert(relation, {T("200"), T("s2"), N});  // a prepared INSERT
+    source.update(relation, 0, {}, {T("200"), T("s3"), T("note")});
+    source.remove(relation, 'K', {T("100"), N, N});
+  });
+  a->flush();
+  const char* table = "\"My Schema\".\"Mixed\"\"Case\"";
+  EXPECT_EQ(value(fmt::format("SELECT count(*) FROM {}", table)), "20");
+  EXPECT_EQ(value(fmt::format("SELECT \"select\" || \"Note\" || extra FROM {} WHERE \"Key Col\" = "
+                              "200",
+                              table)),
+            "s3note42");
+  EXPECT_EQ(value(fmt::format("SELECT count(*) FROM {} WHERE \"Key Col\" = 100", table)), "0");
+}
+
+TEST_F(ApplierTest, ReplicaIdentityFullWithAndWithoutPrimaryKey) {
+  sql_->exec(
+      "CREATE TABLE full_pk (id int PRIMARY KEY, v text);"
+      "CREATE TABLE full_nopk (a int, doc json, p point);"
+      "INSERT INTO full_pk VALUES (1, 'a'), (2, 'b');"
+      "INSERT INTO full_nopk VALUES (1, '{\"x\": 1}', '(1,2)'), (1, '{\"x\": 1}', '(1,2)'), "
+      "(2, NULL, '(0,0)')");
+  auto with_pk = make_relation(4, "public", "full_pk", {{"id", true}, {"v", true}}, 'f');
+  auto without_pk =
+      make_relation(5, "public", "full_nopk", {{"a", true}, {"doc", true}, {"p", true}}, 'f');
+  auto a = applier();
+  Source source(*a);
+  source.transaction([&] {
+    source.update(with_pk, 'O', {T("1"), T("a")}, {T("1"), T("A")});
+    source.remove(with_pk, 'O', {T("2"), T("b")});
+    // Duplicate rows without a key: one row changes, as on the source.
+    source.update(without_pk, 'O', {T("1"), T("{\"x\": 1}"), T("(1,2)")},
+                  {T("1"), T("{\"x\": 2}"), T("(1,2)")});
+    source.remove(without_pk, 'O', {T("2"), N, T("(0,0)")});
+  });
+  a->flush();
+  EXPECT_EQ(value("SELECT string_agg(id || v, ',' ORDER BY id) FROM full_pk"), "1A");
+  EXPECT_EQ(value("SELECT string_agg(doc::text, ',' ORDER BY doc::text) FROM full_nopk"),
+            "{\"x\": 1},{\"x\": 2}");
+}
+
+TEST_F(ApplierTest, TruncateWithRestartIdentityAndCascade) {
+  sql_->exec(
+      "CREATE TABLE parent (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);"
+      "CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent);"
+      "INSERT INTO parent (v) VALUES ('a'), ('b');"
+      "INSERT INTO child VALUES (1, 1)");
+  auto parent = make_relation(6, "public", "parent", {{"id", true}, {"v", false}});
+  auto a = applier();
+  Source source(*a);
+  source.transaction([&] {
+    const repl::Relation* relations[] = {&parent};
+    a->truncate(relations, pgo::Truncate::kCascade | pgo::Truncate::kRestartIdentity);
+    // The source's identity value is written as is (GENERATED ALWAYS on the target too).
+    source.insert(parent, {T("5"), T("after")});
+  });
+  a->flush();
+  EXPECT_EQ(value("SELECT count(*) FROM child"), "0");
+  EXPECT_EQ(value("SELECT string_agg(id || v, ',') FROM parent"), "5after");
+  sql_->exec("INSERT INTO parent (v) VALUES ('next')");
+  EXPECT_EQ(value("SELECT id FROM parent WHERE v = 'next'"), "1");  // identity restarted
+}
+
+TEST_F(ApplierTest, MissingColumnIsAClearError) {
+  sql_->exec("CREATE TABLE narrow (id int PRIMARY KEY)");
+  auto relation = make_relation(7, "public", "narrow", {{"id", true}, {"wide", false}});
+  auto a = applier();
+  Source source(*a);
+  try {
+    source.transaction([&] { source.insert(relation, {T("1"), T("x")}); });
+    a->flush();
+    FAIL() << "no error";
+  } catch (const repl::Error& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("public.narrow.wide"), std::string::npos) << what;
+    EXPECT_NE(what.find("ADD COLUMN"), std::string::npos) << what;
+  }
+  EXPECT_EQ(progress(), Lsn{0x1000000});
+}
+
+TEST_F(ApplierTest, UpdateOfMissingRowStopsWithCommitLsnRelationAndKey) {
+  sql_->exec("CREATE TABLE conflict (id int PRIMARY KEY, v text)");
+  auto relation = make_relation(8, "public", "conflict", {{"id", true}, {"v", false}});
+  auto a = applier();
+  Source source(*a);
+  Lsn commit = source.next_commit();
+  try {
+    source.transaction([&] {
+      source.insert(relation, {T("1"), T("kept?")});
+      source.update(relation, 0, {}, {T("99"), T("nowhere")});
+    });
+    a->flush();
+    FAIL() << "no error";
+  } catch (const repl::Error& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find(commit.to_string()), std::string::npos) << what;
+    EXPECT_NE(what.find("public.conflict"), std::string::npos) << what;
+    EXPECT_NE(what.find("(\"id\")=(99)"), std::string::npos) << what;
+  }
+  EXPECT_THROW(a->flush(), repl::Error);  // broken: no half-applied continuation
+  a.reset();
+  // Nothing of the failed transaction is on the target, and progress did not move.
+  EXPECT_EQ(value("SELECT count(*) FROM conflict"), "0");
+  EXPECT_EQ(progress(), Lsn{0x1000000});
+}
+
+TEST_F(ApplierTest, DuplicateKeyInCopyNamesTheRowAndTransaction) {
+  sql_->exec("CREATE TABLE dup (id int PRIMARY KEY); INSERT INTO dup VALUES (17)");
+  auto relation = make_relation(9, "public", "dup", {{"id", true}});
+  auto a = applier();
+  Source source(*a);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 40; ++i) ids.push_back(std::to_string(i));
+  source.transaction([&] {
+    for (int i = 0; i < 10; ++i) source.insert(relation, {T(ids[static_cast<std::size_t>(i)])});
+  });
+  Lsn second = source.next_commit();
+  try {
+    source.transaction([&] {
+      for (int i = 10; i < 40; ++i) source.insert(relation, {T(ids[static_cast<std::size_t>(i)])});
+    });
+    a->flush();
+    FAIL() << "no error";
+  } catch (const repl::SqlError& e) {
+    std::string what = e.what();
+    EXPECT_EQ(e.sqlstate(), "23505");
+    EXPECT_NE(what.find("(\"id\")=(17)"), std::string::npos) << what;
+    EXPECT_NE(what.find(second.to_string()), std::string::npos) << what;
+  }
+}
+
+TEST_F(ApplierTest, TransactionsAtOrBelowAppliedLsnAreSkipped) {
+  sql_->exec("CREATE TABLE once (id int PRIMARY KEY, v int)");
+  auto relation = make_relation(10, "public", "once", {{"id", true}, {"v", false}});
+  Lsn old_commit{0x0F00000};  // before the progress record's 0/1000000
+  Lsn end1, end2;
+  {
+    auto a = applier();
+    EXPECT_EQ(a->resume_lsn(), Lsn{0x1000000});
+    Source source(*a);
+    source.transaction([&] { source.insert(relation, {T("0"), T("0")}); }, old_commit);
+    end1 = source.transaction([&] { source.insert(relation, {T("1"), T("1")}); });
+    end2 = source.transaction([&] { source.update(relation, 0, {}, {T("1"), T("2")}); });
+    a->flush();
+    EXPECT_EQ(a->counters().transactions_skipped, 1u);
+    EXPECT_EQ(a->counters().transactions_applied, 2u);
+  }
+  EXPECT_EQ(progress(), end2);
+  // A restart resends from an older confirmed position: everything is skipped.
+  auto b = applier();
+  EXPECT_EQ(b->resume_lsn(), end2);
+  Source replay(*b);
+  replay.transaction([&] { replay.insert(relation, {T("1"), T("1")}); }, Lsn{end1.value() - 0x28});
+  replay.transaction(
+      [&] {
+        replay.update(relation, 0, {}, {T("1"), T("2")});
+      },
+      Lsn{end2.value() - 0x28});
+  Lsn end3 = replay.transaction(
+      [&] {
+        replay.update(relation, 0, {}, {T("1"), T("3")});
+      },
+      end2 + 0x100);
+  b->flush();
+  EXPECT_EQ(b->counters().transactions_skipped, 2u);
+  EXPECT_EQ(b->counters().transactions_applied, 1u);
+  EXPECT_EQ(value("SELECT string_agg(id || '=' || v, ',') FROM once"), "1=3");
+  EXPECT_EQ(progress(), end3);
+}
+
+TEST_F(ApplierTest, GroupsTransactionsAndWritesIdlePosition) {
+  sql_->exec("CREATE TABLE grouped (id int PRIMARY KEY, v int)");
+  auto relation = make_relation(11, "public", "grouped", {{"id", true}, {"v", false}});
+  repl::ApplierOptions options;
+  options.group_max_rows = 100;
+  options.group_max_delay = std::chrono::hours(1);
+  options.pipeline_max_commands = 16;  // forces reads while sending
+  options.idle_progress_interval = std::chrono::milliseconds(0);
+  auto a = applier(options);
+  Source source(*a);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 1000; ++i) ids.push_back(std::to_string(i));
+  Lsn end;
+  for (int i = 0; i < 1000; ++i) {
+    end = source.transaction([&] {
+      source.insert(relation, {T(ids[static_cast<std::size_t>(i)]), T("1")});
+      source.update(relation, 0, {}, {T(ids[static_cast<std::size_t>(i)]), T("2")});
+    });
+  }
+  // 2 rows a transaction, a group every 100 rows: 20 groups committed without flush().
+  EXPECT_EQ(a->counters().groups_committed, 20u);
+  EXPECT_EQ(a->durable_lsn(), end);
+  EXPECT_EQ(value("SELECT count(*) || ':' || sum(v) FROM grouped"), "1000:2000");
+  Lsn wal_end = end + 0x10000;
+  a->idle(wal_end);
+  EXPECT_EQ(progress(), wal_end);
+  EXPECT_EQ(a->durable_lsn(), wal_end);
+}
+
+TEST_F(ApplierTest, AsynchronousCommitConfirmsOnlyFlushedWal) {
+  sql_->exec("CREATE TABLE async_t (id int PRIMARY KEY)");
+  auto relation = make_relation(12, "public", "async_t", {{"id", true}});
+  repl::ApplierOptions options;
+  options.synchronous_commit = "off";
+  auto a = applier(options);
+  Source source(*a);
+  Lsn end = source.transaction([&] { source.insert(relation, {T("1")}); });
+  a->flush();
+  EXPECT_LE(a->durable_lsn(), end);
+  sql_->exec("CHECKPOINT");  // flushes the target's WAL
+  a->idle(end);
+  EXPECT_EQ(a->durable_lsn(), end);
+  EXPECT_EQ(value("SELECT count(*) FROM async_t"), "1");
+}
+
+TEST_F(ApplierTest, BadOptionsAndMissingProgressAreClearErrors) {
+  repl::ApplierOptions options;
+  options.synchronous_commit = "sometimes";
+  EXPECT_THROW(applier(options), repl::ConfigError);
+  options = {};
+  options.name = "never-initialized";
+  try {
+    repl::Applier a(connect(*target_), options);
+    FAIL() << "no error";
+  } catch (const repl::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("pgferry init"), std::string::npos) << e.what();
+  }
+}
