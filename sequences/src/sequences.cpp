@@ -52,6 +52,17 @@ std::int64_t parse_int64(std::string_view text, std::string_view what) {
   return value;
 }
 
+// An identifier as SQL needs it: bare when it would read back the same (lower-case letters,
+// digits, underscores, not starting with a digit), else double-quoted. Reserved words are
+// not detected; sequence names rarely are one.
+std::string identifier_for_sql(std::string_view identifier) {
+  bool bare = !identifier.empty() && !(identifier[0] >= '0' && identifier[0] <= '9');
+  for (char c : identifier) {
+    bare = bare && ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_');
+  }
+  return bare ? std::string(identifier) : repl::quote_ident(identifier);
+}
+
 bool glob_matches(std::string_view glob, std::string_view text) {
   // Iterative wildcard match with backtracking to the last '*'.
   std::size_t g = 0, t = 0, star = std::string_view::npos, mark = 0;
@@ -108,10 +119,10 @@ DiffReport build_report(std::vector<SequenceInfo> source, std::vector<SequenceIn
       diff.plan.note = fmt::format(
           "sequence {} is missing on the target; fix: create it on the target (copy the schema, "
           "e.g. pg_dump --schema-only from the source), then sync again",
-          sequence.display_name());
+          sequence.sql_name());
     } else {
       diff.target = std::move(*found->second);
-      diff.plan = plan_target(sequence.display_name(), sequence.definition, sequence.state,
+      diff.plan = plan_target(sequence.sql_name(), sequence.definition, sequence.state,
                               diff.target->definition, diff.target->state, margin);
     }
     diff.source = std::move(sequence);
@@ -159,6 +170,10 @@ std::string SequenceInfo::qualified_name() const {
 
 std::string SequenceInfo::display_name() const {
   return schema + "." + name;
+}
+
+std::string SequenceInfo::sql_name() const {
+  return identifier_for_sql(schema) + "." + identifier_for_sql(name);
 }
 
 bool schema_in_scope(std::string_view schema, const SyncOptions& options) {

@@ -214,6 +214,7 @@ TEST_F(SequencesSync, MissingOrIncompatibleTargetSequenceIsAClearErrorThatChange
 CREATE SCHEMA lonely;
 CREATE SEQUENCE lonely.fine;
 CREATE SEQUENCE lonely.only_here;
+CREATE SEQUENCE lonely."Mixed Case";
 CREATE SEQUENCE lonely.typed AS bigint;
 SELECT setval('lonely.fine', 77);
 )sql");
@@ -230,6 +231,8 @@ CREATE SEQUENCE lonely.typed AS integer;
   } catch (const repl::CheckFailed& e) {
     std::string what = e.what();
     EXPECT_NE(what.find("lonely.only_here is missing on the target"), std::string::npos) << what;
+    EXPECT_NE(what.find("lonely.\"Mixed Case\" is missing on the target"), std::string::npos)
+        << what;
     EXPECT_NE(what.find("ALTER SEQUENCE lonely.typed AS bigint"), std::string::npos) << what;
     EXPECT_EQ(what.find("lonely.fine"), std::string::npos) << what;
   }
@@ -244,10 +247,10 @@ CREATE SEQUENCE lonely.typed AS integer;
   EXPECT_EQ(diff.exit_code, 3) << diff.output;
   json document = parse_json(diff.output);
   ASSERT_TRUE(document.is_object()) << diff.output;
-  EXPECT_EQ(document["summary"]["missing"], 1);
+  EXPECT_EQ(document["summary"]["missing"], 2);
   EXPECT_EQ(document["summary"]["incompatible"], 1);
   EXPECT_EQ(document["summary"]["behind"], 1);
-  EXPECT_EQ(document["summary"]["total"], 3);
+  EXPECT_EQ(document["summary"]["total"], 4);
 
   // Excluding the schema leaves it out of scope entirely.
   options.include_schemas.clear();

@@ -271,3 +271,17 @@ TEST(SequenceScope, IncludeAndExcludePatterns) {
   EXPECT_TRUE(schema_in_scope("app_tmp12", options));
   EXPECT_FALSE(schema_in_scope("public", options));
 }
+
+TEST(SequenceNames, SqlNameQuotesOnlyWhereNeeded) {
+  SequenceInfo info;
+  info.schema = "billing";
+  info.name = "InvoiceNo";
+  EXPECT_EQ(info.sql_name(), "billing.\"InvoiceNo\"");
+  EXPECT_EQ(info.display_name(), "billing.InvoiceNo");
+  EXPECT_EQ(info.qualified_name(), "\"billing\".\"InvoiceNo\"");
+  info.schema = "My Schema";
+  info.name = "orders_id_seq";
+  EXPECT_EQ(info.sql_name(), "\"My Schema\".orders_id_seq");
+  info.name = "1st";
+  EXPECT_EQ(info.sql_name(), "\"My Schema\".\"1st\"");
+}

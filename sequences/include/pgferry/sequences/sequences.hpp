@@ -47,8 +47,11 @@ struct SequenceInfo {
 
   // "schema"."name", quoted for SQL.
   std::string qualified_name() const;
-  // schema.name unquoted, for messages.
+  // schema.name unquoted, for tables and logs.
   std::string display_name() const;
+  // schema.name with each part double-quoted only where SQL needs it (upper case, spaces,
+  // ...): what error messages use, so that their fix commands can be pasted into psql.
+  std::string sql_name() const;
 };
 
 struct SyncOptions {
