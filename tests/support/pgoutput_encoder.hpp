@@ -91,7 +91,9 @@ inline std::vector<std::byte> encode_insert(std::optional<std::uint32_t> xid, st
 inline std::vector<std::byte> encode_stream_start(std::uint32_t xid, bool first) {
   return PgoutputEncoder('S').u32(xid).u8(first ? 1 : 0).bytes();
 }
-inline std::vector<std::byte> encode_stream_stop() { return PgoutputEncoder('E').bytes(); }
+inline std::vector<std::byte> encode_stream_stop() {
+  return PgoutputEncoder('E').bytes();
+}
 inline std::vector<std::byte> encode_stream_commit(std::uint32_t xid, std::uint64_t commit_lsn,
                                                    std::uint64_t end_lsn) {
   return PgoutputEncoder('c').u32(xid).u8(0).u64(commit_lsn).u64(end_lsn).u64(0).bytes();
