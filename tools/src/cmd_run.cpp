@@ -1,11 +1,249 @@
-// `pgferry run`: stream changes from the slot and apply them to the target
+// `pgferry run [--until LSN]`: stream the slot from the target's progress record, apply every
+// transaction to the target exactly once, and confirm to the source only what the target
+// has committed.
+//
+// NOTES
+// - The loop: poll the stream (which drives the Applier through the assembler), let the
+//   applier commit a group whose time bound passed, confirm the applier's durable position.
+// - --until LSN: done once the durable position reaches LSN. When the last transaction ended
+//   before LSN, only the walsender's keepalive tells that nothing else is coming (the
+//   Applier records its wal_end at idle); a status update with reply_requested asks for one.
+// - A ConnectionError from either side tears down both the stream and the applier (the open
+//   target transaction dies with its connection) and starts over from the progress record,
+//   with exponential backoff. Anything else ends the command.
+// - SIGINT/SIGTERM: commit the open group if no source transaction is half-way, send a final
+//   status update, exit 0.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
+
 #include "cli.hpp"
+#include "pgferry/replication/applier.hpp"
+#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/pg.hpp"
+#include "pgferry/replication/stream.hpp"
 
 namespace pgferry::tools {
 
-void add_run_command(CLI::App& app, CommonOptions& /*common*/, CommandAction& action) {
-  auto* cmd = app.add_subcommand("run", "stream changes from the slot and apply them to the target");
-  cmd->callback([&action] { action = [] { return not_built_yet("run"); }; });
+namespace {
+
+namespace repl = pgferry::replication;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_run_stop_signal(int signal) {
+  g_stop_signal = signal;
+}
+
+struct RunOptions {
+  std::string until;
+  std::size_t group_max_bytes = repl::ApplierOptions{}.group_max_bytes;
+  std::size_t group_max_rows = repl::ApplierOptions{}.group_max_rows;
+  int group_max_delay_ms = static_cast<int>(repl::ApplierOptions{}.group_max_delay.count());
+  std::size_t pipeline_max_bytes = repl::ApplierOptions{}.pipeline_max_bytes;
+  std::size_t copy_min_rows = repl::ApplierOptions{}.copy_min_rows;
+  std::string synchronous_commit = "on";
+  int status_interval_ms = 1000;
+  int protocol_version = 0;
+  bool no_streaming = false;
+  int reconnect_timeout_s = 600;
+};
+
+enum class Outcome { reached_until, stopped };
+
+struct Session {
+  repl::Lsn resume;
+  repl::Lsn durable;
+  repl::ApplierCounters counters;
+};
+
+// One connected session: returns when --until is reached or a stop signal came; throws on
+// errors (the caller retries ConnectionError).
+Outcome run_session(const CommonOptions& common, const RunOptions& options,
+                    std::optional<repl::Lsn> until, Session& session, bool& connected) {
+  repl::ApplierOptions applier_options;
+  applier_options.name = common.name;
+  applier_options.group_max_bytes = options.group_max_bytes;
+  applier_options.group_max_rows = options.group_max_rows;
+  applier_options.group_max_delay = std::chrono::milliseconds(options.group_max_delay_ms);
+  applier_options.pipeline_max_bytes = options.pipeline_max_bytes;
+  applier_options.copy_min_rows = options.copy_min_rows;
+  applier_options.synchronous_commit = options.synchronous_commit;
+  if (until) applier_options.idle_progress_interval = 100ms;
+
+  repl::Applier applier(repl::Connection::open(common.target_conninfo(), repl::Side::target),
+                        applier_options);
+  session.resume = applier.resume_lsn();
+  if (until && applier.durable_lsn() >= *until) {
+    session.durable = applier.durable_lsn();
+    return Outcome::reached_until;
+  }
+
+  repl::StreamOptions stream_options;
+  stream_options.slot = common.name;
+  stream_options.publications = {common.publication_name()};
+  stream_options.start_lsn = applier.durable_lsn();
+  stream_options.streaming = !options.no_streaming;
+  stream_options.status_interval = std::chrono::milliseconds(options.status_interval_ms);
+  if (options.protocol_version > 0) stream_options.protocol_version = options.protocol_version;
+  repl::ReplicationStream stream(common.source_conninfo(), stream_options, applier);
+  stream.start();
+  connected = true;
+  spdlog::info("run slot={} lsn={} until={} synchronous_commit={}", common.name,
+               applier.durable_lsn(), until ? until->to_string() : "-", options.synchronous_commit);
+
+  auto last_report = Clock::now();
+  auto last_ping = Clock::now();
+  repl::Lsn last_received = stream.received_lsn();
+  auto finish = [&](Outcome outcome) {
+    if (!applier.in_source_transaction()) applier.flush();
+    stream.confirm(applier.durable_lsn());
+    stream.stop();
+    session.durable = applier.durable_lsn();
+    session.counters = applier.counters();
+    return outcome;
+  };
+
+  while (true) {
+    bool alive = stream.poll(100ms);
+    applier.tick();
+    stream.confirm(applier.durable_lsn());
+    session.durable = applier.durable_lsn();
+
+    if (until && applier.durable_lsn() >= *until) return finish(Outcome::reached_until);
+    if (g_stop_signal != 0) {
+      spdlog::info("run slot={} stopping on signal {}", common.name,
+                   static_cast<int>(g_stop_signal));
+      return finish(Outcome::stopped);
+    }
+    if (!alive) {
+      throw repl::ConnectionError("source: the walsender ended the stream", "08006",
+                                  repl::Side::source);
+    }
+    auto now = Clock::now();
+    if (until && stream.received_lsn() == last_received && now - last_ping >= 500ms) {
+      // Quiet: ask the walsender where it is; its keepalive lets the applier move to it.
+      stream.send_status(true);
+      last_ping = now;
+    }
+    last_received = stream.received_lsn();
+    if (now - last_report >= 10s) {
+      auto c = applier.counters();
+      spdlog::info(
+          "run slot={} lsn={} received={} txns={} skipped={} inserted={} updated={} deleted={} "
+          "groups={}",
+          common.name, applier.durable_lsn(), stream.received_lsn(), c.transactions_applied,
+          c.transactions_skipped, c.rows_inserted, c.rows_updated, c.rows_deleted,
+          c.groups_committed);
+      last_report = now;
+    }
+  }
+}
+
+int run_run(const CommonOptions& common, const RunOptions& options) {
+  std::optional<repl::Lsn> until;
+  if (!options.until.empty()) until = repl::Lsn::from_string(options.until, "--until");
+  // Validate early: a usage error must not be retried.
+  (void)common.source_conninfo();
+  (void)common.target_conninfo();
+
+  g_stop_signal = 0;
+  std::signal(SIGINT, on_run_stop_signal);
+  std::signal(SIGTERM, on_run_stop_signal);
+
+  Session session;
+  auto backoff = 200ms;
+  auto failing_since = Clock::now();
+  while (true) {
+    bool connected = false;
+    try {
+      Outcome outcome = run_session(common, options, until, session, connected);
+      spdlog::info("run slot={} lsn={} {}", common.name, session.durable,
+                   outcome == Outcome::reached_until ? "reached --until" : "stopped");
+      if (common.json) {
+        const auto& c = session.counters;
+        std::cout << nlohmann::json{{"ok", true},
+                                    {"slot", common.name},
+                                    {"outcome",
+                                     outcome == Outcome::reached_until ? "until" : "stopped"},
+                                    {"resumed_from", session.resume.to_string()},
+                                    {"applied_lsn", session.durable.to_string()},
+                                    {"transactions", c.transactions_applied},
+                                    {"skipped", c.transactions_skipped},
+                                    {"inserted", c.rows_inserted},
+                                    {"updated", c.rows_updated},
+                                    {"deleted", c.rows_deleted},
+                                    {"groups", c.groups_committed}}
+                         .dump(2)
+                  << "\n";
+      }
+      return static_cast<int>(repl::ExitCode::ok);
+    } catch (const repl::ConnectionError& e) {
+      if (g_stop_signal != 0) throw;
+      auto now = Clock::now();
+      if (connected) {
+        failing_since = now;
+        backoff = 200ms;
+      }
+      if (now - failing_since >= std::chrono::seconds(options.reconnect_timeout_s)) {
+        spdlog::error("run slot={} giving up after {}s of failed reconnects", common.name,
+                      options.reconnect_timeout_s);
+        throw;
+      }
+      spdlog::warn("run slot={} lsn={} connection lost, reconnecting in {}ms: {}", common.name,
+                   session.durable, backoff.count(), e.what());
+      auto wake = Clock::now() + backoff;
+      while (Clock::now() < wake && g_stop_signal == 0) std::this_thread::sleep_for(20ms);
+      if (g_stop_signal != 0) return static_cast<int>(repl::ExitCode::ok);
+      backoff = std::min<std::chrono::milliseconds>(backoff * 2, 30s);
+    }
+  }
+}
+
+}  // namespace
+
+void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action) {
+  auto* cmd =
+      app.add_subcommand("run", "stream changes from the slot and apply them to the target");
+  auto options = std::make_shared<RunOptions>();
+  cmd->add_option("--until", options->until,
+                  "exit 0 once every transaction committed at or before this LSN is applied");
+  cmd->add_option("--group-max-bytes", options->group_max_bytes,
+                  "commit the target transaction after this many bytes of changes");
+  cmd->add_option("--group-max-rows", options->group_max_rows,
+                  "commit the target transaction after this many rows");
+  cmd->add_option("--group-max-delay-ms", options->group_max_delay_ms,
+                  "commit the target transaction after this many milliseconds");
+  cmd->add_option("--pipeline-max-bytes", options->pipeline_max_bytes,
+                  "bytes of statements sent to the target before their results are read");
+  cmd->add_option("--copy-min-rows", options->copy_min_rows,
+                  "send a run of inserts into one table as COPY from this many rows");
+  cmd->add_option("--synchronous-commit", options->synchronous_commit,
+                  "synchronous_commit of the target session (on, remote_apply, remote_write, "
+                  "local, off)")
+      ->check(CLI::IsMember({"on", "remote_apply", "remote_write", "local", "off"}));
+  cmd->add_option("--status-interval-ms", options->status_interval_ms,
+                  "how often the applied position is reported to the source")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--protocol-version", options->protocol_version,
+                  "pgoutput protocol version (default: the highest the source speaks)")
+      ->check(CLI::Range(1, 4));
+  cmd->add_flag("--no-streaming", options->no_streaming,
+                "do not stream large in-progress transactions (they are sent at commit)");
+  cmd->add_option("--reconnect-timeout", options->reconnect_timeout_s,
+                  "give up after this many seconds without a successful reconnect")
+      ->check(CLI::PositiveNumber);
+  cmd->callback([&action, &common, options] {
+    action = [&common, options] { return run_run(common, *options); };
+  });
 }
 
 }  // namespace pgferry::tools
