@@ -143,7 +143,8 @@ std::string render_text(const DiffReport& report) {
 
 std::string render_text(const SyncReport& report) {
   if (report.changed.empty()) {
-    return fmt::format("{}: nothing to change\n", summary_text(report.diff));
+    return fmt::format("{}: nothing to change ({:.1f} ms)\n", summary_text(report.diff),
+                       static_cast<double>(report.elapsed.count()) / 1000.0);
   }
   std::vector<std::vector<std::string>> rows = {
       {"SEQUENCE", "WAS", "NEXT BEFORE", "NEXT AFTER", "SET"}};

@@ -6,10 +6,12 @@
 // cutover's final sync all call diff_sequences() / sync_sequences().
 //
 // NOTES
-// - Values are read with SELECT last_value, is_called FROM seq (pg_sequences.last_value is
-//   NULL both for a sequence never called and without privilege, and hides is_called);
-//   all sequences in one round trip, because the cutover's final sync is inside the write
-//   window.
+// - Values come with the catalog query from pg_sequence_last_value() (what pg_sequences
+//   shows), about 25 µs a sequence. It is NULL for a sequence not called since its last
+//   setval(.., false) (or created), whose last_value only the sequence itself knows: those
+//   few are read with SELECT last_value, is_called FROM seq, batched with UNION ALL. This is
+//   on the cutover's critical path (the final sync is inside the write window), hence no
+//   round trip per sequence.
 // - sync runs on the target in one transaction and sets every sequence with one statement.
 //   setval() itself is not transactional (a rollback does not undo it), so everything that
 //   can fail (missing or incompatible sequences) is checked before the first setval: either
