@@ -354,7 +354,7 @@ int decode_command(const CommonOptions& common, const DecodeOptions& options) {
       if (std::holds_alternative<repl::StreamEnded>(*message)) break;
       if (auto* data = std::get_if<repl::XLogData>(&*message)) {
         received = std::max(received, data->wal_start);
-        if (capture) {
+        if (capture.is_open()) {
           std::uint64_t wal_start = __builtin_bswap64(data->wal_start.value());
           std::uint32_t length =
               __builtin_bswap32(static_cast<std::uint32_t>(data->payload.size()));
@@ -403,7 +403,7 @@ int decode_command(const CommonOptions& common, const DecodeOptions& options) {
   std::cout.flush();
   if (options.confirm) conn.send_status(received, confirmed, confirmed);
   conn.end_copy();
-  if (capture) {
+  if (capture.is_open()) {
     capture.close();
     if (!capture) throw repl::Error(fmt::format("--capture {}: write failed", options.capture));
   }
