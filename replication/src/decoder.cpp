@@ -18,6 +18,8 @@
 
 #include <fmt/format.h>
 
+#include <cstring>
+
 namespace pgferry::replication {
 
 namespace pg = pgoutput;
@@ -243,7 +245,38 @@ pg::TupleView Decoder::read_tuple(ByteReader& in, std::vector<pg::ColumnValue>& 
     in.fail(fmt::format("tuple column count {} exceeds the message", natts));
   }
   scratch.resize(natts);
-  for (std::uint16_t i = 0; i < natts; ++i) {
+  // Fast path: one bounds check per field on raw pointers. At the first column that
+  // does not fit (or has a bad kind) it hands over to the checked loop below, which
+  // throws the precise error.
+  std::uint16_t i = 0;
+  {
+    const std::byte* base = in.data().data();
+    const std::size_t size = in.data().size();
+    std::size_t pos = in.offset();
+    for (; i < natts; ++i) {
+      if (pos >= size) break;
+      char kind = static_cast<char>(base[pos]);
+      pg::ColumnValue& column = scratch[i];
+      if (kind == 't' || kind == 'b') {
+        if (size - pos < 5) break;
+        std::uint32_t length;
+        std::memcpy(&length, base + pos + 1, 4);
+        length = __builtin_bswap32(length);
+        if (size - pos - 5 < length) break;
+        column.kind = static_cast<pg::ColumnKind>(kind);
+        column.data = {reinterpret_cast<const char*>(base + pos + 5), length};
+        pos += 5 + std::size_t{length};
+      } else if (kind == 'n' || kind == 'u') {
+        column.kind = static_cast<pg::ColumnKind>(kind);
+        column.data = {};
+        pos += 1;
+      } else {
+        break;
+      }
+    }
+    in.seek(pos);
+  }
+  for (; i < natts; ++i) {
     pg::ColumnValue& column = scratch[i];
     std::size_t kind_offset = in.offset();
     char kind = in.read_char("column kind");

@@ -29,6 +29,10 @@ class ByteReader {
   std::size_t offset() const { return offset_; }
   std::size_t remaining() const { return data_.size() - offset_; }
   bool at_end() const { return offset_ == data_.size(); }
+  // The whole buffer, and repositioning within it, for hot loops that check bounds
+  // themselves (the tuple reader); `offset` must be at most the size.
+  std::span<const std::byte> data() const { return data_; }
+  void seek(std::size_t offset) { offset_ = offset <= data_.size() ? offset : data_.size(); }
 
   // `field` names what is read, for the error message; it must be a string literal.
   std::uint8_t read_u8(const char* field) {
