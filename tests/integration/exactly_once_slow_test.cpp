@@ -25,26 +25,6 @@ const char* kSchema = R"sql(
   CREATE TABLE bulk (id bigint PRIMARY KEY, batch int, payload text);
 )sql";
 
-pid_t spawn_pgferry(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    FILE* out = std::fopen(log.c_str(), "a");
-    if (out) {
-      ::dup2(fileno(out), STDOUT_FILENO);
-      ::dup2(fileno(out), STDERR_FILENO);
-    }
-    std::vector<char*> argv;
-    std::string binary = PGFERRY_BINARY;
-    argv.push_back(binary.data());
-    std::vector<std::string> copies = args;
-    for (auto& arg : copies) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    ::execv(binary.c_str(), argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
 }  // namespace
 
 class ExactlyOnce : public ClusterPairTest {};

@@ -11,29 +11,6 @@
 namespace repl = pgferry::replication;
 using namespace pgferry::testing;
 
-namespace {
-
-pid_t spawn_pgferry(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    FILE* out = std::fopen(log.c_str(), "w");
-    if (out) {
-      ::dup2(fileno(out), STDOUT_FILENO);
-      ::dup2(fileno(out), STDERR_FILENO);
-    }
-    std::vector<std::string> copies = args;
-    std::string binary = PGFERRY_BINARY;
-    std::vector<char*> argv = {binary.data()};
-    for (auto& arg : copies) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    ::execv(binary.c_str(), argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-}  // namespace
-
 class RunReconnect : public ClusterPairTest {};
 
 TEST_F(RunReconnect, SurvivesServerRestartsAndStopsCleanlyOnSigterm) {

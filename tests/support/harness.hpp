@@ -3,6 +3,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/types.h>
 
 #include <chrono>
 #include <functional>
@@ -49,6 +50,31 @@ struct CommandResult {
 };
 // Runs the pgferry binary built with the tests, with `args`, and waits for it.
 CommandResult run_pgferry(const std::vector<std::string>& args);
+
+// Starts the pgferry binary with `args` in the background, stdout and stderr appended to
+// `log`. Returns the child's pid (wait for it with waitpid).
+pid_t spawn_pgferry(const std::vector<std::string>& args, const std::string& log);
+
+// A pgferry child process that is stopped (SIGTERM, then SIGKILL) when this goes away.
+class PgferryProcess {
+ public:
+  PgferryProcess(const std::vector<std::string>& args, std::string log);
+  PgferryProcess(const PgferryProcess&) = delete;
+  PgferryProcess& operator=(const PgferryProcess&) = delete;
+  ~PgferryProcess();
+  // True once the process exited (then exit_code() is its status).
+  bool exited();
+  // SIGTERM, wait (up to 60 s, then SIGKILL); returns the exit code (128+signal if killed).
+  int stop();
+  int exit_code() const { return exit_code_; }
+  const std::string& log() const { return log_; }
+  std::string log_text() const;
+
+ private:
+  pid_t pid_ = 0;
+  int exit_code_ = -1;
+  std::string log_;
+};
 
 // A text fingerprint of a table's rows (ordered by `order_by`), to compare source and target.
 std::string table_fingerprint(const replication::Connection& conn, std::string_view table,

@@ -24,10 +24,12 @@
 #include <thread>
 
 #include "cli.hpp"
+#include "pgferry/lagmon/agent_metrics.hpp"
 #include "pgferry/replication/applier.hpp"
 #include "pgferry/replication/error.hpp"
 #include "pgferry/replication/pg.hpp"
 #include "pgferry/replication/stream.hpp"
+#include "pgferry/sequences/sequences.hpp"
 
 namespace pgferry::tools {
 
@@ -55,6 +57,133 @@ struct RunOptions {
   int protocol_version = 0;
   bool no_streaming = false;
   int reconnect_timeout_s = 600;
+  std::string metrics_listen;   // empty: no HTTP endpoint
+  int sync_sequences_s = 0;     // 0: the agent does not sync sequences
+};
+
+// What the agent shows on /metrics and /status, and its periodic sequence sync. Lives
+// across reconnects; each session reports its applier's counters as deltas so that the
+// Prometheus counters stay monotonic.
+class AgentReport {
+ public:
+  AgentReport(const CommonOptions& common, const RunOptions& options)
+      : common_(common), options_(options), metrics_(registry_) {
+    if (!options.metrics_listen.empty()) {
+      server_ = lagmon::serve_agent_endpoints(options.metrics_listen, registry_, status_);
+      spdlog::info("run slot={} serving /metrics and /status on http://{}", common.name,
+                   server_->address());
+    }
+    publish("starting", {}, {}, {});
+  }
+
+  void session_started() {
+    last_ = {};
+    metrics_.up.set(1);
+  }
+  void session_lost(const std::string& error) {
+    metrics_.up.set(0);
+    metrics_.errors.inc();
+    metrics_.reconnects.inc();
+    last_error_ = error;
+    publish("reconnecting", {}, {}, {});
+  }
+
+  // Called after every poll: cheap (atomics and, once a second, a small JSON document).
+  void update(const repl::Applier& applier, const repl::ReplicationStream& stream) {
+    auto c = applier.counters();
+    metrics_.transactions.inc(c.transactions_applied - last_.transactions_applied);
+    metrics_.rows_inserted.inc(c.rows_inserted - last_.rows_inserted);
+    metrics_.rows_updated.inc(c.rows_updated - last_.rows_updated);
+    metrics_.rows_deleted.inc(c.rows_deleted - last_.rows_deleted);
+    metrics_.truncates.inc(c.relations_truncated - last_.relations_truncated);
+    if (auto groups = c.groups_committed - last_.groups_committed; groups > 0) {
+      // Between two polls (100 ms) usually one group commits; with several, each is counted
+      // at the mean size of those committed in the interval.
+      double txns = static_cast<double>(c.transactions_applied - last_.transactions_applied);
+      double rows = static_cast<double>(c.rows_inserted + c.rows_updated + c.rows_deleted -
+                                        last_.rows_inserted - last_.rows_updated -
+                                        last_.rows_deleted);
+      for (std::uint64_t i = 0; i < groups; ++i) {
+        metrics_.batch_transactions.observe(txns / static_cast<double>(groups));
+        metrics_.batch_rows.observe(rows / static_cast<double>(groups));
+      }
+    }
+    last_ = c;
+    auto durable = applier.durable_lsn();
+    auto wal_end = std::max(stream.server_wal_end(), stream.received_lsn());
+    metrics_.applied_lsn.set(static_cast<double>(durable.value()));
+    metrics_.received_lsn.set(static_cast<double>(stream.received_lsn().value()));
+    metrics_.source_wal_end_lsn.set(static_cast<double>(wal_end.value()));
+    metrics_.lag_bytes.set(static_cast<double>(std::max<std::int64_t>(0, wal_end - durable)));
+    metrics_.spool_bytes.set(static_cast<double>(stream.spooled_bytes()));
+    auto now = Clock::now();
+    if (now - last_status_ >= 1s) {
+      publish("streaming", durable, stream.received_lsn(), wal_end);
+      last_status_ = now;
+    }
+    maybe_sync_sequences(now);
+  }
+
+  void finished(const char* state, repl::Lsn durable) { publish(state, durable, {}, {}); }
+
+ private:
+  void publish(const char* state, repl::Lsn applied, repl::Lsn received, repl::Lsn wal_end) {
+    auto lsn = [](repl::Lsn l) {
+      return l.is_valid() ? nlohmann::json(l.to_string()) : nlohmann::json(nullptr);
+    };
+    status_.set({
+        {"state", state},
+        {"slot", common_.name},
+        {"publication", common_.publication_name()},
+        {"applied_lsn", lsn(applied)},
+        {"received_lsn", lsn(received)},
+        {"source_wal_end_lsn", lsn(wal_end)},
+        {"lag_bytes", applied.is_valid() && wal_end.is_valid()
+                          ? nlohmann::json(std::max<std::int64_t>(0, wal_end - applied))
+                          : nlohmann::json(nullptr)},
+        {"transactions_applied", metrics_.transactions.value()},
+        {"rows_applied",
+         {{"insert", metrics_.rows_inserted.value()},
+          {"update", metrics_.rows_updated.value()},
+          {"delete", metrics_.rows_deleted.value()}}},
+        {"reconnects", metrics_.reconnects.value()},
+        {"last_error", last_error_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_error_)},
+        {"uptime_seconds",
+         std::chrono::duration<double>(Clock::now() - started_).count()},
+    });
+  }
+
+  // --sync-sequences: a failed sync is logged and counted, never stops replication.
+  void maybe_sync_sequences(Clock::time_point now) {
+    if (options_.sync_sequences_s <= 0 ||
+        now - last_sequence_sync_ < std::chrono::seconds(options_.sync_sequences_s)) {
+      return;
+    }
+    last_sequence_sync_ = now;
+    try {
+      auto source = repl::Connection::open(common_.source_conninfo(), repl::Side::source);
+      auto target = repl::Connection::open(common_.target_conninfo(), repl::Side::target);
+      auto report = sequences::sync_sequences(source, target, {});
+      if (!report.changed.empty()) {
+        spdlog::info("run slot={} sequences synced={}", common_.name, report.changed.size());
+      }
+    } catch (const std::exception& e) {
+      metrics_.errors.inc();
+      spdlog::warn("run slot={} sequence sync failed: {}", common_.name, e.what());
+    }
+  }
+
+  const CommonOptions& common_;
+  const RunOptions& options_;
+  lagmon::MetricsRegistry registry_;
+  lagmon::AgentMetrics metrics_;
+  lagmon::StatusBoard status_;
+  std::unique_ptr<lagmon::HttpServer> server_;
+  repl::ApplierCounters last_{};
+  std::string last_error_;
+  Clock::time_point started_ = Clock::now();
+  Clock::time_point last_status_{};
+  Clock::time_point last_sequence_sync_ = Clock::now();
 };
 
 enum class Outcome { reached_until, stopped };
@@ -68,7 +197,8 @@ struct Session {
 // One connected session: returns when --until is reached or a stop signal came; throws on
 // errors (the caller retries ConnectionError).
 Outcome run_session(const CommonOptions& common, const RunOptions& options,
-                    std::optional<repl::Lsn> until, Session& session, bool& connected) {
+                    std::optional<repl::Lsn> until, Session& session, bool& connected,
+                    AgentReport& report) {
   repl::ApplierOptions applier_options;
   applier_options.name = common.name;
   applier_options.group_max_bytes = options.group_max_bytes;
@@ -97,6 +227,7 @@ Outcome run_session(const CommonOptions& common, const RunOptions& options,
   repl::ReplicationStream stream(common.source_conninfo(), stream_options, applier);
   stream.start();
   connected = true;
+  report.session_started();
   spdlog::info("run slot={} lsn={} until={} synchronous_commit={}", common.name,
                applier.durable_lsn(), until ? until->to_string() : "-", options.synchronous_commit);
 
@@ -117,6 +248,7 @@ Outcome run_session(const CommonOptions& common, const RunOptions& options,
     applier.tick();
     stream.confirm(applier.durable_lsn());
     session.durable = applier.durable_lsn();
+    report.update(applier, stream);
 
     if (until && applier.durable_lsn() >= *until) return finish(Outcome::reached_until);
     if (g_stop_signal != 0) {
@@ -160,12 +292,14 @@ int run_run(const CommonOptions& common, const RunOptions& options) {
   std::signal(SIGTERM, on_run_stop_signal);
 
   Session session;
+  AgentReport report(common, options);
   auto backoff = 200ms;
   auto failing_since = Clock::now();
   while (true) {
     bool connected = false;
     try {
-      Outcome outcome = run_session(common, options, until, session, connected);
+      Outcome outcome = run_session(common, options, until, session, connected, report);
+      report.finished(outcome == Outcome::reached_until ? "done" : "stopped", session.durable);
       spdlog::info("run slot={} lsn={} {}", common.name, session.durable,
                    outcome == Outcome::reached_until ? "reached --until" : "stopped");
       if (common.json) {
@@ -188,6 +322,7 @@ int run_run(const CommonOptions& common, const RunOptions& options) {
       return static_cast<int>(repl::ExitCode::ok);
     } catch (const repl::ConnectionError& e) {
       if (g_stop_signal != 0) throw;
+      report.session_lost(e.what());
       auto now = Clock::now();
       if (connected) {
         failing_since = now;
@@ -241,6 +376,12 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
   cmd->add_option("--reconnect-timeout", options->reconnect_timeout_s,
                   "give up after this many seconds without a successful reconnect")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--metrics-listen", options->metrics_listen,
+                  "serve /metrics (Prometheus) and /status (JSON) on HOST:PORT, e.g. "
+                  "127.0.0.1:9187 (\":PORT\" binds localhost)");
+  cmd->add_option("--sync-sequences", options->sync_sequences_s,
+                  "sync target sequences from the source every SECS seconds (0: never)")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([&action, &common, options] {
     action = [&common, options] { return run_run(common, *options); };
   });

@@ -1,0 +1,166 @@
+// Lag in bytes that is right (issue 6): grows while the agent is stopped and equals the WAL
+// written; drains to zero once the agent runs; reaches zero at idle, also while another
+// database on the source is busy; /metrics is valid Prometheus text whose counters match
+// the rows applied; /status is JSON.
+#include <atomic>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "pgferry/replication/lsn.hpp"
+#include "support/harness.hpp"
+#include "support/prometheus_text.hpp"
+
+namespace repl = pgferry::replication;
+using namespace pgferry::testing;
+using repl::Lsn;
+
+namespace {
+
+std::string http_get(int port, const std::string& path) {
+  namespace beast = boost::beast;
+  namespace http = beast::http;
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket socket(io);
+  socket.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
+  http::request<http::string_body> request{http::verb::get, path, 11};
+  request.set(http::field::host, "localhost");
+  http::write(socket, request);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> response;
+  http::read(socket, buffer, response);
+  if (response.result_int() != 200) throw std::runtime_error("HTTP " + path + " failed");
+  return response.body();
+}
+
+}  // namespace
+
+class Lag : public ClusterPairTest {
+ protected:
+  std::vector<std::string> sides() const {
+    return {"--source", source().conninfo(), "--target", target().conninfo()};
+  }
+  nlohmann::json lag_json() {
+    auto args = sides();
+    args.insert(args.begin(), {"lag", "--json"});
+    auto result = run_pgferry(args);
+    EXPECT_EQ(result.exit_code, 0) << result.output;
+    return nlohmann::json::parse(result.output);
+  }
+  std::uint64_t lag_bytes() { return lag_json()["lag_bytes"].get<std::uint64_t>(); }
+};
+
+TEST_F(Lag, GrowsWhileStoppedDrainsToZeroAndStaysZeroAtIdle) {
+  const char* schema = "CREATE TABLE items (id int PRIMARY KEY, v text)";
+  connect(source()).exec(schema);
+  connect(target()).exec(schema);
+  auto init = run_pgferry(
+      {"init", "--no-data", "--source", source().conninfo(), "--target", target().conninfo()});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+
+  // Not initialized on another name: the sample says so rather than inventing a number.
+  auto other = run_pgferry({"lag", "--json", "--name", "nobody", "--source", source().conninfo(),
+                            "--target", target().conninfo()});
+  ASSERT_EQ(other.exit_code, 0) << other.output;
+  EXPECT_TRUE(nlohmann::json::parse(other.output)["lag_bytes"].is_null());
+  EXPECT_EQ(nlohmann::json::parse(other.output)["state"], "not initialized");
+
+  // Agent stopped: the lag is exactly source position − applied position, and grows by at
+  // least the WAL the writes produced.
+  auto before = lag_json();
+  EXPECT_EQ(before["state"], "stopped");
+  auto src = connect(source());
+  Lsn wal_before = *Lsn::parse(query_value(src, "SELECT pg_current_wal_lsn()"));
+  src.exec("INSERT INTO items SELECT g, repeat('x', 200) FROM generate_series(1, 5000) g");
+  Lsn wal_after = *Lsn::parse(query_value(src, "SELECT pg_current_wal_lsn()"));
+  auto after = lag_json();
+  Lsn applied = *Lsn::parse(after["applied_lsn"].get<std::string>());
+  Lsn source_lsn = *Lsn::parse(after["source_lsn"].get<std::string>());
+  EXPECT_EQ(after["applied_lsn"], before["applied_lsn"]);  // nothing applies it
+  EXPECT_EQ(after["lag_bytes"].get<std::int64_t>(), source_lsn - applied);
+  EXPECT_GE(after["lag_bytes"].get<std::int64_t>() - before["lag_bytes"].get<std::int64_t>(),
+            wal_after - wal_before);
+  EXPECT_GE(after["slot"]["retained_bytes"].get<std::int64_t>(), wal_after - wal_before);
+
+  // Agent running: the lag drains to zero and the counters match the rows applied.
+  int port = pgferry::tools::free_port();
+  auto args = sides();
+  args.insert(args.begin(), {"run", "--metrics-listen", fmt::format("127.0.0.1:{}", port),
+                             "--status-interval-ms", "200"});
+  PgferryProcess agent(args, (target().dir() / "agent.log").string());
+  ASSERT_TRUE(
+      wait_until([&] { return !agent.exited() && lag_bytes() == 0; }, std::chrono::seconds(60)))
+      << agent.log_text();
+  EXPECT_EQ(lag_json()["state"], "streaming");
+  EXPECT_EQ(table_fingerprint(src, "items", "id"),
+            table_fingerprint(connect(target()), "items", "id"));
+
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto samples = parse_prometheus_text(http_get(port, "/metrics"));
+        return prometheus_value(samples, "pgferry_rows_applied_total", {{"op", "insert"}}) == 5000;
+      },
+      std::chrono::seconds(10)));
+  src.exec("UPDATE items SET v = 'y' WHERE id <= 10; DELETE FROM items WHERE id > 4990");
+  ASSERT_TRUE(wait_until([&] { return lag_bytes() == 0; }, std::chrono::seconds(60)));
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto samples = parse_prometheus_text(http_get(port, "/metrics"));
+        return prometheus_value(samples, "pgferry_rows_applied_total", {{"op", "update"}}) == 10 &&
+               prometheus_value(samples, "pgferry_rows_applied_total", {{"op", "delete"}}) == 10;
+      },
+      std::chrono::seconds(10)));
+  auto samples = parse_prometheus_text(http_get(port, "/metrics"));
+  EXPECT_EQ(prometheus_value(samples, "pgferry_rows_applied_total", {{"op", "insert"}}), 5000);
+  EXPECT_EQ(prometheus_value(samples, "pgferry_up"), 1);
+  EXPECT_GE(prometheus_value(samples, "pgferry_transactions_applied_total"), 2);
+  auto status = nlohmann::json::parse(http_get(port, "/status"));
+  EXPECT_EQ(status["slot"], "pgferry");
+  EXPECT_TRUE(status["applied_lsn"].is_string());
+
+  // Idle while another database on the same server is busy: its WAL is none of ours, the
+  // agent moves its applied position on with the walsender's keepalives, and once that
+  // database is quiet the lag is zero again.
+  src.exec("CREATE DATABASE other");
+  auto other_db = connect(source(), "other");
+  other_db.exec("CREATE TABLE noise (id bigserial PRIMARY KEY, v text)");
+  Lsn applied_before_noise = *Lsn::parse(lag_json()["applied_lsn"].get<std::string>());
+  std::atomic<bool> stop_noise{false};
+  std::thread noise([&] {
+    auto conn = connect(source(), "other");
+    for (int i = 0; i < 400 && !stop_noise; ++i) {
+      conn.exec("INSERT INTO noise (v) SELECT repeat('n', 100) FROM generate_series(1, 200)");
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+  // While the other database writes, the applied position keeps moving.
+  bool moved = wait_until(
+      [&] {
+        return *Lsn::parse(lag_json()["applied_lsn"].get<std::string>()) > applied_before_noise;
+      },
+      std::chrono::seconds(30));
+  stop_noise = true;
+  noise.join();
+  EXPECT_TRUE(moved) << "applied position did not follow WAL written by another database";
+  EXPECT_TRUE(wait_until([&] { return lag_bytes() == 0; }, std::chrono::seconds(30)))
+      << lag_json().dump();
+  // And it stays zero at idle.
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  EXPECT_EQ(lag_bytes(), 0u) << lag_json().dump();
+
+  EXPECT_EQ(agent.stop(), 0) << agent.log_text();
+}
+
+TEST_F(Lag, UnreachableSidesExitFourAndFive) {
+  int port = pgferry::tools::free_port();
+  std::string dead =
+      fmt::format("host=127.0.0.1 port={} user=x password=sekret connect_timeout=2", port);
+  auto no_source = run_pgferry({"lag", "--source", dead, "--target", target().conninfo()});
+  EXPECT_EQ(no_source.exit_code, 4) << no_source.output;
+  auto no_target = run_pgferry({"lag", "--source", source().conninfo(), "--target", dead});
+  EXPECT_EQ(no_target.exit_code, 5) << no_target.output;
+  EXPECT_EQ(no_target.output.find("sekret"), std::string::npos);
+  EXPECT_NE(no_target.output.find("target"), std::string::npos);
+}
