@@ -20,12 +20,13 @@ if [[ -z "$clangxx" ]]; then
 fi
 generator=()
 if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
+mkdir -p "$build_dir"
 if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   cmake -S . -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_COMPILER="$clangxx" -DPGFERRY_BUILD_FUZZ=ON -DPGFERRY_BUILD_TESTS=OFF \
     -DPGFERRY_BUILD_BENCH=OFF -DPGFERRY_WERROR=ON \
     -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" \
-    >"$build_dir.configure.log" 2>&1 || { cat "$build_dir.configure.log" >&2; exit 1; }
+    >"$build_dir/configure.log" 2>&1 || { cat "$build_dir/configure.log" >&2; exit 1; }
 fi
 cmake --build "$build_dir" --target decoder_fuzz --parallel "${FUZZ_JOBS:-1}"
 
