@@ -10,9 +10,7 @@
 // Usage: pgferry_drain_bench [--workload bulk|oltp|bigtxn|all] [--runs N] [--rows N]
 //                            [--methods floor,native,pgferry] [--streaming on|off]
 // Connections use the Unix socket for all three methods.
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -29,8 +27,6 @@
 
 #include "pgferry/replication/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
-
-extern char** environ;
 
 namespace repl = pgferry::replication;
 using pgferry::tools::LocalCluster;
@@ -129,19 +125,7 @@ struct Spawned {
 
 // Runs argv and waits, returning its exit code and peak RSS (wait4's rusage).
 Spawned spawn_and_wait(const std::vector<std::string>& argv, const std::string& log) {
-  std::vector<char*> args;
-  std::vector<std::string> copy = argv;
-  for (auto& arg : copy) args.push_back(arg.data());
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = 0;
-  if (posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
-    throw std::runtime_error("cannot run " + argv[0]);
-  }
-  posix_spawn_file_actions_destroy(&actions);
+  pid_t pid = pgferry::tools::spawn_process(argv, log);
   int status = 0;
   rusage usage{};
   ::wait4(pid, &status, 0, &usage);

@@ -3,14 +3,12 @@
 // database on the source is busy; /metrics is valid Prometheus text whose counters match
 // the rows applied; /status is JSON.
 #include <atomic>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "pgferry/replication/lsn.hpp"
 #include "support/harness.hpp"
+#include "support/http_get.hpp"
 #include "support/prometheus_text.hpp"
 
 namespace repl = pgferry::replication;
@@ -19,20 +17,11 @@ using repl::Lsn;
 
 namespace {
 
-std::string http_get(int port, const std::string& path) {
-  namespace beast = boost::beast;
-  namespace http = beast::http;
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::socket socket(io);
-  socket.connect({boost::asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
-  http::request<http::string_body> request{http::verb::get, path, 11};
-  request.set(http::field::host, "localhost");
-  http::write(socket, request);
-  beast::flat_buffer buffer;
-  http::response<http::string_body> response;
-  http::read(socket, buffer, response);
-  if (response.result_int() != 200) throw std::runtime_error("HTTP " + path + " failed");
-  return response.body();
+// The body of a GET that must succeed.
+std::string get_ok(int port, const std::string& path) {
+  auto [status, body] = http_get(static_cast<unsigned short>(port), path);
+  if (status != 200) throw std::runtime_error("HTTP " + path + " failed");
+  return body;
 }
 
 }  // namespace
@@ -99,7 +88,7 @@ TEST_F(Lag, GrowsWhileStoppedDrainsToZeroAndStaysZeroAtIdle) {
 
   ASSERT_TRUE(wait_until(
       [&] {
-        auto samples = parse_prometheus_text(http_get(port, "/metrics"));
+        auto samples = parse_prometheus_text(get_ok(port, "/metrics"));
         return prometheus_value(samples, "pgferry_rows_applied_total", {{"op", "insert"}}) == 5000;
       },
       std::chrono::seconds(10)));
@@ -107,16 +96,16 @@ TEST_F(Lag, GrowsWhileStoppedDrainsToZeroAndStaysZeroAtIdle) {
   ASSERT_TRUE(wait_until([&] { return lag_bytes() == 0; }, std::chrono::seconds(60)));
   ASSERT_TRUE(wait_until(
       [&] {
-        auto samples = parse_prometheus_text(http_get(port, "/metrics"));
+        auto samples = parse_prometheus_text(get_ok(port, "/metrics"));
         return prometheus_value(samples, "pgferry_rows_applied_total", {{"op", "update"}}) == 10 &&
                prometheus_value(samples, "pgferry_rows_applied_total", {{"op", "delete"}}) == 10;
       },
       std::chrono::seconds(10)));
-  auto samples = parse_prometheus_text(http_get(port, "/metrics"));
+  auto samples = parse_prometheus_text(get_ok(port, "/metrics"));
   EXPECT_EQ(prometheus_value(samples, "pgferry_rows_applied_total", {{"op", "insert"}}), 5000);
   EXPECT_EQ(prometheus_value(samples, "pgferry_up"), 1);
   EXPECT_GE(prometheus_value(samples, "pgferry_transactions_applied_total"), 2);
-  auto status = nlohmann::json::parse(http_get(port, "/status"));
+  auto status = nlohmann::json::parse(get_ok(port, "/status"));
   EXPECT_EQ(status["slot"], "pgferry");
   EXPECT_TRUE(status["applied_lsn"].is_string());
 

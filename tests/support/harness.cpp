@@ -1,7 +1,6 @@
 // Harness implementation.
 #include "support/harness.hpp"
 
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -13,6 +12,16 @@
 #include <thread>
 
 namespace pgferry::testing {
+
+namespace {
+
+std::vector<std::string> pgferry_argv(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {PGFERRY_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
+}  // namespace
 
 std::unique_ptr<LocalCluster> ClusterPairTest::source_;
 std::unique_ptr<LocalCluster> ClusterPairTest::target_;
@@ -53,10 +62,8 @@ CommandResult run_pgferry(const std::vector<std::string>& args) {
   char path[] = "/tmp/pgferry-cmd-XXXXXX";
   int fd = ::mkstemp(path);
   ::close(fd);
-  std::vector<std::string> argv = {PGFERRY_BINARY};
-  argv.insert(argv.end(), args.begin(), args.end());
   CommandResult result;
-  result.exit_code = tools::run_process(argv, path);
+  result.exit_code = tools::run_process(pgferry_argv(args), path);
   std::ifstream in(path);
   std::stringstream text;
   text << in.rdbuf();
@@ -66,54 +73,11 @@ CommandResult run_pgferry(const std::vector<std::string>& args) {
 }
 
 pid_t spawn_pgferry(const std::vector<std::string>& args, const std::string& log) {
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) {
-      ::dup2(fd, STDOUT_FILENO);
-      ::dup2(fd, STDERR_FILENO);
-    }
-    std::string binary = PGFERRY_BINARY;
-    std::vector<std::string> copies = args;
-    std::vector<char*> argv = {binary.data()};
-    for (auto& arg : copies) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    ::execv(binary.c_str(), argv.data());
-    ::_exit(127);
-  }
-  return pid;
+  return tools::spawn_process(pgferry_argv(args), log);
 }
 
 PgferryProcess::PgferryProcess(const std::vector<std::string>& args, std::string log)
-    : log_(std::move(log)) {
-  pid_ = spawn_pgferry(args, log_);
-}
-
-PgferryProcess::~PgferryProcess() {
-  stop();
-}
-
-bool PgferryProcess::exited() {
-  if (pid_ <= 0) return true;
-  int status = 0;
-  if (::waitpid(pid_, &status, WNOHANG) != pid_) return false;
-  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  pid_ = 0;
-  return true;
-}
-
-int PgferryProcess::stop() {
-  if (pid_ <= 0) return exit_code_;
-  ::kill(pid_, SIGTERM);
-  if (!wait_until([this] { return exited(); }, std::chrono::seconds(60))) {
-    ::kill(pid_, SIGKILL);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = 0;
-    exit_code_ = 128 + SIGKILL;
-  }
-  return exit_code_;
-}
+    : tools::ChildProcess(pgferry_argv(args), log), log_(std::move(log)) {}
 
 std::string PgferryProcess::log_text() const {
   std::ifstream in(log_);

@@ -55,24 +55,15 @@ CommandResult run_pgferry(const std::vector<std::string>& args);
 // `log`. Returns the child's pid (wait for it with waitpid).
 pid_t spawn_pgferry(const std::vector<std::string>& args, const std::string& log);
 
-// A pgferry child process that is stopped (SIGTERM, then SIGKILL) when this goes away.
-class PgferryProcess {
+// A pgferry child process (stopped with SIGTERM, then SIGKILL, when it goes away) whose
+// output goes to `log`.
+class PgferryProcess : public tools::ChildProcess {
  public:
   PgferryProcess(const std::vector<std::string>& args, std::string log);
-  PgferryProcess(const PgferryProcess&) = delete;
-  PgferryProcess& operator=(const PgferryProcess&) = delete;
-  ~PgferryProcess();
-  // True once the process exited (then exit_code() is its status).
-  bool exited();
-  // SIGTERM, wait (up to 60 s, then SIGKILL); returns the exit code (128+signal if killed).
-  int stop();
-  int exit_code() const { return exit_code_; }
   const std::string& log() const { return log_; }
   std::string log_text() const;
 
  private:
-  pid_t pid_ = 0;
-  int exit_code_ = -1;
   std::string log_;
 };
 

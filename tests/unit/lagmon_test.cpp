@@ -2,16 +2,12 @@
 // timestamp parsing, the HTTP endpoint.
 #include <gtest/gtest.h>
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-
 #include "pgferry/lagmon/http_server.hpp"
 #include "pgferry/lagmon/metrics.hpp"
 #include "pgferry/lagmon/render.hpp"
 #include "pgferry/lagmon/sample.hpp"
 #include "pgferry/replication/error.hpp"
+#include "support/http_get.hpp"
 #include "support/prometheus_text.hpp"
 
 namespace lagmon = pgferry::lagmon;
@@ -109,25 +105,6 @@ TEST(Lag, ParsesTimestamptz) {
   EXPECT_EQ(*shifted, *t);
   EXPECT_FALSE(lagmon::parse_timestamptz("yesterday"));
 }
-
-namespace {
-
-std::pair<int, std::string> http_get(unsigned short port, const std::string& path) {
-  namespace beast = boost::beast;
-  namespace http = beast::http;
-  boost::asio::io_context io;
-  boost::asio::ip::tcp::socket socket(io);
-  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port});
-  http::request<http::string_body> request{http::verb::get, path, 11};
-  request.set(http::field::host, "localhost");
-  http::write(socket, request);
-  beast::flat_buffer buffer;
-  http::response<http::string_body> response;
-  http::read(socket, buffer, response);
-  return {static_cast<int>(response.result_int()), response.body()};
-}
-
-}  // namespace
 
 TEST(HttpServer, ServesAndRejects) {
   lagmon::HttpServer server(

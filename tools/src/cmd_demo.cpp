@@ -7,11 +7,7 @@
 // `pgferry init` → initial data → `pgferry run` in the background → a pgbench load while
 // `pgferry lag` is sampled → load stops, lag drains to zero → `pgferry sequences sync` →
 // every table compared → agent stopped with SIGTERM → clusters removed.
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -26,8 +22,6 @@
 #include "pgferry/replication/error.hpp"
 #include "pgferry/replication/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
-
-extern char** environ;
 
 namespace pgferry::tools {
 
@@ -91,59 +85,6 @@ void pgferry(Narrator& narrator, const std::vector<std::string>& args, const std
                                   args.empty() ? "" : args[0], status));
   }
 }
-
-pid_t spawn_background(const std::vector<std::string>& argv, const std::filesystem::path& log) {
-  std::vector<std::string> copy = argv;
-  std::vector<char*> args;
-  for (auto& arg : copy) args.push_back(arg.data());
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  pid_t pid = 0;
-  int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) throw repl::Error(fmt::format("cannot start {}", argv[0]));
-  return pid;
-}
-
-// The child process, stopped (SIGTERM, then SIGKILL after 30 s) when this goes away.
-class Background {
- public:
-  Background(const std::vector<std::string>& argv, const std::filesystem::path& log)
-      : pid_(spawn_background(argv, log)) {}
-  ~Background() { stop(); }
-  bool exited() {
-    if (pid_ <= 0) return true;
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      pid_ = 0;
-      return true;
-    }
-    return false;
-  }
-  int stop() {
-    if (pid_ <= 0) return exit_code_;
-    ::kill(pid_, SIGTERM);
-    for (int i = 0; i < 3000 && !exited(); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-      pid_ = 0;
-      exit_code_ = 128 + SIGKILL;
-    }
-    return exit_code_;
-  }
-
- private:
-  pid_t pid_;
-  int exit_code_ = -1;
-};
 
 std::vector<std::string> pgbench(const LocalCluster& cluster, std::vector<std::string> extra) {
   std::vector<std::string> argv = {
@@ -219,16 +160,16 @@ int demo_command(const DemoOptions& options) {
 
   narrator.step("Start the agent: pgferry run (streams and applies, exactly once)");
   auto agent_log = source.dir() / "agent.log";
-  Background agent({self_path(), "run", "--source", source_conninfo, "--target", target_conninfo,
-                    "--log-level", "info"},
-                   agent_log);
+  ChildProcess agent({self_path(), "run", "--source", source_conninfo, "--target", target_conninfo,
+                      "--log-level", "info"},
+                     agent_log);
   narrator.say("agent log: " + agent_log.string());
 
   narrator.step(fmt::format("Application load for {}s (pgbench, {} clients) while watching the lag",
                             options.load_seconds, options.clients));
-  Background load(pgbench(source, {"-n", "-c", std::to_string(options.clients), "-T",
-                                   std::to_string(options.load_seconds)}),
-                  source.dir() / "pgbench-load.log");
+  ChildProcess load(pgbench(source, {"-n", "-c", std::to_string(options.clients), "-T",
+                                     std::to_string(options.load_seconds)}),
+                    source.dir() / "pgbench-load.log");
   lagmon::LagSampler sampler(source_conninfo, target_conninfo, "pgferry");
   std::optional<lagmon::LagSample> previous;
   while (!load.exited()) {
@@ -279,7 +220,7 @@ int demo_command(const DemoOptions& options) {
   if (!equal) throw repl::Error("the target differs from the source");
 
   narrator.step("Stop the agent (SIGTERM: clean shutdown)");
-  int agent_exit = agent.stop();
+  int agent_exit = agent.stop(std::chrono::seconds(30));
   narrator.say(fmt::format("agent exited with {}", agent_exit));
   narrator.finish();
   std::cout << "\nThe target equals the source. (Clusters are removed now"

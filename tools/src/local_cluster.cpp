@@ -74,7 +74,8 @@ std::string default_bindir() {
 
 }  // namespace
 
-int run_process(const std::vector<std::string>& argv, const fs::path& output, bool as_server_user) {
+pid_t spawn_process(const std::vector<std::string>& argv, const fs::path& output,
+                    bool as_server_user) {
   std::vector<std::string> full;
   if (as_server_user && running_as_root()) {
     full = {"runuser", "-u", kServerUser, "--"};
@@ -98,12 +99,43 @@ int run_process(const std::vector<std::string>& argv, const fs::path& output, bo
   if (rc != 0) {
     throw std::runtime_error(fmt::format("cannot run {}: {}", full[0], std::strerror(rc)));
   }
+  return pid;
+}
+
+int run_process(const std::vector<std::string>& argv, const fs::path& output, bool as_server_user) {
+  pid_t pid = spawn_process(argv, output, as_server_user);
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return 1;
+}
+
+bool ChildProcess::exited() {
+  if (pid_ <= 0) return true;
+  int status = 0;
+  if (::waitpid(pid_, &status, WNOHANG) != pid_) return false;
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  pid_ = 0;
+  return true;
+}
+
+int ChildProcess::stop(std::chrono::milliseconds grace) {
+  if (pid_ <= 0) return exit_code_;
+  ::kill(pid_, SIGTERM);
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  while (!exited() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = 0;
+    exit_code_ = 128 + SIGKILL;
+  }
+  return exit_code_;
 }
 
 std::string capture_process(const std::vector<std::string>& argv, bool as_server_user) {

@@ -73,6 +73,33 @@ class LocalCluster {
   pid_t postmaster_pid_ = 0;
 };
 
+// Starts argv (argv[0] looked up in PATH) without waiting, stdin from /dev/null, stdout and
+// stderr appended to `output` (or inherited when empty); as the `postgres` user when we are
+// root and `as_server_user` is set. Returns the child's pid; reap it with waitpid/wait4.
+pid_t spawn_process(const std::vector<std::string>& argv, const std::filesystem::path& output = {},
+                    bool as_server_user = false);
+
+// A background child process that is stopped (SIGTERM, then SIGKILL after `grace`) when
+// this goes away.
+class ChildProcess {
+ public:
+  ChildProcess(const std::vector<std::string>& argv, const std::filesystem::path& output)
+      : pid_(spawn_process(argv, output)) {}
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  ~ChildProcess() { stop(); }
+  // True once the process exited; then exit_code() is its status (128+signal if killed).
+  bool exited();
+  // SIGTERM, wait up to `grace`, then SIGKILL; returns the exit code.
+  int stop(std::chrono::milliseconds grace = std::chrono::seconds(60));
+  int exit_code() const { return exit_code_; }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_;
+  int exit_code_ = -1;
+};
+
 // Runs argv (argv[0] looked up in PATH), as the `postgres` user when we are root and
 // `as_server_user` is set; stdout and stderr appended to `output` (or inherited when empty).
 // Returns the exit status, or 128+signal.
