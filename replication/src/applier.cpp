@@ -7,11 +7,15 @@
 //   whenever the backlog passes its bounds (after a flush request, since the server holds its
 //   output until a Sync or Flush). A Sync is sent only when a target transaction commits, when
 //   a COPY needs the pipeline empty, and for idle progress writes.
-// - COPY is not allowed in pipeline mode: a run of inserts long enough to be worth it syncs
-//   the pipeline, leaves pipeline mode, runs COPY inside the still open target transaction,
-//   and enters pipeline mode again. Shorter runs go as pipelined prepared INSERTs. The rows
-//   of a run are kept in one arena (values NUL-terminated for libpq), so buffering a row
-//   costs no allocation once the arena has grown.
+// - COPY is not allowed in pipeline mode: once a run of inserts is long enough to be worth
+//   it (copy_min_rows), the pipeline is synced, pipeline mode left and COPY started inside
+//   the still open target transaction; every further row of the run is encoded straight into
+//   COPY text and sent in 64 kB pieces as it arrives, so the target inserts while the source
+//   still decodes and sends (the COPY ends, and pipeline mode resumes, at the first change
+//   that is not an insert into the same relation, at copy_max_bytes, or at the group's
+//   commit). Shorter runs go as pipelined prepared INSERTs. The first rows of a run are kept
+//   in one arena (values NUL-terminated for libpq), so buffering a row costs no allocation
+//   once the arena has grown; each row's key text is kept to name it in an error.
 // - Grouping. A target transaction (BEGIN ... progress UPDATE, COMMIT) holds whole source
 //   transactions only, so the target only ever shows states the source had at a commit, and
 //   the progress row always describes exactly what is committed beside it. COMMIT is sent only
@@ -125,6 +129,8 @@ struct Statement {
 enum class Match : char { key = 'k', primary_key = 'p', full = 'f' };
 
 constexpr std::size_t kMaxKeyText = 200;
+// COPY data goes to the target in pieces of about this size, as rows arrive.
+constexpr std::size_t kCopyChunk = 64u << 10;
 
 }  // namespace
 
@@ -162,7 +168,10 @@ struct Applier::Impl {
   // --- rows --------------------------------------------------------------------------------
   void buffer_insert(const Relation& relation, const pgoutput::Insert& insert);
   void flush_insert_run();
-  void copy_insert_run();
+  void start_copy();
+  void send_copy_buffer();
+  void end_copy();
+  [[noreturn]] void fail_copy(const PGresult* result, std::string_view doing);
   void apply_update(const Relation& relation, const pgoutput::Update& update);
   void apply_delete(const Relation& relation, const pgoutput::Delete& del);
   Match choose_match(const TargetTable& table, char old_kind, TupleView old_tuple) const;
@@ -225,23 +234,33 @@ struct Applier::Impl {
   std::string statement_key_;
   std::uint64_t next_statement_ = 0;
 
-  // The current run of inserts.
+  // The current run of inserts. Its first rows are buffered (values); once it is
+  // copy_min_rows long a COPY starts and every further row is encoded straight into
+  // copy_buffer_ and streamed to the target while the stream delivers the next ones.
   struct InsertRun {
     const TargetTable* table = nullptr;
     RelationId relation;
     std::uint64_t version = 0;
     std::size_t rows = 0;
     std::size_t columns = 0;
+    bool copying = false;
+    std::size_t copy_bytes = 0;                             // COPY data of this run so far
     std::string values;                                     // NUL-terminated values
     std::vector<std::int64_t> cells;                        // offset into values; -1 is NULL
     std::vector<std::pair<std::size_t, Lsn>> transactions;  // (first row, commit lsn)
+    std::string keys;                                       // key text of each row, for errors
+    std::vector<std::uint32_t> key_ends;                    // end of each row's key in keys
     bool empty() const { return rows == 0; }
     void clear() {
       table = nullptr;
       rows = 0;
+      copying = false;
+      copy_bytes = 0;
       values.clear();
       cells.clear();
       transactions.clear();
+      keys.clear();
+      key_ends.clear();
     }
     Lsn commit_lsn_of(std::size_t row) const {
       Lsn lsn;
@@ -250,6 +269,11 @@ struct Applier::Impl {
         lsn = commit;
       }
       return lsn;
+    }
+    std::string_view key_of(std::size_t row) const {
+      if (row >= key_ends.size()) return {};
+      std::size_t begin = row == 0 ? 0 : key_ends[row - 1];
+      return std::string_view(keys).substr(begin, key_ends[row] - begin);
     }
   } run_;
   std::string copy_buffer_;
@@ -716,36 +740,68 @@ void Applier::Impl::buffer_insert(const Relation& relation, const pgoutput::Inse
   if (run_.transactions.empty() || run_.transactions.back().second != current_.final_lsn) {
     run_.transactions.emplace_back(run_.rows, current_.final_lsn);
   }
-  std::size_t before = run_.values.size();
   for (std::size_t i = 0; i < insert.new_tuple.size(); ++i) {
-    const auto& value = insert.new_tuple[i];
-    switch (value.kind) {
-      case ColumnKind::null:
+    auto kind = insert.new_tuple[i].kind;
+    if (kind != ColumnKind::null && kind != ColumnKind::text) {
+      throw ProtocolError(
+          fmt::format("INSERT into {} has an unchanged-TOAST or binary column \"{}\"",
+                      table.display, relation.columns[i].name),
+          0, 'I');
+    }
+  }
+  // The key text, for naming the row if the target refuses it.
+  for (std::size_t i = 0; i < table.key.size(); ++i) {
+    if (i) run_.keys += ", ";
+    const auto& value = insert.new_tuple[static_cast<std::size_t>(table.key[i])];
+    if (value.kind == ColumnKind::null) {
+      run_.keys += "NULL";
+    } else {
+      run_.keys.append(value.data.substr(0, kMaxKeyText));
+    }
+  }
+  run_.key_ends.push_back(static_cast<std::uint32_t>(run_.keys.size()));
+
+  std::size_t bytes = 0;
+  if (run_.copying) {
+    std::size_t before = copy_buffer_.size();
+    for (std::size_t i = 0; i < insert.new_tuple.size(); ++i) {
+      if (i) copy_buffer_ += '\t';
+      const auto& value = insert.new_tuple[i];
+      if (value.kind == ColumnKind::null) {
+        copy_buffer_ += kCopyNull;
+      } else {
+        append_copy_text(copy_buffer_, value.data);
+      }
+    }
+    copy_buffer_ += '\n';
+    bytes = copy_buffer_.size() - before;
+    run_.copy_bytes += bytes;
+  } else {
+    std::size_t before = run_.values.size();
+    for (std::size_t i = 0; i < insert.new_tuple.size(); ++i) {
+      const auto& value = insert.new_tuple[i];
+      if (value.kind == ColumnKind::null) {
         run_.cells.push_back(-1);
-        break;
-      case ColumnKind::text:
+      } else {
         run_.cells.push_back(static_cast<std::int64_t>(run_.values.size()));
         run_.values.append(value.data);
         run_.values.push_back('\0');
-        break;
-      case ColumnKind::unchanged_toast:
-      case ColumnKind::binary:
-        throw ProtocolError(
-            fmt::format("INSERT into {} has an unchanged-TOAST or binary column \"{}\"",
-                        table.display, relation.columns[i].name),
-            0, 'I');
+      }
     }
+    bytes = run_.values.size() - before;
   }
   ++run_.rows;
   ++group_rows_;
-  group_bytes_ += run_.values.size() - before;
-  if (run_.values.size() >= options_.copy_max_bytes) flush_insert_run();
+  group_bytes_ += bytes;
+  if (!run_.copying && run_.rows >= options_.copy_min_rows) start_copy();
+  if (run_.copying && copy_buffer_.size() >= kCopyChunk) send_copy_buffer();
+  if (run_.copy_bytes >= options_.copy_max_bytes) flush_insert_run();
 }
 
 void Applier::Impl::flush_insert_run() {
   if (run_.empty()) return;
-  if (run_.rows >= options_.copy_min_rows) {
-    copy_insert_run();
+  if (run_.copying) {
+    end_copy();
   } else {
     const TargetTable& table = *run_.table;
     statement_key_.clear();
@@ -768,7 +824,6 @@ void Applier::Impl::flush_insert_run() {
     for (std::size_t row = 0; row < run_.rows; ++row) {
       param_values_.clear();
       std::size_t bytes = 0;
-      key_scratch_.clear();
       for (std::size_t column = 0; column < run_.columns; ++column) {
         auto offset = run_.cells[row * run_.columns + column];
         const char* value = offset < 0 ? nullptr : run_.values.data() + offset;
@@ -776,18 +831,17 @@ void Applier::Impl::flush_insert_run() {
         if (value) bytes += std::char_traits<char>::length(value);
       }
       // Key text for messages: the source key columns.
-      key_scratch_ += '(';
-      for (std::size_t i = 0; i < table.key.size(); ++i) {
-        if (i) key_scratch_ += ", ";
-        key_scratch_ += table.columns[static_cast<std::size_t>(table.key[i])];
+      key_scratch_.clear();
+      if (!table.key.empty()) {
+        key_scratch_ += '(';
+        for (std::size_t i = 0; i < table.key.size(); ++i) {
+          if (i) key_scratch_ += ", ";
+          key_scratch_ += table.columns[static_cast<std::size_t>(table.key[i])];
+        }
+        key_scratch_ += ")=(";
+        key_scratch_ += run_.key_of(row);
+        key_scratch_ += ')';
       }
-      key_scratch_ += ")=(";
-      for (std::size_t i = 0; i < table.key.size(); ++i) {
-        if (i) key_scratch_ += ", ";
-        const char* value = param_values_[static_cast<std::size_t>(table.key[i])];
-        key_scratch_ += value ? std::string_view(value).substr(0, kMaxKeyText) : "NULL";
-      }
-      key_scratch_ += ')';
       if (PQsendQueryPrepared(pg_, insert_statement.name.c_str(), insert_statement.params,
                               param_values_.data(), nullptr, nullptr, 0) != 1) {
         broken_ = true;
@@ -795,7 +849,7 @@ void Applier::Impl::flush_insert_run() {
       }
       Lsn saved = current_.final_lsn;
       current_.final_lsn = run_.commit_lsn_of(row);
-      push(Op::insert, bytes, &table, table.key.empty() ? std::string_view{} : key_scratch_);
+      push(Op::insert, bytes, &table, key_scratch_);
       current_.final_lsn = saved;
       after_send();
     }
@@ -804,7 +858,44 @@ void Applier::Impl::flush_insert_run() {
   run_.clear();
 }
 
-void Applier::Impl::copy_insert_run() {
+void Applier::Impl::fail_copy(const PGresult* result, std::string_view doing) {
+  broken_ = true;
+  const TargetTable& table = *run_.table;
+  std::string where =
+      fmt::format("{} rel={} ({} rows, source commit_lsn={}..{})", doing, table.display, run_.rows,
+                  run_.transactions.front().second, run_.transactions.back().second);
+  // The server names the failing row as "COPY t, line N": name its transaction and key.
+  if (result) {
+    if (const char* context = PQresultErrorField(result, PG_DIAG_CONTEXT)) {
+      std::string_view text(context);
+      auto at = text.find(", line ");
+      std::size_t line = 0;
+      if (at != std::string_view::npos) {
+        auto digits = text.substr(at + 7);
+        std::from_chars(digits.data(), digits.data() + digits.size(), line);
+      }
+      if (line >= 1 && line <= run_.rows) {
+        std::size_t row = line - 1;
+        key_scratch_.clear();
+        if (!table.key.empty()) {
+          key_scratch_ += " key (";
+          for (std::size_t i = 0; i < table.key.size(); ++i) {
+            if (i) key_scratch_ += ", ";
+            key_scratch_ += table.columns[static_cast<std::size_t>(table.key[i])];
+          }
+          key_scratch_ += ")=(";
+          key_scratch_ += run_.key_of(row);
+          key_scratch_ += ')';
+        }
+        where = fmt::format("COPY rel={}{} in source transaction commit_lsn={}", table.display,
+                            key_scratch_, run_.commit_lsn_of(row));
+      }
+    }
+  }
+  throw_pg_error(pg_, result, Side::target, where);
+}
+
+void Applier::Impl::start_copy() {
   const TargetTable& table = *run_.table;
   sync_and_drain();
   if (PQexitPipelineMode(pg_) != 1) {
@@ -817,51 +908,11 @@ void Applier::Impl::copy_insert_run() {
     sql += table.columns[i];
   }
   sql += ") FROM STDIN";
-  auto fail_copy = [&](const PGresult* result, std::string_view doing) {
-    broken_ = true;
-    std::string where =
-        fmt::format("{} rel={} ({} rows, source commit_lsn={}..{})", doing, table.display,
-                    run_.rows, run_.transactions.front().second, run_.transactions.back().second);
-    // The server names the failing row as "COPY t, line N": name its transaction and key.
-    if (result) {
-      if (const char* context = PQresultErrorField(result, PG_DIAG_CONTEXT)) {
-        std::string_view text(context);
-        auto at = text.find(", line ");
-        std::size_t line = 0;
-        if (at != std::string_view::npos) {
-          auto digits = text.substr(at + 7);
-          std::from_chars(digits.data(), digits.data() + digits.size(), line);
-        }
-        if (line >= 1 && line <= run_.rows) {
-          std::size_t row = line - 1;
-          key_scratch_.clear();
-          if (!table.key.empty()) {
-            key_scratch_ += " key (";
-            for (std::size_t i = 0; i < table.key.size(); ++i) {
-              if (i) key_scratch_ += ", ";
-              key_scratch_ += table.columns[static_cast<std::size_t>(table.key[i])];
-            }
-            key_scratch_ += ")=(";
-            for (std::size_t i = 0; i < table.key.size(); ++i) {
-              if (i) key_scratch_ += ", ";
-              auto offset = run_.cells[row * run_.columns + static_cast<std::size_t>(table.key[i])];
-              key_scratch_ +=
-                  offset < 0 ? std::string_view("NULL")
-                             : std::string_view(run_.values.data() + offset).substr(0, kMaxKeyText);
-            }
-            key_scratch_ += ')';
-          }
-          where = fmt::format("COPY rel={}{} in source transaction commit_lsn={}", table.display,
-                              key_scratch_, run_.commit_lsn_of(row));
-        }
-      }
-    }
-    throw_pg_error(pg_, result, Side::target, where);
-  };
-
   Result started(PQexec(pg_, sql.c_str()));
   if (!started || started.status() != PGRES_COPY_IN) fail_copy(started.native(), "starting COPY");
+  run_.copying = true;
 
+  // The rows buffered so far.
   copy_buffer_.clear();
   for (std::size_t row = 0; row < run_.rows; ++row) {
     for (std::size_t column = 0; column < run_.columns; ++column) {
@@ -874,13 +925,23 @@ void Applier::Impl::copy_insert_run() {
       }
     }
     copy_buffer_ += '\n';
-    if (copy_buffer_.size() >= (256u << 10) || row + 1 == run_.rows) {
-      if (PQputCopyData(pg_, copy_buffer_.data(), static_cast<int>(copy_buffer_.size())) != 1) {
-        fail_copy(nullptr, "sending COPY data");
-      }
-      copy_buffer_.clear();
-    }
   }
+  run_.copy_bytes = copy_buffer_.size();
+  run_.values.clear();
+  run_.cells.clear();
+}
+
+void Applier::Impl::send_copy_buffer() {
+  if (copy_buffer_.empty()) return;
+  if (PQputCopyData(pg_, copy_buffer_.data(), static_cast<int>(copy_buffer_.size())) != 1) {
+    fail_copy(nullptr, "sending COPY data");
+  }
+  copy_buffer_.clear();
+}
+
+void Applier::Impl::end_copy() {
+  const TargetTable& table = *run_.table;
+  send_copy_buffer();
   if (PQputCopyEnd(pg_, nullptr) != 1) fail_copy(nullptr, "ending COPY");
   Result done(PQgetResult(pg_));
   while (PGresult* extra = PQgetResult(pg_)) PQclear(extra);
@@ -894,6 +955,7 @@ void Applier::Impl::copy_insert_run() {
     broken_ = true;
     throw_pg_error(pg_, nullptr, Side::target, "entering pipeline mode after COPY");
   }
+  run_.copying = false;
   counters_.copy_batches.fetch_add(1, std::memory_order_relaxed);
 }
 
