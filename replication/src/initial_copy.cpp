@@ -479,11 +479,14 @@ CopyReport copy_tables(std::string_view source_conninfo, std::string_view target
 }
 
 void drop_copy_progress(const Connection& target, std::string_view name) {
-  if (target.exec("SELECT to_regclass('pgferry.copy_progress') IS NOT NULL").scalar() != "t") {
-    return;
+  if (target.exec("SELECT to_regclass('pgferry.copy_progress') IS NOT NULL").scalar() == "t") {
+    target.exec("DELETE FROM pgferry.copy_progress WHERE name = $1", {name},
+                "dropping the initial copy's record");
   }
-  target.exec("DELETE FROM pgferry.copy_progress WHERE name = $1", {name},
-              "dropping the initial copy's record");
+  if (target.exec("SELECT to_regclass('pgferry.copy_origin') IS NOT NULL").scalar() == "t") {
+    target.exec("DELETE FROM pgferry.copy_origin WHERE name = $1", {name},
+                "dropping the initial copy's origin");
+  }
 }
 
 }  // namespace pgferry::replication

@@ -8,6 +8,7 @@
 
 #include "cli.hpp"
 #include "pgferry/replication/error.hpp"
+#include "pgferry/replication/initial_copy.hpp"
 #include "pgferry/replication/pg.hpp"
 #include "pgferry/replication/progress.hpp"
 
@@ -41,6 +42,7 @@ int run_cleanup(const CommonOptions& common) {
           .scalar() != "0";
   source.exec(fmt::format("DROP PUBLICATION IF EXISTS {}", repl::quote_ident(publication)),
               fmt::format("dropping publication \"{}\"", publication));
+  repl::drop_copy_progress(target, common.name);  // init's copy record, if any
   bool progress_dropped = repl::ProgressStore(target).drop(common.name);
 
   spdlog::info("cleanup slot={} publication={} dropped: slot={} publication={} progress={}",

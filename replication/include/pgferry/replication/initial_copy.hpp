@@ -113,7 +113,7 @@ CopyReport copy_tables(std::string_view source_conninfo, std::string_view target
                        std::string_view snapshot, const std::vector<TableInfo>& tables,
                        const CopyOptions& options = {});
 
-// Removes the copy record of `name` (for cleanup); the tables' rows stay.
+// Removes the copy record and copy origin of `name` (for cleanup); the tables' rows stay.
 void drop_copy_progress(const Connection& target, std::string_view name);
 
 }  // namespace pgferry::replication

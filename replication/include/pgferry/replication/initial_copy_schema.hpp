@@ -1,0 +1,43 @@
+// `pgferry init --schema`: the source's table definitions restored on the target with
+// PostgreSQL's own client tools, pg_dump and psql, in two halves around the data copy.
+//
+// NOTES
+// - pre-data (types, tables, sequences, defaults) is restored before the copy and
+//   post-data (indexes, primary keys, constraints, triggers) after it, as pg_restore does:
+//   loading tables without their indexes is several times faster.
+// - Each half is restored by `psql --single-transaction -v ON_ERROR_STOP=1`, so it is all
+//   there or not at all, and a re-run can decide from the catalog what is left.
+// - Never dumped: the pgferry schema (-N pgferry), publications and subscriptions (the
+//   target must not publish the source's publications), and with table patterns anything
+//   but the tables in scope (each passed as -t "schema"."name"); their schemas are created
+//   on the target first, other dependencies (types, functions) must exist there.
+// - Passwords never appear on a command line: the conninfo is passed without its password
+//   and the password, if any, in PGPASSWORD of the child's environment.
+// - The tools come from --pg-bindir, else $PGFERRY_PG_BINDIR, else `pg_config --bindir`,
+//   else $PATH. pg_dump must be at least as new as the source server.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pgferry::replication {
+
+enum class SchemaSection { pre_data, post_data };
+
+struct SchemaCopyOptions {
+  std::string bindir;  // empty: found as described above
+  // Empty: every table of the database (except schema pgferry); else these tables only,
+  // each "schema"."name" as quoted by qualified_name().
+  std::vector<std::string> tables;
+  // pre-data with `tables`: schemas to create on the target first (unquoted names).
+  std::vector<std::string> schemas;
+};
+
+// Dumps `section` from the source and restores it on the target. Throws ConfigError when
+// the tools cannot be found, SqlError (side target) with psql's message when the restore
+// fails, SqlError (side source) when pg_dump fails.
+void copy_schema_section(std::string_view source_conninfo, std::string_view target_conninfo,
+                         SchemaSection section, const SchemaCopyOptions& options);
+
+}  // namespace pgferry::replication
