@@ -21,6 +21,15 @@
 //   the progress row always describes exactly what is committed beside it. COMMIT is sent only
 //   once every earlier result was read and checked (a zero-row UPDATE is no server error), so
 //   a group costs two round trips, whatever the number of rows and source transactions in it.
+// - Coalesced updates. An UPDATE that keeps its key and carries every column, on a table
+//   with no triggers, no rules, no foreign keys to or from it, no unique index but the
+//   primary key and no array columns ("batchable"), is not sent: the group keeps the last
+//   new tuple per key, and sends one `UPDATE t SET ... FROM unnest($1::type[], ...)` per
+//   table before COMMIT (or earlier, before any change that is not an insert into another
+//   batchable table, and before an insert into the same table). The row ends as the source
+//   left it at the group's last commit; nothing can observe the order of changes across
+//   such tables inside one target transaction. The statement must update exactly one row
+//   per key; it returns the keys it updated so that a missing one can be named.
 // - Exactly once. A source transaction whose commit record lies before the applied position
 //   is skipped whole (decided at Begin from final_lsn, checked again at Commit with end_lsn).
 // - Updates SET only the columns the new tuple carries as values ('u', unchanged TOAST, is
@@ -43,6 +52,7 @@
 #include <functional>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "pgferry/replication/copy_encoding.hpp"
@@ -62,6 +72,7 @@ enum class Op : std::uint8_t {
   prepare,
   insert,
   update,
+  batch_update,
   delete_,
   truncate,
   progress,
@@ -81,6 +92,8 @@ std::string_view op_name(Op op) {
       return "INSERT";
     case Op::update:
       return "UPDATE";
+    case Op::batch_update:
+      return "UPDATE (coalesced)";
     case Op::delete_:
       return "DELETE";
     case Op::truncate:
@@ -109,6 +122,10 @@ struct TargetTable {
   std::vector<std::string> types;    // target type (format_type), per source column
   std::vector<int> key;              // source columns flagged as replica identity key
   std::vector<int> primary_key;      // target primary key as source columns; empty if unusable
+  // No triggers, no foreign keys to or from it, no unique index but the primary key, no
+  // array columns: its key-preserving updates may be coalesced and applied later in the
+  // group (see NOTES).
+  bool batchable = false;
 };
 
 struct Pending {
@@ -118,6 +135,7 @@ struct Pending {
   const TargetTable* table;
   std::uint32_t key_offset;
   std::uint32_t key_length;
+  std::uint32_t rows = 1;  // rows the command must affect (insert, update, delete)
 };
 
 struct Statement {
@@ -138,11 +156,11 @@ struct Applier::Impl {
   Impl(Connection target, ApplierOptions opts);
 
   // --- pipeline ----------------------------------------------------------------------------
-  void push(Op op, std::size_t bytes, const TargetTable* table = nullptr,
-            std::string_view key = {});
+  void push(Op op, std::size_t bytes, const TargetTable* table = nullptr, std::string_view key = {},
+            std::uint32_t rows = 1);
   void after_send();
   void send_prepared(const Statement& statement, Op op, const TargetTable* table,
-                     std::string_view key);
+                     std::string_view key, std::uint32_t rows = 1);
   void send_query(std::string_view sql, Op op, std::initializer_list<Param> params = {},
                   const TargetTable* table = nullptr);
   Result read_next();
@@ -173,6 +191,9 @@ struct Applier::Impl {
   void end_copy();
   [[noreturn]] void fail_copy(const PGresult* result, std::string_view doing);
   void apply_update(const Relation& relation, const pgoutput::Update& update);
+  bool batch_update(const TargetTable& table, const pgoutput::Update& update);
+  void flush_batches();
+  void check_batch_result(const Pending& pending, const Result& result);
   void apply_delete(const Relation& relation, const pgoutput::Delete& del);
   Match choose_match(const TargetTable& table, char old_kind, TupleView old_tuple) const;
   std::vector<int> match_columns(const TargetTable& table, Match match, char old_kind) const;
@@ -278,6 +299,24 @@ struct Applier::Impl {
   } run_;
   std::string copy_buffer_;
 
+  // Coalesced updates of batchable tables in the open group: per relation, the last new
+  // tuple of each key. Sent as one UPDATE ... FROM unnest(arrays) per relation.
+  struct UpdateBatch {
+    const TargetTable* table = nullptr;
+    std::vector<int> columns;                            // key columns, then the others
+    std::unordered_map<std::string, std::size_t> index;  // key values → entry
+    std::string arena;                                   // values
+    std::vector<std::int64_t> cells;       // per entry and column: offset in arena; -1 NULL
+    std::vector<std::uint32_t> lengths;    // per entry and column
+    std::vector<Lsn> commit_lsns;          // per entry: the last change's transaction
+    std::vector<const std::string*> keys;  // per entry: its index key
+  };
+  std::unordered_map<RelationId, UpdateBatch> batches_;
+  std::size_t batched_rows_ = 0;
+  // Sent batches whose results are not read yet: (key text per entry, commit lsn per entry).
+  std::deque<std::vector<std::pair<std::string, Lsn>>> inflight_batches_;
+  std::string key_text_;
+
   std::string param_arena_;
   std::vector<std::int64_t> param_offsets_;
   std::vector<const char*> param_values_;
@@ -344,11 +383,12 @@ Applier::Impl::Impl(Connection target, ApplierOptions opts)
 // ----------------------------------------------------------------------------------------------
 // Pipeline
 
-void Applier::Impl::push(Op op, std::size_t bytes, const TargetTable* table, std::string_view key) {
+void Applier::Impl::push(Op op, std::size_t bytes, const TargetTable* table, std::string_view key,
+                         std::uint32_t rows) {
   auto offset = static_cast<std::uint32_t>(key_arena_.size());
   key_arena_.append(key);
   pending_.push_back({op, static_cast<std::uint32_t>(bytes + 32), current_.final_lsn, table, offset,
-                      static_cast<std::uint32_t>(key.size())});
+                      static_cast<std::uint32_t>(key.size()), rows});
   pending_bytes_ += bytes + 32;
   sent_since_read_ += bytes + 32;
   counters_.statements_sent.fetch_add(1, std::memory_order_relaxed);
@@ -364,14 +404,14 @@ void Applier::Impl::after_send() {
 }
 
 void Applier::Impl::send_prepared(const Statement& statement, Op op, const TargetTable* table,
-                                  std::string_view key) {
+                                  std::string_view key, std::uint32_t rows) {
   std::size_t bytes = param_arena_.size();
   if (PQsendQueryPrepared(pg_, statement.name.c_str(), statement.params, param_values_.data(),
                           nullptr, nullptr, 0) != 1) {
     broken_ = true;
     throw_pg_error(pg_, nullptr, Side::target, fmt::format("sending {}", op_name(op)));
   }
-  push(op, bytes, table, key);
+  push(op, bytes, table, key, rows);
   after_send();
 }
 
@@ -446,7 +486,9 @@ Result Applier::Impl::read_next() {
   auto status = result.status();
   if (status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK) fail(pending, result);
 
-  if (pending.op == Op::insert || pending.op == Op::update || pending.op == Op::delete_) {
+  if (pending.op == Op::batch_update) {
+    check_batch_result(pending, result);
+  } else if (pending.op == Op::insert || pending.op == Op::update || pending.op == Op::delete_) {
     long affected = result.affected_rows();
     if (affected != 1) {
       broken_ = true;
@@ -575,8 +617,25 @@ const TargetTable& Applier::Impl::table_for(const Relation& relation) {
     }
     table.primary_key.push_back(static_cast<int>(source - relation.columns.begin()));
   }
-  spdlog::debug("target table {} mapped: {} columns, rel={} version={}", table.display,
-                table.columns.size(), relation.id.value, relation.version);
+  if (!table.key.empty()) {
+    auto plain = pipeline_query(
+        "SELECT NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = r.oid AND NOT tgisinternal) "
+        "AND NOT EXISTS (SELECT FROM pg_constraint WHERE contype = 'f' AND (conrelid = r.oid OR "
+        "confrelid = r.oid)) "
+        "AND NOT EXISTS (SELECT FROM pg_index WHERE indrelid = r.oid AND (indisunique OR "
+        "indisexclusion) AND NOT indisprimary) "
+        "AND NOT EXISTS (SELECT FROM pg_rules WHERE schemaname = n.nspname AND tablename = "
+        "c.relname) "
+        "FROM (SELECT to_regclass($1)::oid AS oid) r JOIN pg_class c ON c.oid = r.oid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace",
+        {table.qualified});
+    table.batchable = plain.rows() == 1 && plain.get(0, 0) == "t";
+    for (const auto& type : table.types) {
+      if (type.ends_with("]")) table.batchable = false;
+    }
+  }
+  spdlog::debug("target table {} mapped: {} columns, rel={} version={} batchable={}", table.display,
+                table.columns.size(), relation.id.value, relation.version, table.batchable);
   auto& slot = tables_[relation.id];
   slot = std::move(table);
   return slot;
@@ -627,7 +686,7 @@ void Applier::Impl::refresh_durable(Lsn target_insert, Lsn target_flush) {
 }
 
 void Applier::Impl::commit_group() {
-  flush_insert_run();
+  flush_batches();
   write_progress(group_end_lsn_, group_commit_time_, Op::progress);
   // Every result must be checked before COMMIT is sent: an UPDATE that matched no row is no
   // error to the server, and a COMMIT already in the pipeline would make it permanent.
@@ -731,6 +790,7 @@ void Applier::Impl::buffer_insert(const Relation& relation, const pgoutput::Inse
     flush_insert_run();
   }
   const TargetTable& table = table_for(relation);
+  if (batched_rows_ > 0 && (!table.batchable || batches_.count(relation.id))) flush_batches();
   if (run_.empty()) {
     run_.table = &table;
     run_.relation = relation.id;
@@ -1025,10 +1085,12 @@ void append_shape(std::string& key, TupleView tuple, const std::vector<int>& col
 }  // namespace
 
 void Applier::Impl::apply_update(const Relation& relation, const pgoutput::Update& update) {
-  flush_insert_run();
   check_tuple(relation, update.new_tuple, "UPDATE");
   if (update.old_kind != 0) check_tuple(relation, update.old_tuple, "UPDATE (old tuple)");
+  if (!run_.empty() && run_.relation == relation.id) flush_insert_run();
   const TargetTable& table = table_for(relation);
+  if (batch_update(table, update)) return;
+  flush_batches();
   TupleView old_tuple = update.old_kind != 0 ? update.old_tuple : update.new_tuple;
   Match match = choose_match(table, update.old_kind, old_tuple);
   std::vector<int> where = match_columns(table, match, update.old_kind);
@@ -1083,8 +1145,195 @@ void Applier::Impl::apply_update(const Relation& relation, const pgoutput::Updat
   counters_.rows_updated.fetch_add(1, std::memory_order_relaxed);
 }
 
-void Applier::Impl::apply_delete(const Relation& relation, const pgoutput::Delete& del) {
+namespace {
+
+// Appends `value` as a double-quoted array element (array_in syntax).
+void append_array_element(std::string& out, std::string_view value) {
+  out += '"';
+  std::size_t start = 0;
+  for (std::size_t i = 0; i < value.size(); ++i) {
+    if (value[i] != '"' && value[i] != '\\') continue;
+    out.append(value.data() + start, i - start);
+    out += '\\';
+    out += value[i];
+    start = i + 1;
+  }
+  out.append(value.data() + start, value.size() - start);
+  out += '"';
+}
+
+}  // namespace
+
+bool Applier::Impl::batch_update(const TargetTable& table, const pgoutput::Update& update) {
+  // Only an update that keeps its key, carries every column and has a usable key: its row
+  // ends as its last new tuple, whatever came between.
+  if (!table.batchable || update.old_kind != 0) return false;
+  const TupleView tuple = update.new_tuple;
+  for (std::size_t i = 0; i < tuple.size(); ++i) {
+    if (tuple[i].kind == ColumnKind::unchanged_toast) return false;
+  }
+  key_text_.clear();
+  for (int column : table.key) {
+    const auto& value = tuple[static_cast<std::size_t>(column)];
+    if (value.kind != ColumnKind::text) return false;
+    key_text_.append(value.data);
+    key_text_ += '\0';
+  }
+  if (table.key.size() == table.columns.size()) return false;  // nothing to SET
+
+  auto& batch = batches_[table.id];
+  if (batch.table == nullptr) {
+    batch.table = &table;
+    batch.columns = table.key;
+    for (std::size_t i = 0; i < table.columns.size(); ++i) {
+      if (std::find(table.key.begin(), table.key.end(), static_cast<int>(i)) == table.key.end()) {
+        batch.columns.push_back(static_cast<int>(i));
+      }
+    }
+  }
+  const std::size_t width = batch.columns.size();
+  auto [it, added] = batch.index.try_emplace(key_text_, batch.commit_lsns.size());
+  std::size_t entry = it->second;
+  if (added) {
+    batch.cells.resize(batch.cells.size() + width);
+    batch.lengths.resize(batch.lengths.size() + width);
+    batch.commit_lsns.push_back(current_.final_lsn);
+    batch.keys.push_back(&it->first);
+  } else {
+    batch.commit_lsns[entry] = current_.final_lsn;
+  }
+  std::size_t before = batch.arena.size();
+  for (std::size_t c = 0; c < width; ++c) {
+    const auto& value = tuple[static_cast<std::size_t>(batch.columns[c])];
+    if (value.kind == ColumnKind::null) {
+      batch.cells[entry * width + c] = -1;
+    } else {
+      batch.cells[entry * width + c] = static_cast<std::int64_t>(batch.arena.size());
+      batch.lengths[entry * width + c] = static_cast<std::uint32_t>(value.data.size());
+      batch.arena.append(value.data);
+    }
+  }
+  ++batched_rows_;
+  ++group_rows_;
+  group_bytes_ += batch.arena.size() - before;
+  counters_.rows_updated.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void Applier::Impl::flush_batches() {
   flush_insert_run();
+  if (batched_rows_ == 0) return;
+  for (auto& [id, batch] : batches_) {
+    const TargetTable& table = *batch.table;
+    const std::size_t width = batch.columns.size();
+    const std::size_t entries = batch.commit_lsns.size();
+    // One text array per column; the statement casts each to the column's type.
+    std::string key = fmt::format("B/{}/{}", table.id.value, table.version);
+    const auto& prepared = statement(key, static_cast<int>(width), [&] {
+      std::string sql = fmt::format("UPDATE {} AS t SET ", table.qualified);
+      std::size_t keys = table.key.size();
+      for (std::size_t c = keys; c < width; ++c) {
+        if (c > keys) sql += ", ";
+        sql +=
+            fmt::format("{} = v.c{}", table.columns[static_cast<std::size_t>(batch.columns[c])], c);
+      }
+      sql += " FROM unnest(";
+      for (std::size_t c = 0; c < width; ++c) {
+        if (c) sql += ", ";
+        sql += fmt::format("${}::{}[]", c + 1,
+                           table.types[static_cast<std::size_t>(batch.columns[c])]);
+      }
+      sql += ") AS v(";
+      for (std::size_t c = 0; c < width; ++c) sql += fmt::format("{}c{}", c ? ", " : "", c);
+      sql += ") WHERE ";
+      for (std::size_t c = 0; c < keys; ++c) {
+        if (c) sql += " AND ";
+        sql += fmt::format("t.{} = v.c{}",
+                           table.columns[static_cast<std::size_t>(batch.columns[c])], c);
+      }
+      // The keys updated, to name a missing one (see check_batch_result).
+      sql += " RETURNING ";
+      for (std::size_t c = 0; c < keys; ++c) {
+        if (c) sql += ", ";
+        sql += fmt::format("t.{}::text", table.columns[static_cast<std::size_t>(batch.columns[c])]);
+      }
+      return sql;
+    });
+    Statement batch_statement = prepared;
+    clear_params();
+    for (std::size_t c = 0; c < width; ++c) {
+      param_offsets_.push_back(static_cast<std::int64_t>(param_arena_.size()));
+      param_arena_ += '{';
+      for (std::size_t e = 0; e < entries; ++e) {
+        if (e) param_arena_ += ',';
+        auto offset = batch.cells[e * width + c];
+        if (offset < 0) {
+          param_arena_ += "NULL";
+        } else {
+          append_array_element(param_arena_, std::string_view(batch.arena)
+                                                 .substr(static_cast<std::size_t>(offset),
+                                                         batch.lengths[e * width + c]));
+        }
+      }
+      param_arena_ += '}';
+      param_arena_ += '\0';
+    }
+    finish_params();
+    std::vector<std::pair<std::string, Lsn>> keys;
+    keys.reserve(entries);
+    for (std::size_t e = 0; e < entries; ++e)
+      keys.emplace_back(*batch.keys[e], batch.commit_lsns[e]);
+    inflight_batches_.push_back(std::move(keys));
+    Lsn saved = current_.final_lsn;
+    current_.final_lsn = Lsn::invalid();
+    send_prepared(batch_statement, Op::batch_update, &table, {},
+                  static_cast<std::uint32_t>(entries));
+    current_.final_lsn = saved;
+  }
+  batches_.clear();
+  batched_rows_ = 0;
+}
+
+void Applier::Impl::check_batch_result(const Pending& pending, const Result& result) {
+  auto keys = std::move(inflight_batches_.front());
+  inflight_batches_.pop_front();
+  long affected = result.affected_rows();
+  if (affected == static_cast<long>(pending.rows)) return;
+  broken_ = true;
+  // Name a key the target lacks: one the statement did not return.
+  std::unordered_set<std::string> updated;
+  for (int row = 0; row < result.rows(); ++row) {
+    std::string key;
+    for (int column = 0; column < result.columns(); ++column) {
+      key.append(result.get(row, column));
+      key += '\0';
+    }
+    updated.insert(std::move(key));
+  }
+  std::string detail;
+  for (const auto& [key, lsn] : keys) {
+    if (updated.count(key)) continue;
+    std::string shown = key;
+    std::replace(shown.begin(), shown.end(), '\0', ',');
+    if (!shown.empty()) shown.pop_back();
+    std::string columns;
+    for (std::size_t i = 0; i < pending.table->key.size(); ++i) {
+      if (i) columns += ", ";
+      columns += pending.table->columns[static_cast<std::size_t>(pending.table->key[i])];
+    }
+    detail = fmt::format(", e.g. key ({})=({}) of source transaction commit_lsn={}", columns,
+                         shown.substr(0, kMaxKeyText), lsn);
+    break;
+  }
+  throw Error(fmt::format(
+      "target: {} affected {} rows instead of {}{}: the target no longer holds rows the source "
+      "changed (a write on the target, or a table copied without its rows); repair the rows or "
+      "re-copy the table, then restart",
+      describe(pending), affected, pending.rows, detail));
+}
+
+void Applier::Impl::apply_delete(const Relation& relation, const pgoutput::Delete& del) {
+  flush_batches();
   check_tuple(relation, del.old_tuple, "DELETE");
   const TargetTable& table = table_for(relation);
   Match match = choose_match(table, del.old_kind, del.old_tuple);
@@ -1149,6 +1398,7 @@ void Applier::relation(const Relation& relation) {
   auto& s = *impl_;
   s.check_usable();
   if (!s.run_.empty() && s.run_.relation == relation.id) s.flush_insert_run();
+  if (s.batches_.count(relation.id)) s.flush_batches();
 }
 
 void Applier::insert(const Relation& relation, const pgoutput::Insert& insert) {
@@ -1176,7 +1426,7 @@ void Applier::truncate(std::span<const Relation* const> relations, std::uint8_t 
   auto& s = *impl_;
   s.check_usable();
   if (s.skipping_ || relations.empty()) return;
-  s.flush_insert_run();
+  s.flush_batches();
   std::string sql = "TRUNCATE ";
   const TargetTable* first = nullptr;
   for (std::size_t i = 0; i < relations.size(); ++i) {

@@ -337,6 +337,48 @@ TEST_F(ApplierTest, UpdateOfMissingRowStopsWithCommitLsnRelationAndKey) {
   EXPECT_EQ(progress(), Lsn{0x1000000});
 }
 
+TEST_F(ApplierTest, CoalescedUpdatesEndAsTheLastTupleAndTriggersSeeEveryChange) {
+  sql_->exec("CREATE TABLE acc (id int PRIMARY KEY, bal int, note text)");
+  sql_->exec("CREATE TABLE hist (id int PRIMARY KEY, v text)");
+  // A table with a trigger is never coalesced: the trigger sees every update, in order.
+  sql_->exec("CREATE TABLE audited (id int PRIMARY KEY, v text)");
+  sql_->exec("CREATE TABLE audit_log (n serial PRIMARY KEY, v text)");
+  sql_->exec(
+      "CREATE FUNCTION log_v() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO "
+      "audit_log (v) VALUES (NEW.v); RETURN NEW; END $$");
+  sql_->exec("CREATE TRIGGER log_v AFTER UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION log_v()");
+  auto acc = make_relation(20, "public", "acc", {{"id", true}, {"bal", false}, {"note", false}});
+  auto hist = make_relation(21, "public", "hist", {{"id", true}, {"v", false}});
+  auto audited = make_relation(22, "public", "audited", {{"id", true}, {"v", false}});
+  auto a = applier();
+  Source source(*a);
+  source.transaction([&] {
+    for (int id = 1; id <= 3; ++id) source.insert(acc, {T(std::to_string(id)), T("0"), T("n")});
+    source.insert(audited, {T("1"), T("a")});
+  });
+  for (int i = 1; i <= 30; ++i) {
+    source.transaction([&] {
+      source.update(acc, 0, {}, {T("1"), T(std::to_string(i * 10)), T("t\"ab\\le\t{x,y}")});
+      source.update(acc, 0, {}, {T("2"), T(std::to_string(i)), N});
+      source.insert(hist, {T(std::to_string(i)), T("h")});
+      if (i % 10 == 0) source.update(audited, 0, {}, {T("1"), T(std::to_string(i))});
+    });
+  }
+  // Unchanged TOAST is never coalesced; it lands after the coalesced update of the same key.
+  Lsn last = source.transaction([&] {
+    source.update(acc, 0, {}, {T("3"), T("7"), T("x")});
+    source.update(acc, 0, {}, {T("3"), T("8"), U});
+  });
+  a->flush();
+  EXPECT_EQ(value("SELECT string_agg(id || ':' || bal || ':' || coalesce(note, 'NULL'), ' ' "
+                  "ORDER BY id) FROM acc"),
+            "1:300:t\"ab\\le\t{x,y} 2:30:NULL 3:8:x");
+  EXPECT_EQ(value("SELECT count(*) FROM hist"), "30");
+  EXPECT_EQ(value("SELECT string_agg(v, ',' ORDER BY n) FROM audit_log"), "10,20,30");
+  EXPECT_EQ(a->counters().rows_updated, 65u);
+  EXPECT_EQ(progress(), last);
+}
+
 TEST_F(ApplierTest, DuplicateKeyInCopyNamesTheRowAndTransaction) {
   sql_->exec("CREATE TABLE dup (id int PRIMARY KEY); INSERT INTO dup VALUES (17)");
   auto relation = make_relation(9, "public", "dup", {{"id", true}});

@@ -9,6 +9,9 @@
 //  - Consecutive source transactions are grouped into one target transaction, bounded by bytes,
 //    rows and time; the progress row (pgferry.progress, see progress.hpp) is updated in the
 //    same target transaction with the group's last commit end_lsn.
+//  - Key-preserving full-row updates of plain tables (no triggers, foreign keys or extra
+//    unique indexes) are coalesced per key within the group and sent as one set-based
+//    UPDATE per table.
 //  - On start the progress row is read; a transaction that ends at or before it is skipped.
 //  - An UPDATE or DELETE that matches no row, and any error from the target, stops the applier
 //    with an error naming the source commit LSN, the relation and the key.
