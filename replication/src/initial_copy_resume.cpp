@@ -31,15 +31,17 @@ std::optional<CopyOrigin> read_copy_origin(const Connection& target, std::string
 }
 
 void write_copy_origin(const Connection& target, std::string_view name, const CopyOrigin& origin) {
-  target.exec(
-      "CREATE SCHEMA IF NOT EXISTS pgferry; "
-      "CREATE TABLE IF NOT EXISTS pgferry.copy_origin ("
-      "  name text PRIMARY KEY,"
-      "  consistent_point pg_lsn NOT NULL,"
-      "  snapshot text NOT NULL,"
-      "  post_data_pending text NOT NULL DEFAULT '',"
-      "  updated_at timestamptz NOT NULL DEFAULT now())",
-      "creating pgferry.copy_origin on the target");
+  if (!table_exists(target, "pgferry.copy_origin")) {
+    target.exec(
+        "CREATE SCHEMA IF NOT EXISTS pgferry; "
+        "CREATE TABLE IF NOT EXISTS pgferry.copy_origin ("
+        "  name text PRIMARY KEY,"
+        "  consistent_point pg_lsn NOT NULL,"
+        "  snapshot text NOT NULL,"
+        "  post_data_pending text NOT NULL DEFAULT '',"
+        "  updated_at timestamptz NOT NULL DEFAULT now())",
+        "creating pgferry.copy_origin on the target");
+  }
   target.exec(
       "INSERT INTO pgferry.copy_origin (name, consistent_point, snapshot, post_data_pending) "
       "VALUES ($1, $2::pg_lsn, $3, $4) ON CONFLICT (name) DO UPDATE SET "

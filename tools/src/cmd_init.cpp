@@ -30,6 +30,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -73,7 +74,7 @@ struct InitOptions {
   int jobs = 4;
   std::vector<std::string> tables;
   std::vector<std::string> excluded_tables;
-  int split_mb = 256;
+  int split_mb = 0;  // 0: from the total size and --jobs
   std::string pg_bindir;
   std::string progress = "auto";  // auto | tty | log | none
 };
@@ -634,6 +635,18 @@ repl::SchemaCopyOptions schema_options(const InitOptions& options, const std::st
   return schema;
 }
 
+// --split-mb, or by default about four ranges per job over the whole copy, so that the
+// largest table does not leave workers idle: between 16 MB and 1 GB a range.
+std::int64_t split_bytes(const InitOptions& options, const std::vector<repl::TableInfo>& tables) {
+  if (options.split_mb > 0) return std::int64_t{options.split_mb} << 20;
+  std::int64_t total = 0;
+  for (const auto& table : tables) {
+    if (table.carries_rows()) total += table.bytes;
+  }
+  return std::clamp<std::int64_t>(total / (options.jobs * 4), std::int64_t{16} << 20,
+                                  std::int64_t{1} << 30);
+}
+
 int refuse(const CommonOptions& common, const repl::CheckReport& report) {
   if (common.json) {
     nlohmann::ordered_json doc = {{"ok", false}, {"check", repl::to_json(report)}};
@@ -791,7 +804,7 @@ int run_init(const CommonOptions& common, const InitOptions& options) {
     repl::CopyOptions copy_options;
     copy_options.name = common.name;
     copy_options.jobs = options.jobs;
-    copy_options.split_bytes = std::int64_t{options.split_mb} << 20;
+    copy_options.split_bytes = split_bytes(options, tables);
     copy_options.stop = stop.get_token();
     copy_options.progress = [&display](const repl::CopyProgress& p) { display.on_progress(p); };
     std::jthread watcher([&stop](std::stop_token own) {
@@ -803,6 +816,9 @@ int run_init(const CommonOptions& common, const InitOptions& options) {
                                tables, copy_options);
       watcher.request_stop();
       display.finish();
+      spdlog::info("init copy rows={} bytes={} ranges={} skipped={} seconds={:.1f}", copy.rows,
+                   copy.bytes, copy.ranges_copied, copy.ranges_skipped,
+                   static_cast<double>(copy.elapsed.count()) / 1000.0);
       break;
     } catch (const repl::ConnectionError& e) {
       watcher.request_stop();
@@ -922,8 +938,8 @@ void add_init_command(CLI::App& app, CommonOptions& common, CommandAction& actio
                   "leave out tables matching PATTERN (repeatable; wins over --table)")
       ->type_name("PATTERN");
   cmd->add_option("--split-mb", options->split_mb,
-                  "copy tables larger than this in block ranges of about this size")
-      ->capture_default_str();
+                  "copy tables larger than this in block ranges of about this size (default: "
+                  "about four ranges per job over the whole copy)");
   cmd->add_option("--pg-bindir", options->pg_bindir,
                   "directory of pg_dump and psql for --schema (default: pg_config --bindir)");
   cmd->add_option("--progress", options->progress,

@@ -1,0 +1,236 @@
+// Initial-copy benchmark: in one run, on one pair of local clusters, time bringing an empty
+// target up to a pgbench database of --scale (scale 100 ≈ 1.5 GB) with
+//   native   CREATE SUBSCRIPTION ... WITH (copy_data = true) into a database that has the
+//            schema (tables with their primary keys, as a schema restore leaves them),
+//            timed until every pg_subscription_rel state is 'r' or 's';
+//   pgferry  pgferry init --schema --jobs N into an empty database (tables, copy, then
+//            indexes and constraints), timed until the process exits;
+//   pgferry-precreated  pgferry init --jobs N into a database prepared like native's.
+// Each target is checked equal to the source (row count and a hash sum per table). Prints
+// seconds and the ratio against native; medians over --runs, the order rotated per run.
+//
+// Usage: pgferry_init_bench [--scale N] [--runs N] [--jobs N]
+//                           [--methods native,pgferry,pgferry-precreated]
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <map>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pgferry/replication/pg.hpp"
+#include "pgferry/tools/local_cluster.hpp"
+
+extern char** environ;
+
+namespace repl = pgferry::replication;
+using pgferry::tools::LocalCluster;
+
+namespace {
+
+struct Options {
+  int scale = 100;
+  int runs = 1;
+  int jobs = 4;
+  std::vector<std::string> methods = {"native", "pgferry", "pgferry-precreated"};
+};
+
+const std::vector<std::string> kTables = {"pgbench_accounts", "pgbench_branches", "pgbench_tellers",
+                                          "pgbench_history"};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Cheap enough for 10 M rows: count and a sum of row hashes.
+std::string digest(const repl::Connection& conn, const std::string& table) {
+  return conn
+      .exec(fmt::format("SELECT count(*) || ':' || coalesce(sum(hashtext(t::text)::bigint), 0) "
+                        "FROM {} t",
+                        table))
+      .scalar();
+}
+
+int run_and_wait(const std::vector<std::string>& argv, const std::string& log) {
+  std::vector<std::string> copy = argv;
+  std::vector<char*> args;
+  for (auto& arg : copy) args.push_back(arg.data());
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid = 0;
+  if (posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
+    throw std::runtime_error("cannot run " + argv[0]);
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// pgbench's tables with their primary keys and no rows (what a schema restore gives).
+void create_schema(LocalCluster& cluster, const std::string& dbname) {
+  int status = cluster.run_tool({"pgbench", "-i", "-I", "dtp", "-h", cluster.socket_dir().string(),
+                                 "-p", std::to_string(cluster.port()), "-U", "postgres", dbname},
+                                cluster.dir() / "pgbench-schema.log");
+  if (status != 0) throw std::runtime_error("pgbench -i -I dtp failed");
+  repl::Connection::open(cluster.conninfo(dbname), repl::Side::none)
+      .exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY");
+}
+
+std::map<std::string, double> run_once(const Options& options, int run_index) {
+  pgferry::tools::ClusterOptions cluster_options;
+  cluster_options.prefix = "pgferry-bench-";
+  LocalCluster source(cluster_options);
+  LocalCluster target(cluster_options);
+
+  auto load_start = std::chrono::steady_clock::now();
+  int status = source.run_tool({"pgbench", "-i", "-q", "-s", std::to_string(options.scale), "-h",
+                                source.socket_dir().string(), "-p", std::to_string(source.port()),
+                                "-U", "postgres", "postgres"},
+                               source.dir() / "pgbench-init.log");
+  if (status != 0) throw std::runtime_error("pgbench -i failed");
+  auto src = repl::Connection::open(source.conninfo(), repl::Side::source);
+  src.exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY");
+  src.exec("CHECKPOINT");
+  std::cerr << fmt::format(
+      "  run {}: pgbench scale {} loaded in {:.1f}s, database {}\n", run_index + 1, options.scale,
+      seconds_since(load_start),
+      src.exec("SELECT pg_size_pretty(pg_database_size(current_database()))").scalar());
+  src.exec("CREATE PUBLICATION bench_native FOR ALL TABLES");
+
+  auto tgt_admin = repl::Connection::open(target.conninfo(), repl::Side::target);
+  for (const auto& method : options.methods) {
+    std::string db = "t_" + method;
+    std::replace(db.begin(), db.end(), '-', '_');
+    tgt_admin.exec(fmt::format("CREATE DATABASE {}", db));
+    if (method != "pgferry") create_schema(target, db);
+  }
+
+  std::map<std::string, double> seconds;
+  std::vector<std::string> order = options.methods;
+  std::rotate(order.begin(), order.begin() + (run_index % static_cast<int>(order.size())),
+              order.end());
+  // Outside the clusters' directories, which go away with them.
+  std::string log = "/tmp/pgferry_init_bench.log";
+  for (const auto& method : order) {
+    std::string db = "t_" + method;
+    std::replace(db.begin(), db.end(), '-', '_');
+    auto tgt = repl::Connection::open(target.conninfo(db), repl::Side::target);
+    auto start = std::chrono::steady_clock::now();
+    if (method == "native") {
+      tgt.exec(
+          fmt::format("CREATE SUBSCRIPTION bench_sub CONNECTION '{}' PUBLICATION bench_native WITH "
+                      "(copy_data = true)",
+                      source.conninfo()));
+      while (tgt.exec("SELECT count(*) FROM pg_subscription_rel WHERE srsubstate IN ('r', 's')")
+                 .scalar() != std::to_string(kTables.size())) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      seconds[method] = seconds_since(start);
+      tgt.exec("ALTER SUBSCRIPTION bench_sub DISABLE");
+      tgt.exec("ALTER SUBSCRIPTION bench_sub SET (slot_name = NONE)");
+      tgt.exec("DROP SUBSCRIPTION bench_sub");
+      src.exec("SELECT pg_drop_replication_slot('bench_sub')");
+    } else {
+      std::vector<std::string> argv = {PGFERRY_BINARY, "init",
+                                       "--source",     source.conninfo(),
+                                       "--target",     target.conninfo(db),
+                                       "--name",       "bench_init",
+                                       "--jobs",       std::to_string(options.jobs),
+                                       "--progress",   "log"};
+      if (method == "pgferry") argv.push_back("--schema");
+      int code = run_and_wait(argv, log);
+      seconds[method] = seconds_since(start);
+      if (code != 0) {
+        throw std::runtime_error(fmt::format("pgferry init failed ({}), see {}", code, log));
+      }
+      // Drop the slot and publication between methods, as native's are.
+      int cleaned = run_and_wait({PGFERRY_BINARY, "cleanup", "--source", source.conninfo(),
+                                  "--target", target.conninfo(db), "--name", "bench_init"},
+                                 log);
+      if (cleaned != 0) throw std::runtime_error("pgferry cleanup failed, see " + log);
+    }
+    for (const auto& table : kTables) {
+      if (digest(src, table) != digest(tgt, table)) {
+        throw std::runtime_error(
+            fmt::format("{}: table {} differs from the source", method, table));
+      }
+    }
+    std::cerr << fmt::format("  run {}: {} {:.2f}s\n", run_index + 1, method, seconds[method]);
+  }
+  return seconds;
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  auto n = values.size();
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    if (comma > start) out.push_back(text.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--scale")
+      options.scale = std::stoi(value());
+    else if (arg == "--runs")
+      options.runs = std::stoi(value());
+    else if (arg == "--jobs")
+      options.jobs = std::stoi(value());
+    else if (arg == "--methods")
+      options.methods = split(value());
+    else {
+      std::cerr << "usage: pgferry_init_bench [--scale N] [--runs N] [--jobs N] "
+                   "[--methods native,pgferry,pgferry-precreated]\n";
+      return 2;
+    }
+  }
+  pgferry::tools::stop_all_on_signal();
+  try {
+    std::map<std::string, std::vector<double>> times;
+    for (int run = 0; run < options.runs; ++run) {
+      for (const auto& [method, s] : run_once(options, run)) times[method].push_back(s);
+    }
+    double native = times.count("native") ? median(times["native"]) : 0;
+    fmt::print("{:<20} {:>10} {:>10}  {}\n", "method (scale " + std::to_string(options.scale) + ")",
+               "median s", "vs native", "runs (s)");
+    for (const auto& method : options.methods) {
+      double m = median(times[method]);
+      std::string runs;
+      for (double t : times[method]) runs += fmt::format("{:.2f} ", t);
+      fmt::print("{:<20} {:>10.2f} {:>10}  {}\n", method, m,
+                 native > 0 ? fmt::format("{:.2f}x", m / native) : std::string("-"), runs);
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "init benchmark failed: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
