@@ -1539,6 +1539,9 @@ Lsn Applier::durable_lsn() const {
 bool Applier::in_source_transaction() const {
   return impl_->in_source_txn_;
 }
+bool Applier::group_open() const {
+  return impl_->group_open_;
+}
 
 ApplierCounters Applier::counters() const {
   const auto& c = impl_->counters_;

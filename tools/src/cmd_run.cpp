@@ -4,7 +4,9 @@
 //
 // NOTES
 // - The loop: poll the stream (which drives the Applier through the assembler), let the
-//   applier commit a group whose time bound passed, confirm the applier's durable position.
+//   applier commit a group whose time bound passed, or at once when the stream delivered
+//   nothing for kQuietCommit (the group bounds are large, for a backlog; at the head of the
+//   stream this keeps the apply delay short), confirm the applier's durable position.
 // - --until LSN: done once the durable position reaches LSN. When the last transaction ended
 //   before LSN, only the walsender's keepalive tells that nothing else is coming (the
 //   Applier records its wal_end at idle); a status update with reply_requested asks for one.
@@ -41,6 +43,9 @@ using Clock = std::chrono::steady_clock;
 
 volatile std::sig_atomic_t g_stop_signal = 0;
 
+// A group is committed once the stream delivered nothing for this long.
+constexpr auto kQuietCommit = 20ms;
+
 void on_run_stop_signal(int signal) {
   g_stop_signal = signal;
 }
@@ -57,8 +62,8 @@ struct RunOptions {
   int protocol_version = 0;
   bool no_streaming = false;
   int reconnect_timeout_s = 600;
-  std::string metrics_listen;   // empty: no HTTP endpoint
-  int sync_sequences_s = 0;     // 0: the agent does not sync sequences
+  std::string metrics_listen;  // empty: no HTTP endpoint
+  int sync_sequences_s = 0;    // 0: the agent does not sync sequences
 };
 
 // What the agent shows on /metrics and /status, and its periodic sequence sync. Lives
@@ -100,9 +105,9 @@ class AgentReport {
       // Between two polls (100 ms) usually one group commits; with several, each is counted
       // at the mean size of those committed in the interval.
       double txns = static_cast<double>(c.transactions_applied - last_.transactions_applied);
-      double rows = static_cast<double>(c.rows_inserted + c.rows_updated + c.rows_deleted -
-                                        last_.rows_inserted - last_.rows_updated -
-                                        last_.rows_deleted);
+      double rows =
+          static_cast<double>(c.rows_inserted + c.rows_updated + c.rows_deleted -
+                              last_.rows_inserted - last_.rows_updated - last_.rows_deleted);
       for (std::uint64_t i = 0; i < groups; ++i) {
         metrics_.batch_transactions.observe(txns / static_cast<double>(groups));
         metrics_.batch_rows.observe(rows / static_cast<double>(groups));
@@ -148,8 +153,7 @@ class AgentReport {
           {"delete", metrics_.rows_deleted.value()}}},
         {"reconnects", metrics_.reconnects.value()},
         {"last_error", last_error_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_error_)},
-        {"uptime_seconds",
-         std::chrono::duration<double>(Clock::now() - started_).count()},
+        {"uptime_seconds", std::chrono::duration<double>(Clock::now() - started_).count()},
     });
   }
 
@@ -244,8 +248,15 @@ Outcome run_session(const CommonOptions& common, const RunOptions& options,
   };
 
   while (true) {
-    bool alive = stream.poll(100ms);
-    applier.tick();
+    // Nothing more for a short while: the source is quiet, commit what is applied now
+    // rather than at the group's time bound (which only paces a busy stream).
+    repl::Lsn received_before = stream.received_lsn();
+    bool alive = stream.poll(applier.group_open() ? kQuietCommit : 100ms);
+    if (stream.received_lsn() == received_before) {
+      applier.flush();
+    } else {
+      applier.tick();
+    }
     stream.confirm(applier.durable_lsn());
     session.durable = applier.durable_lsn();
     report.update(applier, stream);

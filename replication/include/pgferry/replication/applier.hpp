@@ -38,9 +38,11 @@ struct ApplierOptions {
   std::string name = "pgferry";
   // Group bounds: a target transaction is committed at the first source commit after any
   // bound is reached (a source transaction is never split).
-  std::size_t group_max_bytes = 16u << 20;
-  std::size_t group_max_rows = 100'000;
-  std::chrono::milliseconds group_max_delay{200};
+  // Large bounds suit a backlog: each commit costs round trips while the stream waits. At
+  // the head of the stream `pgferry run` commits as soon as the source goes quiet.
+  std::size_t group_max_bytes = 64u << 20;
+  std::size_t group_max_rows = 500'000;
+  std::chrono::milliseconds group_max_delay{1000};
   // Pipeline backlog bounds: sent commands whose results are not read yet.
   std::size_t pipeline_max_bytes = 1u << 20;
   std::size_t pipeline_max_commands = 4'000;
@@ -101,6 +103,8 @@ class Applier final : public ChangeSink {
   Lsn durable_lsn() const;
   // True between begin_transaction and commit_transaction.
   bool in_source_transaction() const;
+  // True while a target transaction is open (changes applied but not committed).
+  bool group_open() const;
   // Safe to call from another thread.
   ApplierCounters counters() const;
 
