@@ -313,6 +313,7 @@ struct Applier::Impl {
   };
   std::unordered_map<RelationId, UpdateBatch> batches_;
   std::size_t batched_rows_ = 0;
+  std::size_t batched_bytes_ = 0;
   // Sent batches whose results are not read yet: (key text per entry, commit lsn per entry).
   std::deque<std::vector<std::pair<std::string, Lsn>>> inflight_batches_;
   std::string key_text_;
@@ -1216,7 +1217,11 @@ bool Applier::Impl::batch_update(const TargetTable& table, const pgoutput::Updat
   ++batched_rows_;
   ++group_rows_;
   group_bytes_ += batch.arena.size() - before;
+  batched_bytes_ += batch.arena.size() - before;
   counters_.rows_updated.fetch_add(1, std::memory_order_relaxed);
+  // Bounded memory whatever the size of a source transaction: send what is batched (the
+  // same key later goes into a new batch, applied after this one).
+  if (batched_bytes_ >= options_.copy_max_bytes) flush_batches();
   return true;
 }
 
@@ -1292,6 +1297,7 @@ void Applier::Impl::flush_batches() {
   }
   batches_.clear();
   batched_rows_ = 0;
+  batched_bytes_ = 0;
 }
 
 void Applier::Impl::check_batch_result(const Pending& pending, const Result& result) {

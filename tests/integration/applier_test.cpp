@@ -379,6 +379,27 @@ TEST_F(ApplierTest, CoalescedUpdatesEndAsTheLastTupleAndTriggersSeeEveryChange) 
   EXPECT_EQ(progress(), last);
 }
 
+TEST_F(ApplierTest, CoalescedUpdatesOfOneHugeTransactionGoInBoundedBatches) {
+  sql_->exec("CREATE TABLE counters (id int PRIMARY KEY, n int)");
+  auto relation = make_relation(23, "public", "counters", {{"id", true}, {"n", false}});
+  repl::ApplierOptions options;
+  options.copy_max_bytes = 64;  // a batch is sent every few rows
+  auto a = applier(options);
+  Source source(*a);
+  source.transaction([&] {
+    for (int id = 1; id <= 5; ++id) source.insert(relation, {T(std::to_string(id)), T("0")});
+  });
+  source.transaction([&] {
+    for (int i = 1; i <= 500; ++i) {
+      source.update(relation, 0, {}, {T(std::to_string(i % 5 + 1)), T(std::to_string(i))});
+    }
+  });
+  a->flush();
+  EXPECT_EQ(value("SELECT string_agg(id || ':' || n, ' ' ORDER BY id) FROM counters"),
+            "1:500 2:496 3:497 4:498 5:499");
+  EXPECT_GT(a->counters().statements_sent, 20u);
+}
+
 TEST_F(ApplierTest, DuplicateKeyInCopyNamesTheRowAndTransaction) {
   sql_->exec("CREATE TABLE dup (id int PRIMARY KEY); INSERT INTO dup VALUES (17)");
   auto relation = make_relation(9, "public", "dup", {{"id", true}});
