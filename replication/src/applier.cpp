@@ -13,7 +13,9 @@
 //   COPY text and sent in 64 kB pieces as it arrives, so the target inserts while the source
 //   still decodes and sends (the COPY ends, and pipeline mode resumes, at the first change
 //   that is not an insert into the same relation, at copy_max_bytes, or at the group's
-//   commit). Shorter runs go as pipelined prepared INSERTs. The first rows of a run are kept
+//   commit). During a COPY the connection is non-blocking: a target busy for a moment
+//   leaves up to kCopyQueue bytes in libpq's buffer instead of stopping the stream at once.
+//   Shorter runs go as pipelined prepared INSERTs. The first rows of a run are kept
 //   in one arena (values NUL-terminated for libpq), so buffering a row costs no allocation
 //   once the arena has grown; each row's key text is kept to name it in an error.
 // - Grouping. A target transaction (BEGIN ... progress UPDATE, COMMIT) holds whole source
@@ -26,10 +28,14 @@
 //   primary key and no array columns ("batchable"), is not sent: the group keeps the last
 //   new tuple per key, and sends one `UPDATE t SET ... FROM unnest($1::type[], ...)` per
 //   table before COMMIT (or earlier, before any change that is not an insert into another
-//   batchable table, and before an insert into the same table). The row ends as the source
-//   left it at the group's last commit; nothing can observe the order of changes across
-//   such tables inside one target transaction. The statement must update exactly one row
-//   per key; it returns the keys it updated so that a missing one can be named.
+//   batchable table). While updates are batched, inserts into batchable tables join the
+//   batch (one INSERT ... SELECT FROM unnest per table, sent before the table's updates)
+//   instead of a COPY, which would leave pipeline mode and wait for every batch sent; a
+//   batch goes out at 256 kB so that the target applies it while the next is received.
+//   The row ends as the source left it at the group's last commit; nothing can observe the
+//   order of changes across such tables inside one target transaction. The statement must
+//   update exactly one row per key; it returns the keys it updated so that a missing one
+//   can be named.
 // - Exactly once. A source transaction whose commit record lies before the applied position
 //   is skipped whole (decided at Begin from final_lsn, checked again at Commit with end_lsn).
 // - Updates SET only the columns the new tuple carries as values ('u', unchanged TOAST, is
@@ -43,10 +49,12 @@
 #include "pgferry/replication/applier.hpp"
 
 #include <fmt/format.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <charconv>
 #include <deque>
 #include <functional>
@@ -72,6 +80,7 @@ enum class Op : std::uint8_t {
   prepare,
   insert,
   update,
+  batch_insert,
   batch_update,
   delete_,
   truncate,
@@ -94,6 +103,8 @@ std::string_view op_name(Op op) {
       return "UPDATE";
     case Op::batch_update:
       return "UPDATE (coalesced)";
+    case Op::batch_insert:
+      return "INSERT (batched)";
     case Op::delete_:
       return "DELETE";
     case Op::truncate:
@@ -149,6 +160,12 @@ enum class Match : char { key = 'k', primary_key = 'p', full = 'f' };
 constexpr std::size_t kMaxKeyText = 200;
 // COPY data goes to the target in pieces of about this size, as rows arrive.
 constexpr std::size_t kCopyChunk = 64u << 10;
+// During a COPY the target connection is non-blocking, so that a target busy for a moment
+// does not stop the stream at once: up to this much COPY data waits in libpq's buffer.
+constexpr std::size_t kCopyQueue = 16u << 20;
+// Batched changes are sent from this size on (or copy_max_bytes if lower): small enough
+// that the target applies one batch while the next one is received.
+constexpr std::size_t kBatchBytes = 256u << 10;
 
 }  // namespace
 
@@ -188,6 +205,7 @@ struct Applier::Impl {
   void flush_insert_run();
   void start_copy();
   void send_copy_buffer();
+  void flush_copy_data();
   void end_copy();
   [[noreturn]] void fail_copy(const PGresult* result, std::string_view doing);
   void apply_update(const Relation& relation, const pgoutput::Update& update);
@@ -298,6 +316,9 @@ struct Applier::Impl {
     }
   } run_;
   std::string copy_buffer_;
+  // COPY data handed to libpq (non-blocking during a COPY) that the socket did not take yet,
+  // over-estimated: reset only once libpq reports everything sent.
+  std::size_t copy_unflushed_ = 0;
 
   // Coalesced updates of batchable tables in the open group: per relation, the last new
   // tuple of each key. Sent as one UPDATE ... FROM unnest(arrays) per relation.
@@ -310,7 +331,15 @@ struct Applier::Impl {
     std::vector<std::uint32_t> lengths;    // per entry and column
     std::vector<Lsn> commit_lsns;          // per entry: the last change's transaction
     std::vector<const std::string*> keys;  // per entry: its index key
+    // Inserts meanwhile (every column, source order), sent before the updates.
+    std::string insert_arena;
+    std::vector<std::int64_t> insert_cells;
+    std::vector<std::uint32_t> insert_lengths;
+    std::size_t inserts = 0;
+    Lsn last_insert_lsn;
   };
+  UpdateBatch& batch_for(const TargetTable& table);
+  void batch_insert(const TargetTable& table, TupleView tuple);
   std::unordered_map<RelationId, UpdateBatch> batches_;
   std::size_t batched_rows_ = 0;
   std::size_t batched_bytes_ = 0;
@@ -489,6 +518,12 @@ Result Applier::Impl::read_next() {
 
   if (pending.op == Op::batch_update) {
     check_batch_result(pending, result);
+  } else if (pending.op == Op::batch_insert) {
+    if (result.affected_rows() != static_cast<long>(pending.rows)) {
+      broken_ = true;
+      throw Error(fmt::format("target: {} wrote {} rows instead of {}", describe(pending),
+                              result.affected_rows(), pending.rows));
+    }
   } else if (pending.op == Op::insert || pending.op == Op::update || pending.op == Op::delete_) {
     long affected = result.affected_rows();
     if (affected != 1) {
@@ -791,7 +826,14 @@ void Applier::Impl::buffer_insert(const Relation& relation, const pgoutput::Inse
     flush_insert_run();
   }
   const TargetTable& table = table_for(relation);
-  if (batched_rows_ > 0 && (!table.batchable || batches_.count(relation.id))) flush_batches();
+  // While updates are being batched, inserts into batchable tables join them (a COPY would
+  // leave pipeline mode and wait for every batch sent).
+  if (batched_rows_ > 0 && table.batchable) {
+    if (!run_.empty() && run_.relation == relation.id) flush_insert_run();
+    batch_insert(table, insert.new_tuple);
+    return;
+  }
+  if (batched_rows_ > 0) flush_batches();
   if (run_.empty()) {
     run_.table = &table;
     run_.relation = relation.id;
@@ -972,6 +1014,9 @@ void Applier::Impl::start_copy() {
   Result started(PQexec(pg_, sql.c_str()));
   if (!started || started.status() != PGRES_COPY_IN) fail_copy(started.native(), "starting COPY");
   run_.copying = true;
+  if (PQsetnonblocking(pg_, 1) != 0)
+    fail_copy(nullptr, "making the target connection non-blocking");
+  copy_unflushed_ = 0;
 
   // The rows buffered so far.
   copy_buffer_.clear();
@@ -994,15 +1039,36 @@ void Applier::Impl::start_copy() {
 
 void Applier::Impl::send_copy_buffer() {
   if (copy_buffer_.empty()) return;
-  if (PQputCopyData(pg_, copy_buffer_.data(), static_cast<int>(copy_buffer_.size())) != 1) {
-    fail_copy(nullptr, "sending COPY data");
+  while (true) {
+    int queued = PQputCopyData(pg_, copy_buffer_.data(), static_cast<int>(copy_buffer_.size()));
+    if (queued == 1) break;
+    if (queued < 0) fail_copy(nullptr, "sending COPY data");
+    flush_copy_data();  // 0: libpq's buffer is full
   }
+  int left = PQflush(pg_);
+  if (left < 0) fail_copy(nullptr, "sending COPY data");
+  copy_unflushed_ = left == 0 ? 0 : copy_unflushed_ + copy_buffer_.size();
   copy_buffer_.clear();
+  if (copy_unflushed_ > kCopyQueue) flush_copy_data();
+}
+
+void Applier::Impl::flush_copy_data() {
+  while (true) {
+    int left = PQflush(pg_);
+    if (left == 0) break;
+    if (left < 0) fail_copy(nullptr, "sending COPY data");
+    pollfd fd{PQsocket(pg_), POLLOUT | POLLIN, 0};
+    if (::poll(&fd, 1, 1000) < 0 && errno != EINTR) fail_copy(nullptr, "waiting for the target");
+    // libpq reads what the server sent (an error) while it flushes.
+  }
+  copy_unflushed_ = 0;
 }
 
 void Applier::Impl::end_copy() {
   const TargetTable& table = *run_.table;
   send_copy_buffer();
+  flush_copy_data();
+  if (PQsetnonblocking(pg_, 0) != 0) fail_copy(nullptr, "making the target connection blocking");
   if (PQputCopyEnd(pg_, nullptr) != 1) fail_copy(nullptr, "ending COPY");
   Result done(PQgetResult(pg_));
   while (PGresult* extra = PQgetResult(pg_)) PQclear(extra);
@@ -1088,7 +1154,13 @@ void append_shape(std::string& key, TupleView tuple, const std::vector<int>& col
 void Applier::Impl::apply_update(const Relation& relation, const pgoutput::Update& update) {
   check_tuple(relation, update.new_tuple, "UPDATE");
   if (update.old_kind != 0) check_tuple(relation, update.old_tuple, "UPDATE (old tuple)");
-  if (!run_.empty() && run_.relation == relation.id) flush_insert_run();
+  // The same relation's inserts come first; and an unmapped relation needs a catalog query,
+  // which cannot go while a COPY is open.
+  auto mapped = tables_.find(relation.id);
+  if ((!run_.empty() && run_.relation == relation.id) ||
+      (run_.copying && (mapped == tables_.end() || mapped->second.version != relation.version))) {
+    flush_insert_run();
+  }
   const TargetTable& table = table_for(relation);
   if (batch_update(table, update)) return;
   flush_batches();
@@ -1182,16 +1254,7 @@ bool Applier::Impl::batch_update(const TargetTable& table, const pgoutput::Updat
   }
   if (table.key.size() == table.columns.size()) return false;  // nothing to SET
 
-  auto& batch = batches_[table.id];
-  if (batch.table == nullptr) {
-    batch.table = &table;
-    batch.columns = table.key;
-    for (std::size_t i = 0; i < table.columns.size(); ++i) {
-      if (std::find(table.key.begin(), table.key.end(), static_cast<int>(i)) == table.key.end()) {
-        batch.columns.push_back(static_cast<int>(i));
-      }
-    }
-  }
+  auto& batch = batch_for(table);
   const std::size_t width = batch.columns.size();
   auto [it, added] = batch.index.try_emplace(key_text_, batch.commit_lsns.size());
   std::size_t entry = it->second;
@@ -1221,17 +1284,110 @@ bool Applier::Impl::batch_update(const TargetTable& table, const pgoutput::Updat
   counters_.rows_updated.fetch_add(1, std::memory_order_relaxed);
   // Bounded memory whatever the size of a source transaction: send what is batched (the
   // same key later goes into a new batch, applied after this one).
-  if (batched_bytes_ >= options_.copy_max_bytes) flush_batches();
+  if (batched_bytes_ >= std::min(options_.copy_max_bytes, kBatchBytes)) flush_batches();
   return true;
+}
+
+Applier::Impl::UpdateBatch& Applier::Impl::batch_for(const TargetTable& table) {
+  auto& batch = batches_[table.id];
+  if (batch.table == nullptr) {
+    batch.table = &table;
+    batch.columns = table.key;
+    for (std::size_t i = 0; i < table.columns.size(); ++i) {
+      if (std::find(table.key.begin(), table.key.end(), static_cast<int>(i)) == table.key.end()) {
+        batch.columns.push_back(static_cast<int>(i));
+      }
+    }
+  }
+  return batch;
+}
+
+void Applier::Impl::batch_insert(const TargetTable& table, TupleView tuple) {
+  for (std::size_t i = 0; i < tuple.size(); ++i) {
+    if (tuple[i].kind != ColumnKind::null && tuple[i].kind != ColumnKind::text) {
+      throw ProtocolError(
+          fmt::format("INSERT into {} has an unchanged-TOAST or binary column", table.display), 0,
+          'I');
+    }
+  }
+  auto& batch = batch_for(table);
+  std::size_t before = batch.insert_arena.size();
+  for (std::size_t i = 0; i < tuple.size(); ++i) {
+    if (tuple[i].kind == ColumnKind::null) {
+      batch.insert_cells.push_back(-1);
+      batch.insert_lengths.push_back(0);
+    } else {
+      batch.insert_cells.push_back(static_cast<std::int64_t>(batch.insert_arena.size()));
+      batch.insert_lengths.push_back(static_cast<std::uint32_t>(tuple[i].data.size()));
+      batch.insert_arena.append(tuple[i].data);
+    }
+  }
+  ++batch.inserts;
+  batch.last_insert_lsn = current_.final_lsn;
+  ++batched_rows_;
+  ++group_rows_;
+  group_bytes_ += batch.insert_arena.size() - before;
+  batched_bytes_ += batch.insert_arena.size() - before;
+  counters_.rows_inserted.fetch_add(1, std::memory_order_relaxed);
+  if (batched_bytes_ >= std::min(options_.copy_max_bytes, kBatchBytes)) flush_batches();
 }
 
 void Applier::Impl::flush_batches() {
   flush_insert_run();
   if (batched_rows_ == 0) return;
+  // One text array per column, cast by the statement to the column's type.
+  auto append_array = [&](const std::string& arena, const std::vector<std::int64_t>& cells,
+                          const std::vector<std::uint32_t>& lengths, std::size_t count,
+                          std::size_t width, std::size_t column) {
+    param_offsets_.push_back(static_cast<std::int64_t>(param_arena_.size()));
+    param_arena_ += '{';
+    for (std::size_t e = 0; e < count; ++e) {
+      if (e) param_arena_ += ',';
+      auto offset = cells[e * width + column];
+      if (offset < 0) {
+        param_arena_ += "NULL";
+      } else {
+        append_array_element(param_arena_,
+                             std::string_view(arena).substr(static_cast<std::size_t>(offset),
+                                                            lengths[e * width + column]));
+      }
+    }
+    param_arena_ += '}';
+    param_arena_ += '\0';
+  };
   for (auto& [id, batch] : batches_) {
     const TargetTable& table = *batch.table;
+    if (batch.inserts > 0) {
+      const std::size_t columns = table.columns.size();
+      const auto& prepared = statement(
+          fmt::format("BI/{}/{}", table.id.value, table.version), static_cast<int>(columns), [&] {
+            std::string sql = fmt::format("INSERT INTO {} (", table.qualified);
+            for (std::size_t c = 0; c < columns; ++c) {
+              sql += fmt::format("{}{}", c ? ", " : "", table.columns[c]);
+            }
+            sql += ") OVERRIDING SYSTEM VALUE SELECT * FROM unnest(";
+            for (std::size_t c = 0; c < columns; ++c) {
+              sql += fmt::format("{}${}::{}[]", c ? ", " : "", c + 1, table.types[c]);
+            }
+            sql += ')';
+            return sql;
+          });
+      Statement insert_statement = prepared;
+      clear_params();
+      for (std::size_t c = 0; c < columns; ++c) {
+        append_array(batch.insert_arena, batch.insert_cells, batch.insert_lengths, batch.inserts,
+                     columns, c);
+      }
+      finish_params();
+      Lsn saved = current_.final_lsn;
+      current_.final_lsn = batch.last_insert_lsn;
+      send_prepared(insert_statement, Op::batch_insert, &table, {},
+                    static_cast<std::uint32_t>(batch.inserts));
+      current_.final_lsn = saved;
+    }
     const std::size_t width = batch.columns.size();
     const std::size_t entries = batch.commit_lsns.size();
+    if (entries == 0) continue;
     // One text array per column; the statement casts each to the column's type.
     std::string key = fmt::format("B/{}/{}", table.id.value, table.version);
     const auto& prepared = statement(key, static_cast<int>(width), [&] {
@@ -1267,21 +1423,7 @@ void Applier::Impl::flush_batches() {
     Statement batch_statement = prepared;
     clear_params();
     for (std::size_t c = 0; c < width; ++c) {
-      param_offsets_.push_back(static_cast<std::int64_t>(param_arena_.size()));
-      param_arena_ += '{';
-      for (std::size_t e = 0; e < entries; ++e) {
-        if (e) param_arena_ += ',';
-        auto offset = batch.cells[e * width + c];
-        if (offset < 0) {
-          param_arena_ += "NULL";
-        } else {
-          append_array_element(param_arena_, std::string_view(batch.arena)
-                                                 .substr(static_cast<std::size_t>(offset),
-                                                         batch.lengths[e * width + c]));
-        }
-      }
-      param_arena_ += '}';
-      param_arena_ += '\0';
+      append_array(batch.arena, batch.cells, batch.lengths, entries, width, c);
     }
     finish_params();
     std::vector<std::pair<std::string, Lsn>> keys;
@@ -1530,6 +1672,8 @@ void Applier::flush() {
 void Applier::tick() {
   auto& s = *impl_;
   s.check_usable();
+  // Hand the target what COPY data the socket takes now.
+  if (s.run_.copying && PQflush(s.pg_) == 0) s.copy_unflushed_ = 0;
   if (s.group_open_ && !s.in_source_txn_ &&
       Clock::now() - s.group_started_ >= s.options_.group_max_delay) {
     s.commit_group();

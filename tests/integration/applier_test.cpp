@@ -400,6 +400,25 @@ TEST_F(ApplierTest, CoalescedUpdatesOfOneHugeTransactionGoInBoundedBatches) {
   EXPECT_GT(a->counters().statements_sent, 20u);
 }
 
+TEST_F(ApplierTest, UpdateOfANewTableWhileACopyIsOpen) {
+  sql_->exec("CREATE TABLE copied (id int PRIMARY KEY, v text)");
+  sql_->exec("CREATE TABLE later (id int PRIMARY KEY, v text)");
+  sql_->exec("INSERT INTO later VALUES (1, 'old')");
+  auto copied = make_relation(24, "public", "copied", {{"id", true}, {"v", false}});
+  auto later = make_relation(25, "public", "later", {{"id", true}, {"v", false}});
+  auto a = applier();
+  Source source(*a);
+  source.transaction([&] {
+    for (int id = 1; id <= 40; ++id) source.insert(copied, {T(std::to_string(id)), T("c")});
+    source.update(later, 0, {}, {T("1"), T("new")});
+    source.insert(copied, {T("41"), T("c")});
+  });
+  a->flush();
+  EXPECT_EQ(value("SELECT count(*) FROM copied"), "41");
+  EXPECT_EQ(value("SELECT v FROM later"), "new");
+  EXPECT_GE(a->counters().copy_batches, 1u);
+}
+
 TEST_F(ApplierTest, DuplicateKeyInCopyNamesTheRowAndTransaction) {
   sql_->exec("CREATE TABLE dup (id int PRIMARY KEY); INSERT INTO dup VALUES (17)");
   auto relation = make_relation(9, "public", "dup", {{"id", true}});
