@@ -256,6 +256,9 @@ struct Applier::Impl {
   PgTimestamp group_commit_time_;
   std::uint64_t group_transactions_ = 0;
   Clock::time_point last_idle_write_{};
+  // The newest keepalive position not yet recorded because of the idle rate limit; tick()
+  // records it once the interval has passed (the walsender may send no further keepalive).
+  Lsn pending_idle_;
 
   // synchronous_commit=off: (target WAL position of a commit, source end_lsn it covers).
   std::deque<std::pair<Lsn, Lsn>> unflushed_;
@@ -1631,9 +1634,12 @@ void Applier::idle(Lsn wal_end) {
     s.refresh_durable(Lsn::invalid(),
                       Lsn::from_string(result.get(0, 0), "pg_current_wal_flush_lsn"));
   }
-  if (wal_end <= s.applied_lsn_ || now - s.last_idle_write_ < s.options_.idle_progress_interval) {
+  if (wal_end <= s.applied_lsn_) return;
+  if (now - s.last_idle_write_ < s.options_.idle_progress_interval) {
+    s.pending_idle_ = std::max(s.pending_idle_, wal_end);
     return;
   }
+  s.pending_idle_ = Lsn::invalid();
   // Nothing of ours before wal_end is left: record it, so that lag reaches zero at idle.
   s.current_.final_lsn = Lsn::invalid();
   s.write_progress(wal_end, std::nullopt, Op::progress);
@@ -1677,6 +1683,10 @@ void Applier::tick() {
   if (s.group_open_ && !s.in_source_txn_ &&
       Clock::now() - s.group_started_ >= s.options_.group_max_delay) {
     s.commit_group();
+  }
+  if (s.pending_idle_.is_valid() && !s.in_source_txn_ &&
+      Clock::now() - s.last_idle_write_ >= s.options_.idle_progress_interval) {
+    idle(s.pending_idle_);
   }
 }
 

@@ -10,6 +10,8 @@
 // - --until LSN: done once the durable position reaches LSN. When the last transaction ended
 //   before LSN, only the walsender's keepalive tells that nothing else is coming (the
 //   Applier records its wal_end at idle); a status update with reply_requested asks for one.
+//   The agent asks the same whenever the stream has been quiet for 500 ms, so that the
+//   applied position (and the lag) follows WAL that carries nothing for us.
 // - A ConnectionError from either side tears down both the stream and the applier (the open
 //   target transaction dies with its connection) and starts over from the progress record,
 //   with exponential backoff. Anything else ends the command.
@@ -272,8 +274,10 @@ Outcome run_session(const CommonOptions& common, const RunOptions& options,
                                   repl::Side::source);
     }
     auto now = Clock::now();
-    if (until && stream.received_lsn() == last_received && now - last_ping >= 500ms) {
+    if (stream.received_lsn() == last_received && now - last_ping >= 500ms) {
       // Quiet: ask the walsender where it is; its keepalive lets the applier move to it.
+      // Without asking, WAL that is none of ours (another database, a checkpoint) may get
+      // no keepalive until the next record is written, and the lag would not read zero.
       stream.send_status(true);
       last_ping = now;
     }
