@@ -1358,7 +1358,10 @@ void Applier::Impl::flush_batches() {
     param_arena_ += '}';
     param_arena_ += '\0';
   };
-  for (auto& [id, batch] : batches_) {
+  for (auto& entry : batches_) {
+    // A reference, not a structured binding: lambdas below capture it (clang 14 cannot
+    // capture structured bindings).
+    auto& batch = entry.second;
     const TargetTable& table = *batch.table;
     if (batch.inserts > 0) {
       const std::size_t columns = table.columns.size();
