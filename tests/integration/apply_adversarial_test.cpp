@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <iostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -261,6 +262,9 @@ class ApplyAdversarial : public ClusterPairTest {
     args.insert(args.end(), run_args.begin(), run_args.end());
     auto run = pgferry(db, args);
     ASSERT_EQ(run.exit_code, 0) << run.output;
+    // How many target transactions the source transactions went into (informational).
+    auto at = run.output.find("\"groups\"");
+    std::cout << db << ": " << run.output.substr(at == std::string::npos ? 0 : at, 20) << "\n";
     expect_schema_equal(src, dst, "w");
     // Idempotent: nothing more to do, nothing changes.
     auto again = pgferry(db, {"run", "--until", until});
@@ -307,8 +311,8 @@ TEST_F(ApplyAdversarial, WorkloadTwiceThroughSigkill) {
     DO $$
     BEGIN
       FOR i IN 1..4000 LOOP
-        INSERT INTO filler VALUES (i, 0);
-        UPDATE filler SET n = n + 1 WHERE id = i / 2 + 1;
+        INSERT INTO public.filler VALUES (i, 0);
+        UPDATE public.filler SET n = n + 1 WHERE id = i / 2 + 1;
         COMMIT;
       END LOOP;
     END $$;
@@ -321,7 +325,7 @@ TEST_F(ApplyAdversarial, WorkloadTwiceThroughSigkill) {
   std::string log = fmt::format("/tmp/pgferry-apply-adversarial-{}.log", ::getpid());
   std::remove(log.c_str());
   SCOPED_TRACE("log " + log);
-  auto applied = [&] { return std::stoll(query_value(dst, "SELECT count(*) FROM filler")); };
+  auto applied = [&] { return std::stoll(query_value(dst, "SELECT count(*) FROM public.filler")); };
   int killed = 0;
   for (int round = 0; round < 3; ++round) {
     long long before = applied();
@@ -337,7 +341,8 @@ TEST_F(ApplyAdversarial, WorkloadTwiceThroughSigkill) {
   auto finish = run_pgferry(args);
   ASSERT_EQ(finish.exit_code, 0) << finish.output;
   for (auto s : {"w1", "w2"}) expect_schema_equal(src, dst, s);
-  EXPECT_EQ(table_fingerprint(src, "filler", "id"), table_fingerprint(dst, "filler", "id"));
+  EXPECT_EQ(table_fingerprint(src, "public.filler", "id"),
+            table_fingerprint(dst, "public.filler", "id"));
   pgferry(db, {"cleanup"});
 }
 
