@@ -11,9 +11,7 @@
 //
 // Usage: pgferry_init_bench [--scale N] [--runs N] [--jobs N]
 //                           [--methods native,pgferry,pgferry-precreated]
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <spawn.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -24,15 +22,18 @@
 #include <thread>
 #include <vector>
 
+#include "bench_support.hpp"
 #include "pgferry/replication/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
-
-extern char** environ;
 
 namespace repl = pgferry::replication;
 using pgferry::tools::LocalCluster;
 
 namespace {
+
+using pgferry::bench::median;
+using pgferry::bench::seconds_since;
+using pgferry::bench::split;
 
 struct Options {
   int scale = 100;
@@ -44,10 +45,6 @@ struct Options {
 const std::vector<std::string> kTables = {"pgbench_accounts", "pgbench_branches", "pgbench_tellers",
                                           "pgbench_history"};
 
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
 // Cheap enough for 10 M rows: count and a sum of row hashes.
 std::string digest(const repl::Connection& conn, const std::string& table) {
   return conn
@@ -55,25 +52,6 @@ std::string digest(const repl::Connection& conn, const std::string& table) {
                         "FROM {} t",
                         table))
       .scalar();
-}
-
-int run_and_wait(const std::vector<std::string>& argv, const std::string& log) {
-  std::vector<std::string> copy = argv;
-  std::vector<char*> args;
-  for (auto& arg : copy) args.push_back(arg.data());
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = 0;
-  if (posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ) != 0) {
-    throw std::runtime_error("cannot run " + argv[0]);
-  }
-  posix_spawn_file_actions_destroy(&actions);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // pgbench's tables with their primary keys and no rows (what a schema restore gives).
@@ -148,15 +126,16 @@ std::map<std::string, double> run_once(const Options& options, int run_index) {
                                        "--jobs",       std::to_string(options.jobs),
                                        "--progress",   "log"};
       if (method == "pgferry") argv.push_back("--schema");
-      int code = run_and_wait(argv, log);
+      int code = pgferry::tools::run_process(argv, log);
       seconds[method] = seconds_since(start);
       if (code != 0) {
         throw std::runtime_error(fmt::format("pgferry init failed ({}), see {}", code, log));
       }
       // Drop the slot and publication between methods, as native's are.
-      int cleaned = run_and_wait({PGFERRY_BINARY, "cleanup", "--source", source.conninfo(),
-                                  "--target", target.conninfo(db), "--name", "bench_init"},
-                                 log);
+      int cleaned =
+          pgferry::tools::run_process({PGFERRY_BINARY, "cleanup", "--source", source.conninfo(),
+                                       "--target", target.conninfo(db), "--name", "bench_init"},
+                                      log);
       if (cleaned != 0) throw std::runtime_error("pgferry cleanup failed, see " + log);
     }
     for (const auto& table : kTables) {
@@ -168,24 +147,6 @@ std::map<std::string, double> run_once(const Options& options, int run_index) {
     std::cerr << fmt::format("  run {}: {} {:.2f}s\n", run_index + 1, method, seconds[method]);
   }
   return seconds;
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  auto n = values.size();
-  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    auto comma = text.find(',', start);
-    if (comma == std::string::npos) comma = text.size();
-    if (comma > start) out.push_back(text.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
 }
 
 }  // namespace

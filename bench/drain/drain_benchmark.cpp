@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_support.hpp"
 #include "pgferry/replication/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
 
@@ -32,6 +33,10 @@ namespace repl = pgferry::replication;
 using pgferry::tools::LocalCluster;
 
 namespace {
+
+using pgferry::bench::median;
+using pgferry::bench::seconds_since;
+using pgferry::bench::split;
 
 struct Options {
   std::string workload = "all";
@@ -47,10 +52,6 @@ struct Workload {
   std::vector<std::string> tables;           // to compare and truncate
   std::function<void(LocalCluster&)> write;  // the backlog
 };
-
-double seconds_since(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 std::string fingerprint(const repl::Connection& conn, const std::string& table) {
   return conn
@@ -243,24 +244,6 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
         .exec("DROP SUBSCRIPTION bench_sub");
   }
   return result;
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  auto n = values.size();
-  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> out;
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    auto comma = text.find(',', start);
-    if (comma == std::string::npos) comma = text.size();
-    if (comma > start) out.push_back(text.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return out;
 }
 
 }  // namespace

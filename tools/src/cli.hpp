@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace pgferry::tools {
 
@@ -34,6 +35,10 @@ struct CommandSpec {
   const char* name;
   void (*add)(CLI::App& app, CommonOptions& common, CommandAction& action);
 };
+
+// --table / --exclude-table (repeatable patterns), as check and init take them.
+void add_table_scope_options(CLI::App* command, std::vector<std::string>& tables,
+                             std::vector<std::string>& excluded_tables);
 
 // Prints that `command` is not built yet and returns 1: a subcommand must not pretend.
 int not_built_yet(std::string_view command);

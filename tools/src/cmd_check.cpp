@@ -55,12 +55,7 @@ void add_check_command(CLI::App& app, CommonOptions& common, CommandAction& acti
   auto options = std::make_shared<CheckCommandOptions>();
   auto* cmd = app.add_subcommand(
       "check", "preflight: list every reason replication would fail (exit 3 if fatal)");
-  cmd->add_option("--table", options->tables,
-                  "only tables matching PATTERN (schema.table, * and ? wildcards; repeatable)")
-      ->type_name("PATTERN");
-  cmd->add_option("--exclude-table", options->excluded_tables,
-                  "leave out tables matching PATTERN (repeatable; wins over --table)")
-      ->type_name("PATTERN");
+  add_table_scope_options(cmd, options->tables, options->excluded_tables);
   cmd->add_flag("--allow-nonempty", options->allow_nonempty,
                 "a target table with rows is a warning, not fatal (for run alone or init "
                 "--no-data)");

@@ -931,12 +931,7 @@ void add_init_command(CLI::App& app, CommonOptions& common, CommandAction& actio
                 "create the missing tables on the target with pg_dump/psql (indexes and "
                 "constraints after the copy)");
   cmd->add_option("--jobs,-j", options->jobs, "parallel copy workers")->capture_default_str();
-  cmd->add_option("--table", options->tables,
-                  "only tables matching PATTERN (schema.table, * and ? wildcards; repeatable)")
-      ->type_name("PATTERN");
-  cmd->add_option("--exclude-table", options->excluded_tables,
-                  "leave out tables matching PATTERN (repeatable; wins over --table)")
-      ->type_name("PATTERN");
+  add_table_scope_options(cmd, options->tables, options->excluded_tables);
   cmd->add_option("--split-mb", options->split_mb,
                   "copy tables larger than this in block ranges of about this size (default: "
                   "about four ranges per job over the whole copy)");

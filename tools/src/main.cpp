@@ -49,6 +49,18 @@ std::string CommonOptions::target_conninfo() const {
   return required_conninfo(target, "--target", "PGFERRY_TARGET");
 }
 
+void add_table_scope_options(CLI::App* command, std::vector<std::string>& tables,
+                             std::vector<std::string>& excluded_tables) {
+  command
+      ->add_option("--table", tables,
+                   "only tables matching PATTERN (schema.table, * and ? wildcards; repeatable)")
+      ->type_name("PATTERN");
+  command
+      ->add_option("--exclude-table", excluded_tables,
+                   "leave out tables matching PATTERN (repeatable; wins over --table)")
+      ->type_name("PATTERN");
+}
+
 int not_built_yet(std::string_view command) {
   std::cerr << "pgferry " << command << ": not built yet in this version\n";
   return static_cast<int>(repl::ExitCode::error);
