@@ -399,3 +399,94 @@ TEST_F(ApplyAdversarial, UpdatesOfARowWhoseKeyIsToasted) {
       << "source: " << dump(src, "bigkey") << "\ntarget: " << dump(dst, "bigkey");
   pgferry(db, {"cleanup"});
 }
+
+// Coalesced updates and batched inserts send every column as a text array cast to the
+// column's type: values that need quoting in an array, and types with odd text forms.
+TEST_F(ApplyAdversarial, CoalescedUpdatesAndBatchedInsertsOfManyTypes) {
+  const std::string db = "adv_types";
+  create_database(db);
+  auto src = connect(source(), db);
+  auto dst = connect(target(), db);
+  const char* schema = R"sql(
+    CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+    CREATE TYPE pair AS (x int, label text);
+    CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+    CREATE DOMAIN intlist AS int[];
+    CREATE TABLE typed (
+      id int PRIMARY KEY, t text, c char(5), qc "char", vc varchar(10), by bytea, j json,
+      jb jsonb, n numeric, f float8, r real, ts timestamptz, tsn timestamp, iv interval,
+      d date, tm time, tmz timetz, pt point, ls lseg, pa path, pg polygon, ci circle,
+      ip inet, cid cidr, mac macaddr, bv bit varying(8), tv tsvector, tq tsquery, mo money,
+      x xml, m mood, pos positive, il intlist, rg int4range, trg tstzrange,
+      mr int4multirange, u uuid, b boolean);
+  )sql";
+  src.exec(schema);
+  dst.exec(schema);
+  auto init = pgferry(db, {"init", "--no-data"});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  const char* row = R"sql(
+    INSERT INTO typed SELECT g,
+      (ARRAY[E'q"uote', E'back\\slash', '{brace}', 'com,ma', '  spaced  ', 'NULL', '',
+             E'tab\there', E'new\nline', 'ünï 🐢'])[g % 10 + 1],
+      'ab', 'z', 'v,"x', decode('00ff5c22' || lpad(to_hex(g), 2, '0'), 'hex'),
+      '{"a": [1, "x,y"], "b": "q\"z"}', jsonb_build_object('k', g, 's', E'a\\b"c'),
+      CASE WHEN g % 3 = 0 THEN 'NaN' ELSE g / 7.0 END,
+      CASE g % 4 WHEN 0 THEN '-0' WHEN 1 THEN 'Infinity' ELSE g / 3.0 END, g / 9.0,
+      '2024-02-29 12:34:56.789+05:30', '2024-02-29 12:34:56.789', '1 year 2 mons -3 days 04:05:06',
+      '2000-02-29', '23:59:59.999', '10:00+03', point(g, -g), '[(0,0),(1,2)]', '((0,0),(1,1),(2,0))',
+      '((0,0),(2,2),(2,0))', '<(1,1),5>', '192.168.0.1/24', '10.0.0.0/8', '08:00:2b:01:02:03',
+      B'1011', to_tsvector('simple', 'quick, brown fox''s'), 'fox & !dog', 1234.56,
+      '<a b="c,d">x &amp; y</a>', (ARRAY['sad','ok','happy'])[g % 3 + 1]::mood,
+      g, ARRAY[g, NULL, -g], int4range(g, g + 10),
+      tstzrange('2024-01-01', NULL), '{[1,3), [5,9)}', md5(g::text)::uuid, g % 2 = 0
+    FROM generate_series(%s) g
+  )sql";
+  auto insert = [&](std::string_view range) {
+    std::string sql = row;
+    sql.replace(sql.find("%s"), 2, range);
+    src.exec(sql);
+  };
+  insert("1, 10");
+  src.exec("UPDATE typed SET b = NOT b");  // coalesced
+  insert("11, 20");                        // joins the batch
+  src.exec("UPDATE typed SET t = t || '!', pos = pos + 100 WHERE id % 2 = 0");
+  src.exec("UPDATE typed SET n = NULL, j = NULL WHERE id % 5 = 0");
+  auto run = pgferry(db, {"run", "--until", current_lsn(src), "--group-max-delay-ms", "60000"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(table_fingerprint(src, "typed", "id"), table_fingerprint(dst, "typed", "id"))
+      << "source: " << dump(src, "typed") << "\ntarget: " << dump(dst, "typed");
+  pgferry(db, {"cleanup"});
+}
+
+// A composite-typed column: `SELECT * FROM unnest(..., $n::pair[], ...)` expands the
+// composite into its fields, so the batched statements see more (and shifted) columns.
+class ApplyAdversarialComposite : public ApplyAdversarial,
+                                  public ::testing::WithParamInterface<bool> {};
+
+TEST_P(ApplyAdversarialComposite, CoalescedChangesOfATableWithACompositeColumn) {
+  const bool with_inserts = GetParam();
+  const std::string db = with_inserts ? "adv_comp_ins" : "adv_comp_upd";
+  create_database(db);
+  auto src = connect(source(), db);
+  auto dst = connect(target(), db);
+  const char* schema = R"sql(
+    CREATE TYPE pair AS (x int, label text);
+    CREATE TABLE pairs (id int PRIMARY KEY, p pair, note text);
+  )sql";
+  src.exec(schema);
+  dst.exec(schema);
+  auto init = pgferry(db, {"init", "--no-data"});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  src.exec("INSERT INTO pairs VALUES (1, ROW(1, 'one'), 'a'), (2, ROW(2, E'tw,\"o'), 'b')");
+  src.exec("UPDATE pairs SET note = note || '!'");  // coalesced: one UPDATE ... FROM unnest
+  // While updates are coalesced, inserts join the batch: INSERT ... SELECT * FROM unnest.
+  if (with_inserts) src.exec("INSERT INTO pairs VALUES (3, ROW(3, 'three'), 'c')");
+  src.exec("UPDATE pairs SET p = ROW(20, 'twenty') WHERE id = 2");
+  auto run = pgferry(db, {"run", "--until", current_lsn(src), "--group-max-delay-ms", "60000"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(table_fingerprint(src, "pairs", "id"), table_fingerprint(dst, "pairs", "id"))
+      << "source: " << dump(src, "pairs") << "\ntarget: " << dump(dst, "pairs");
+  pgferry(db, {"cleanup"});
+}
+
+INSTANTIATE_TEST_SUITE_P(UpdatesOnlyOrWithInserts, ApplyAdversarialComposite, ::testing::Bool());
