@@ -490,3 +490,39 @@ TEST_P(ApplyAdversarialComposite, CoalescedChangesOfATableWithACompositeColumn) 
 }
 
 INSTANTIATE_TEST_SUITE_P(UpdatesOnlyOrWithInserts, ApplyAdversarialComposite, ::testing::Bool());
+
+// The source database has its own output settings (a European DateStyle, fewer float digits):
+// the walsender formats values with them, the target session parses them with its own.
+TEST_F(ApplyAdversarial, SourceDatabaseWithOtherDateStyleAndFloatDigits) {
+  const std::string db = "adv_style";
+  create_database(db);
+  {
+    auto admin = connect(source());
+    admin.exec(fmt::format("ALTER DATABASE {} SET DateStyle = 'SQL, DMY'", db));
+    admin.exec(fmt::format("ALTER DATABASE {} SET extra_float_digits = 0", db));
+  }
+  auto src = connect(source(), db);
+  auto dst = connect(target(), db);
+  const char* schema = "CREATE TABLE dated (id int PRIMARY KEY, d date, ts timestamp, f float8)";
+  src.exec(schema);
+  dst.exec(schema);
+  auto init = pgferry(db, {"init", "--no-data"});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  src.exec(
+      "INSERT INTO dated VALUES (1, '2024-02-01', '2024-02-01 10:00:00', 0.1::float8 + 0.2), "
+      "(2, '2024-03-04', '2024-03-04 00:00:01.5', pi())");
+  src.exec("UPDATE dated SET d = d + 1 WHERE id = 1");
+  auto run = pgferry(db, {"run", "--until", current_lsn(src), "--group-max-delay-ms", "60000"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  // Compared in one format: the source session's DateStyle must not matter.
+  auto canonical = [](const repl::Connection& conn) {
+    return conn
+        .exec(
+            "SELECT string_agg(id || ' ' || to_char(d, 'YYYY-MM-DD') || ' ' || to_char(ts, "
+            "'YYYY-MM-DD HH24:MI:SS.US') || ' ' || float8send(f)::text, ' | ' ORDER BY id) "
+            "FROM dated")
+        .scalar();
+  };
+  EXPECT_EQ(canonical(src), canonical(dst));
+  pgferry(db, {"cleanup"});
+}
