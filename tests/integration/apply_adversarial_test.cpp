@@ -500,17 +500,19 @@ TEST_F(ApplyAdversarial, SourceDatabaseWithOtherDateStyleAndFloatDigits) {
     auto admin = connect(source());
     admin.exec(fmt::format("ALTER DATABASE {} SET DateStyle = 'SQL, DMY'", db));
     admin.exec(fmt::format("ALTER DATABASE {} SET extra_float_digits = 0", db));
+    admin.exec(fmt::format("ALTER DATABASE {} SET IntervalStyle = 'sql_standard'", db));
   }
   auto src = connect(source(), db);
   auto dst = connect(target(), db);
-  const char* schema = "CREATE TABLE dated (id int PRIMARY KEY, d date, ts timestamp, f float8)";
+  const char* schema =
+      "CREATE TABLE dated (id int PRIMARY KEY, d date, ts timestamp, f float8, iv interval)";
   src.exec(schema);
   dst.exec(schema);
   auto init = pgferry(db, {"init", "--no-data"});
   ASSERT_EQ(init.exit_code, 0) << init.output;
   src.exec(
-      "INSERT INTO dated VALUES (1, '2024-02-01', '2024-02-01 10:00:00', 0.1::float8 + 0.2), "
-      "(2, '2024-03-04', '2024-03-04 00:00:01.5', pi())");
+      "INSERT INTO dated VALUES (1, '2024-02-01', '2024-02-01 10:00:00', 0.1::float8 + 0.2, "
+      "'-1 days -02:03:04'), (2, '2024-03-04', '2024-03-04 00:00:01.5', pi(), '1 day')");
   src.exec("UPDATE dated SET d = d + 1 WHERE id = 1");
   auto run = pgferry(db, {"run", "--until", current_lsn(src), "--group-max-delay-ms", "60000"});
   EXPECT_EQ(run.exit_code, 0) << run.output;
@@ -519,7 +521,9 @@ TEST_F(ApplyAdversarial, SourceDatabaseWithOtherDateStyleAndFloatDigits) {
     return conn
         .exec(
             "SELECT string_agg(id || ' ' || to_char(d, 'YYYY-MM-DD') || ' ' || to_char(ts, "
-            "'YYYY-MM-DD HH24:MI:SS.US') || ' ' || float8send(f)::text, ' | ' ORDER BY id) "
+            "'YYYY-MM-DD HH24:MI:SS.US') || ' ' || float8send(f)::text || ' ' || extract(epoch "
+            "FROM "
+            "iv), ' | ' ORDER BY id) "
             "FROM dated")
         .scalar();
   };
