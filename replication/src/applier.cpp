@@ -665,6 +665,13 @@ const TargetTable& Applier::Impl::table_for(const Relation& relation) {
         "indisexclusion) AND NOT indisprimary) "
         "AND NOT EXISTS (SELECT FROM pg_rules WHERE schemaname = n.nspname AND tablename = "
         "c.relname) "
+        // Batches travel as one text array per column: a type whose array elements are not
+        // comma-separated (box uses ';') or a composite (unnest would expand its fields)
+        // cannot, directly or through a domain.
+        "AND NOT EXISTS (SELECT FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "LEFT JOIN pg_type b ON b.oid = t.typbasetype WHERE a.attrelid = r.oid AND a.attnum > 0 "
+        "AND NOT a.attisdropped AND (t.typdelim <> ',' OR t.typtype = 'c' OR b.typdelim <> ',' "
+        "OR b.typtype = 'c')) "
         "FROM (SELECT to_regclass($1)::oid AS oid) r JOIN pg_class c ON c.oid = r.oid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace",
         {table.qualified});

@@ -81,6 +81,17 @@ Connection Connection::open(std::string_view conninfo, Side side,
       !std::getenv("PGAPPNAME")) {
     overrides.emplace_back("application_name", "pgferry");
   }
+  // Values travel as text between servers whose settings may differ (the walsender formats
+  // them with its session's settings): pin the formats, as PostgreSQL's own subscriber does
+  // (libpqwalreceiver). A user's own `options` are kept; ours come last and win.
+  bool has_options = false;
+  for (const auto& [key, value] : extra) has_options = has_options || key == "options";
+  if (!has_options) {
+    std::string options = conninfo_value(conninfo, "options");
+    if (!options.empty()) options += ' ';
+    options += kCanonicalFormatOptions;
+    overrides.emplace_back("options", std::move(options));
+  }
   std::string full = conninfo_with(conninfo, overrides);
 
   Connection connection;

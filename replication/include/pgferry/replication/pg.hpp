@@ -54,6 +54,12 @@ class Result {
 // A parameter in text format; nullopt is SQL NULL.
 using Param = std::optional<std::string_view>;
 
+// Session settings every pgferry connection uses so that values printed as text on one
+// server read back the same on another: ISO dates, postgres-style intervals, floats with
+// full precision.
+inline constexpr std::string_view kCanonicalFormatOptions =
+    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3";
+
 class Connection {
  public:
   // Connects (blocking). `extra` keywords override those of `conninfo`, e.g.
