@@ -208,6 +208,10 @@ struct Applier::Impl {
   void flush_copy_data();
   void end_copy();
   [[noreturn]] void fail_copy(const PGresult* result, std::string_view doing);
+  // Appends "(col, ...)=(" for `columns` to key_scratch_.
+  void append_key_names(const TargetTable& table, const std::vector<int>& columns);
+  // key_scratch_ = "(key columns)=(values)" of row `row` of the insert run ("" without a key).
+  void format_run_key(const TargetTable& table, std::size_t row);
   void apply_update(const Relation& relation, const pgoutput::Update& update);
   bool batch_update(const TargetTable& table, const pgoutput::Update& update);
   void flush_batches();
@@ -806,15 +810,27 @@ void Applier::Impl::finish_params() {
   }
 }
 
-void Applier::Impl::format_key(const TargetTable& table, const std::vector<int>& columns,
-                               TupleView tuple) {
-  key_scratch_.clear();
+void Applier::Impl::append_key_names(const TargetTable& table, const std::vector<int>& columns) {
   key_scratch_ += '(';
   for (std::size_t i = 0; i < columns.size(); ++i) {
     if (i) key_scratch_ += ", ";
     key_scratch_ += table.columns[static_cast<std::size_t>(columns[i])];
   }
   key_scratch_ += ")=(";
+}
+
+void Applier::Impl::format_run_key(const TargetTable& table, std::size_t row) {
+  key_scratch_.clear();
+  if (table.key.empty()) return;
+  append_key_names(table, table.key);
+  key_scratch_ += run_.key_of(row);
+  key_scratch_ += ')';
+}
+
+void Applier::Impl::format_key(const TargetTable& table, const std::vector<int>& columns,
+                               TupleView tuple) {
+  key_scratch_.clear();
+  append_key_names(table, columns);
   for (std::size_t i = 0; i < columns.size(); ++i) {
     if (i) key_scratch_ += ", ";
     const auto& value = tuple[static_cast<std::size_t>(columns[i])];
@@ -944,17 +960,7 @@ void Applier::Impl::flush_insert_run() {
         if (value) bytes += std::char_traits<char>::length(value);
       }
       // Key text for messages: the source key columns.
-      key_scratch_.clear();
-      if (!table.key.empty()) {
-        key_scratch_ += '(';
-        for (std::size_t i = 0; i < table.key.size(); ++i) {
-          if (i) key_scratch_ += ", ";
-          key_scratch_ += table.columns[static_cast<std::size_t>(table.key[i])];
-        }
-        key_scratch_ += ")=(";
-        key_scratch_ += run_.key_of(row);
-        key_scratch_ += ')';
-      }
+      format_run_key(table, row);
       if (PQsendQueryPrepared(pg_, insert_statement.name.c_str(), insert_statement.params,
                               param_values_.data(), nullptr, nullptr, 0) != 1) {
         broken_ = true;
@@ -989,19 +995,10 @@ void Applier::Impl::fail_copy(const PGresult* result, std::string_view doing) {
       }
       if (line >= 1 && line <= run_.rows) {
         std::size_t row = line - 1;
-        key_scratch_.clear();
-        if (!table.key.empty()) {
-          key_scratch_ += " key (";
-          for (std::size_t i = 0; i < table.key.size(); ++i) {
-            if (i) key_scratch_ += ", ";
-            key_scratch_ += table.columns[static_cast<std::size_t>(table.key[i])];
-          }
-          key_scratch_ += ")=(";
-          key_scratch_ += run_.key_of(row);
-          key_scratch_ += ')';
-        }
-        where = fmt::format("COPY rel={}{} in source transaction commit_lsn={}", table.display,
-                            key_scratch_, run_.commit_lsn_of(row));
+        format_run_key(table, row);
+        where =
+            fmt::format("COPY rel={}{}{} in source transaction commit_lsn={}", table.display,
+                        key_scratch_.empty() ? "" : " key ", key_scratch_, run_.commit_lsn_of(row));
       }
     }
   }
