@@ -7,7 +7,8 @@
 // - Reading is non-blocking: PQconsumeInput + PQgetCopyData(async) and poll() on the
 //   socket with a timeout, so that the caller can send status updates on time even when
 //   the source is quiet. Sending stays blocking: a status update is 34 bytes.
-// - A received XLogData payload is a view into libpq's buffer, valid until the next read.
+// - A received XLogData payload is a view into libpq's buffer, valid until the next read
+//   unless the caller takes the buffer (take_buffer()).
 // - The highest pgoutput protocol a server speaks follows from its version: v1 up to 13,
 //   v2 on 14, v3 on 15, v4 on 16 and later (src/backend/replication/pgoutput/pgoutput.c,
 //   LOGICALREP_PROTO_MAX_VERSION_NUM).
@@ -120,6 +121,13 @@ class ReplicationConnection {
   // Sends CopyDone and reads until the server ends the COPY too (bounded by `timeout`).
   void end_copy(std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
+  struct CopyBufferDeleter {
+    void operator()(char* buffer) const;
+  };
+  using CopyBuffer = std::unique_ptr<char, CopyBufferDeleter>;
+  // Takes the buffer behind the last XLogData's payload, so that it outlives the next read().
+  CopyBuffer take_buffer() { return std::move(copy_buffer_); }
+
   Connection& connection() { return conn_; }
   const std::string& redacted_conninfo() const { return conn_.redacted_conninfo(); }
 
@@ -127,12 +135,8 @@ class ReplicationConnection {
   explicit ReplicationConnection(Connection conn) : conn_(std::move(conn)) {}
   void finish_copy();
 
-  struct CopyBufferDeleter {
-    void operator()(char* buffer) const;
-  };
-
   Connection conn_;
-  std::unique_ptr<char, CopyBufferDeleter> copy_buffer_;
+  CopyBuffer copy_buffer_;
   bool streaming_ = false;
 };
 

@@ -8,13 +8,21 @@
 //   transaction the target has not committed. The write position is what was received.
 // - A status update goes out every `status_interval`, when the server asks for one
 //   (keepalive with reply_requested), on send_status(), and at stop().
-// - One poll() processes everything already received, so a busy stream is drained in
-//   large bites; it still sends a due status update between messages.
+// - A receiver thread owns the replication connection once streaming: it reads the socket
+//   into a queue bounded in bytes, answers keepalives and sends status updates, so the
+//   walsender never waits while the consumer is busy writing to the target (the two
+//   servers work at the same time). poll() runs on the caller's thread: it takes what is
+//   queued and decodes and dispatches it to the sink there; the sink is never called from
+//   the receiver thread. An error of the receiver (lost connection, garbage on the wire)
+//   is rethrown by poll() after everything received before it was dispatched.
+// - While the stream is busy the receiver waits `read_coalesce` between reads, so that the
+//   walsender's many small writes cost one wakeup, not one each.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,6 +46,11 @@ struct StreamOptions {
   bool binary = false;
   bool messages = false;
   std::chrono::milliseconds status_interval{10'000};
+  // While the stream is busy, wait this long between reads so that the walsender's many
+  // small writes are read in one wakeup (0: read as soon as anything arrived).
+  std::chrono::microseconds read_coalesce{300};
+  // Received messages not yet dispatched; the receiver stops reading above this.
+  std::size_t receive_buffer_bytes = 32u << 20;
   // Spool directory for streamed transactions; empty: <temp>/pgferry-spool-<slot>.
   std::filesystem::path spool_dir;
 };
@@ -52,19 +65,19 @@ class ReplicationStream {
 
   // Connects, negotiates the protocol version and starts streaming from the slot.
   void start();
-  // Waits up to `timeout` for data, processes all that is available, sends a status
-  // update when due. Returns false once the server ended the stream.
+  // Waits up to `timeout` for data and dispatches all that was received. Returns false once
+  // the server ended the stream; rethrows the receiver's error.
   bool poll(std::chrono::milliseconds timeout);
   // Everything before `durable` is committed on the target: it may be reported as
   // flushed. Lower values than an earlier call are ignored.
   void confirm(Lsn durable);
-  // Sends a status update now.
+  // Sends a status update now (from the receiver thread, at once).
   void send_status(bool reply_requested = false);
   // Ends the COPY (CopyDone) after a final status update, and closes the connection.
   void stop();
 
   bool started() const { return connection_.has_value(); }
-  // The highest WAL position received (XLogData or keepalive).
+  // The highest WAL position dispatched (XLogData or keepalive).
   Lsn received_lsn() const { return received_lsn_; }
   // The server's WAL end as of its last keepalive.
   Lsn server_wal_end() const { return server_wal_end_; }
@@ -76,19 +89,20 @@ class ReplicationStream {
   const StreamOptions& options() const { return options_; }
 
  private:
+  class Receiver;
   void handle(const ReplicationMessage& message);
-  void send_status_if_due();
+  void stop_receiver() noexcept;
 
   std::string conninfo_;
   StreamOptions options_;
   ChangeSink& sink_;
   std::optional<ReplicationConnection> connection_;
   std::optional<TransactionAssembler> assembler_;
+  std::unique_ptr<Receiver> receiver_;
   int protocol_version_ = 0;
   Lsn received_lsn_;
   Lsn server_wal_end_;
   Lsn confirmed_lsn_;
-  std::chrono::steady_clock::time_point last_status_{};
   bool ended_ = false;
 };
 
