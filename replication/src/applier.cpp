@@ -131,6 +131,9 @@ struct TargetTable {
   std::string display;               // schema.name, for messages
   std::vector<std::string> columns;  // quoted target column name, per source column
   std::vector<std::string> types;    // target type (format_type), per source column
+  std::vector<BinaryType> binary;    // how a value goes in binary COPY, per source column
+  // Every column can go in binary COPY (until a value does not parse: then text for good).
+  mutable bool binary_copy = false;
   std::vector<int> key;              // source columns flagged as replica identity key
   std::vector<int> primary_key;      // target primary key as source columns; empty if unusable
   // No triggers, no foreign keys to or from it, no unique index but the primary key, no
@@ -203,6 +206,9 @@ struct Applier::Impl {
   // --- rows --------------------------------------------------------------------------------
   void buffer_insert(const Relation& relation, const pgoutput::Insert& insert);
   void flush_insert_run();
+  // Appends one row to copy_buffer_ in the run's format; false (nothing appended) when a
+  // value does not go in binary.
+  bool append_copy_row(const TargetTable& table, bool binary, TupleView tuple);
   void start_copy();
   void send_copy_buffer();
   void flush_copy_data();
@@ -290,6 +296,7 @@ struct Applier::Impl {
     std::size_t rows = 0;
     std::size_t columns = 0;
     bool copying = false;
+    bool binary = false;                                    // the COPY is FORMAT binary
     std::size_t copy_bytes = 0;                             // COPY data of this run so far
     std::string values;                                     // NUL-terminated values
     std::vector<std::int64_t> cells;                        // offset into values; -1 is NULL
@@ -301,6 +308,7 @@ struct Applier::Impl {
       table = nullptr;
       rows = 0;
       copying = false;
+      binary = false;
       copy_bytes = 0;
       values.clear();
       cells.clear();
@@ -361,7 +369,7 @@ struct Applier::Impl {
   struct Counters {
     std::atomic<std::uint64_t> rows_inserted{0}, rows_updated{0}, rows_deleted{0},
         relations_truncated{0}, transactions_applied{0}, transactions_skipped{0},
-        groups_committed{0}, copy_batches{0}, statements_sent{0};
+        groups_committed{0}, copy_batches{0}, binary_copy_batches{0}, statements_sent{0};
   } counters_;
 };
 
@@ -616,7 +624,7 @@ const TargetTable& Applier::Impl::table_for(const Relation& relation) {
 
   auto result = pipeline_query(
       "SELECT r.oid IS NOT NULL, a.attname, format_type(a.atttypid, a.atttypmod), "
-      "coalesce(a.attnum = ANY (i.indkey), false) "
+      "coalesce(a.attnum = ANY (i.indkey), false), a.atttypid "
       "FROM (SELECT to_regclass($1)::oid AS oid) r "
       "LEFT JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped "
       "LEFT JOIN pg_index i ON i.indrelid = r.oid AND i.indisprimary",
@@ -649,8 +657,17 @@ const TargetTable& Applier::Impl::table_for(const Relation& relation) {
     }
     table.columns.push_back(quote_ident(column.name));
     table.types.emplace_back(result.get(found->second, 2));
+    std::uint32_t type_oid = 0;
+    auto oid_text = result.get(found->second, 4);
+    std::from_chars(oid_text.data(), oid_text.data() + oid_text.size(), type_oid);
+    // Binary only when the source sends the same type: its text output is what the
+    // encoder parses.
+    table.binary.push_back(type_oid == column.type_oid.value ? binary_type_for(type_oid)
+                                                             : BinaryType::none);
     if (column.is_key) table.key.push_back(static_cast<int>(i));
   }
+  table.binary_copy = std::none_of(table.binary.begin(), table.binary.end(),
+                                   [](BinaryType t) { return t == BinaryType::none; });
   for (auto name : target_primary_key) {
     auto source = std::find_if(relation.columns.begin(), relation.columns.end(),
                                [&](const auto& column) { return column.name == name; });
@@ -866,9 +883,6 @@ void Applier::Impl::buffer_insert(const Relation& relation, const pgoutput::Inse
     run_.version = relation.version;
     run_.columns = relation.columns.size();
   }
-  if (run_.transactions.empty() || run_.transactions.back().second != current_.final_lsn) {
-    run_.transactions.emplace_back(run_.rows, current_.final_lsn);
-  }
   for (std::size_t i = 0; i < insert.new_tuple.size(); ++i) {
     auto kind = insert.new_tuple[i].kind;
     if (kind != ColumnKind::null && kind != ColumnKind::text) {
@@ -877,6 +891,18 @@ void Applier::Impl::buffer_insert(const Relation& relation, const pgoutput::Inse
                       table.display, relation.columns[i].name),
           0, 'I');
     }
+  }
+  std::size_t copy_before = copy_buffer_.size();
+  if (run_.copying && !append_copy_row(table, run_.binary, insert.new_tuple)) {
+    // A value the binary encoder does not take: this table goes as text from now on.
+    copy_buffer_.resize(copy_before);
+    table.binary_copy = false;
+    flush_insert_run();
+    buffer_insert(relation, insert);
+    return;
+  }
+  if (run_.transactions.empty() || run_.transactions.back().second != current_.final_lsn) {
+    run_.transactions.emplace_back(run_.rows, current_.final_lsn);
   }
   // The key text, for naming the row if the target refuses it.
   for (std::size_t i = 0; i < table.key.size(); ++i) {
@@ -892,18 +918,7 @@ void Applier::Impl::buffer_insert(const Relation& relation, const pgoutput::Inse
 
   std::size_t bytes = 0;
   if (run_.copying) {
-    std::size_t before = copy_buffer_.size();
-    for (std::size_t i = 0; i < insert.new_tuple.size(); ++i) {
-      if (i) copy_buffer_ += '\t';
-      const auto& value = insert.new_tuple[i];
-      if (value.kind == ColumnKind::null) {
-        copy_buffer_ += kCopyNull;
-      } else {
-        append_copy_text(copy_buffer_, value.data);
-      }
-    }
-    copy_buffer_ += '\n';
-    bytes = copy_buffer_.size() - before;
+    bytes = copy_buffer_.size() - copy_before;
     run_.copy_bytes += bytes;
   } else {
     std::size_t before = run_.values.size();
@@ -1005,8 +1020,62 @@ void Applier::Impl::fail_copy(const PGresult* result, std::string_view doing) {
   throw_pg_error(pg_, result, Side::target, where);
 }
 
+bool Applier::Impl::append_copy_row(const TargetTable& table, bool binary, TupleView tuple) {
+  if (binary) {
+    std::size_t before = copy_buffer_.size();
+    append_binary_tuple_start(copy_buffer_, static_cast<std::uint16_t>(tuple.size()));
+    for (std::size_t i = 0; i < tuple.size(); ++i) {
+      const auto& value = tuple[i];
+      if (value.kind == ColumnKind::null) {
+        append_binary_null(copy_buffer_);
+      } else if (!append_binary_field(copy_buffer_, table.binary[i], value.data)) {
+        copy_buffer_.resize(before);
+        return false;
+      }
+    }
+    return true;
+  }
+  for (std::size_t i = 0; i < tuple.size(); ++i) {
+    if (i) copy_buffer_ += '\t';
+    const auto& value = tuple[i];
+    if (value.kind == ColumnKind::null) {
+      copy_buffer_ += kCopyNull;
+    } else {
+      append_copy_text(copy_buffer_, value.data);
+    }
+  }
+  copy_buffer_ += '\n';
+  return true;
+}
+
 void Applier::Impl::start_copy() {
   const TargetTable& table = *run_.table;
+  // The rows buffered so far, in binary if every value takes it.
+  auto encode_buffered = [&](bool binary) {
+    copy_buffer_.clear();
+    if (binary) copy_buffer_.append(kCopyBinaryHeader);
+    std::vector<ColumnValue> row(run_.columns);
+    for (std::size_t r = 0; r < run_.rows; ++r) {
+      for (std::size_t column = 0; column < run_.columns; ++column) {
+        auto offset = run_.cells[r * run_.columns + column];
+        row[column] = offset < 0 ? ColumnValue{ColumnKind::null, {}}
+                                 : ColumnValue{ColumnKind::text,
+                                               std::string_view(run_.values.data() + offset)};
+      }
+      if (!append_copy_row(table, binary, TupleView(row))) return false;
+    }
+    return true;
+  };
+  run_.binary = table.binary_copy;
+  if (run_.binary && !encode_buffered(true)) {
+    table.binary_copy = false;
+    run_.binary = false;
+  }
+  if (!run_.binary) encode_buffered(false);
+  run_.copy_bytes = copy_buffer_.size();
+  run_.values.clear();
+  run_.cells.clear();
+
   sync_and_drain();
   if (PQexitPipelineMode(pg_) != 1) {
     broken_ = true;
@@ -1017,31 +1086,13 @@ void Applier::Impl::start_copy() {
     if (i) sql += ", ";
     sql += table.columns[i];
   }
-  sql += ") FROM STDIN";
+  sql += run_.binary ? ") FROM STDIN (FORMAT binary)" : ") FROM STDIN";
   Result started(PQexec(pg_, sql.c_str()));
   if (!started || started.status() != PGRES_COPY_IN) fail_copy(started.native(), "starting COPY");
   run_.copying = true;
   if (PQsetnonblocking(pg_, 1) != 0)
     fail_copy(nullptr, "making the target connection non-blocking");
   copy_unflushed_ = 0;
-
-  // The rows buffered so far.
-  copy_buffer_.clear();
-  for (std::size_t row = 0; row < run_.rows; ++row) {
-    for (std::size_t column = 0; column < run_.columns; ++column) {
-      if (column) copy_buffer_ += '\t';
-      auto offset = run_.cells[row * run_.columns + column];
-      if (offset < 0) {
-        copy_buffer_ += kCopyNull;
-      } else {
-        append_copy_text(copy_buffer_, std::string_view(run_.values.data() + offset));
-      }
-    }
-    copy_buffer_ += '\n';
-  }
-  run_.copy_bytes = copy_buffer_.size();
-  run_.values.clear();
-  run_.cells.clear();
 }
 
 void Applier::Impl::send_copy_buffer() {
@@ -1073,6 +1124,7 @@ void Applier::Impl::flush_copy_data() {
 
 void Applier::Impl::end_copy() {
   const TargetTable& table = *run_.table;
+  if (run_.binary) append_binary_trailer(copy_buffer_);
   send_copy_buffer();
   flush_copy_data();
   if (PQsetnonblocking(pg_, 0) != 0) fail_copy(nullptr, "making the target connection blocking");
@@ -1091,6 +1143,7 @@ void Applier::Impl::end_copy() {
   }
   run_.copying = false;
   counters_.copy_batches.fetch_add(1, std::memory_order_relaxed);
+  if (run_.binary) counters_.binary_copy_batches.fetch_add(1, std::memory_order_relaxed);
 }
 
 Match Applier::Impl::choose_match(const TargetTable& table, char old_kind,
@@ -1717,7 +1770,8 @@ ApplierCounters Applier::counters() const {
   };
   return {get(c.rows_inserted),       get(c.rows_updated),         get(c.rows_deleted),
           get(c.relations_truncated), get(c.transactions_applied), get(c.transactions_skipped),
-          get(c.groups_committed),    get(c.copy_batches),         get(c.statements_sent)};
+          get(c.groups_committed),    get(c.copy_batches),         get(c.binary_copy_batches),
+          get(c.statements_sent)};
 }
 
 }  // namespace pgferry::replication

@@ -68,6 +68,7 @@ struct ApplierCounters {
   std::uint64_t transactions_skipped = 0;
   std::uint64_t groups_committed = 0;  // target transactions
   std::uint64_t copy_batches = 0;
+  std::uint64_t binary_copy_batches = 0;  // of copy_batches, in FORMAT binary
   std::uint64_t statements_sent = 0;
 };
 
