@@ -122,6 +122,7 @@ void prepare_database(const Workload& workload, LocalCluster& cluster, const std
 struct Spawned {
   int exit_code = -1;
   long max_rss_kib = 0;
+  double cpu_seconds = 0;  // user + system
 };
 
 // Runs argv and waits, returning its exit code and peak RSS (wait4's rusage).
@@ -130,12 +131,15 @@ Spawned spawn_and_wait(const std::vector<std::string>& argv, const std::string& 
   int status = 0;
   rusage usage{};
   ::wait4(pid, &status, 0, &usage);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), usage.ru_maxrss};
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), usage.ru_maxrss,
+          seconds(usage.ru_utime) + seconds(usage.ru_stime)};
 }
 
 struct RunResult {
   std::map<std::string, double> seconds;
   long pgferry_rss_kib = 0;
+  double pgferry_cpu_seconds = 0;
 };
 
 RunResult run_once(const Options& options, const Workload& workload, int run_index) {
@@ -223,6 +227,7 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
             fmt::format("pgferry run failed ({}), see {}", run.exit_code, log));
       }
       result.pgferry_rss_kib = run.max_rss_kib;
+      result.pgferry_cpu_seconds = run.cpu_seconds;
     }
     result.seconds[method] = seconds_since(start);
   }
@@ -283,11 +288,13 @@ int main(int argc, char** argv) {
       auto workload = make_workload(name, options.rows);
       std::map<std::string, std::vector<double>> times;
       std::vector<long> rss;
+      std::vector<double> cpu;
       std::cerr << fmt::format("workload {}:\n", name);
       for (int run = 0; run < options.runs; ++run) {
         auto result = run_once(options, workload, run);
         for (const auto& [method, seconds] : result.seconds) times[method].push_back(seconds);
         if (result.pgferry_rss_kib) rss.push_back(result.pgferry_rss_kib);
+        if (result.pgferry_rss_kib) cpu.push_back(result.pgferry_cpu_seconds);
       }
       double native = times.count("native") ? median(times["native"]) : 0;
       for (const auto& method : options.methods) {
@@ -299,8 +306,8 @@ int main(int argc, char** argv) {
                    native > 0 ? fmt::format("{:.2f}x", m / native) : std::string("-"), runs);
       }
       if (!rss.empty()) {
-        fmt::print("{:<8} pgferry peak RSS: {} MiB (max over runs)\n", name,
-                   *std::max_element(rss.begin(), rss.end()) / 1024);
+        fmt::print("{:<8} pgferry peak RSS: {} MiB (max over runs), CPU {:.2f} s (median)\n", name,
+                   *std::max_element(rss.begin(), rss.end()) / 1024, median(cpu));
       }
       std::fflush(stdout);
     }
