@@ -366,6 +366,15 @@ struct Applier::Impl {
   std::vector<std::int64_t> param_offsets_;
   std::vector<const char*> param_values_;
 
+  // The applier of a streamed transaction applied as it streams (begin_streamed); kept for
+  // the next one after a commit, dropped (rolling back) on an abort.
+  std::unique_ptr<Applier> streamed_;
+  ApplierCounters streamed_folded_{};  // its counters already added to counters_
+  std::atomic<std::uint64_t> streamed_durable_{0};
+  // Adds what the streamed applier committed since the last call to the counters and the
+  // durable position.
+  void fold_streamed();
+
   struct Counters {
     std::atomic<std::uint64_t> rows_inserted{0}, rows_updated{0}, rows_deleted{0},
         relations_truncated{0}, transactions_applied{0}, transactions_skipped{0},
@@ -395,18 +404,20 @@ Applier::Impl::Impl(Connection target, ApplierOptions opts)
   conn_.exec(fmt::format("SET synchronous_commit = {}", quote_literal(options_.synchronous_commit)),
              "setting synchronous_commit");
   // One applier per name: a second one would apply every change twice.
-  conn_.exec(fmt::format("SET lock_timeout = '{}s'", options_.lock_timeout.count()));
-  try {
-    conn_.exec("SELECT pg_advisory_lock(hashtext('pgferry'), hashtext($1))", {options_.name},
-               "locking the progress record");
-  } catch (const SqlError& e) {
-    if (e.sqlstate() != "55P03") throw;
-    throw Error(fmt::format(
-        "another pgferry run is applying \"{}\" on the target (advisory lock held for {}s); stop "
-        "it first, or use a different --name",
-        options_.name, options_.lock_timeout.count()));
+  if (options_.take_lock) {
+    conn_.exec(fmt::format("SET lock_timeout = '{}s'", options_.lock_timeout.count()));
+    try {
+      conn_.exec("SELECT pg_advisory_lock(hashtext('pgferry'), hashtext($1))", {options_.name},
+                 "locking the progress record");
+    } catch (const SqlError& e) {
+      if (e.sqlstate() != "55P03") throw;
+      throw Error(fmt::format(
+          "another pgferry run is applying \"{}\" on the target (advisory lock held for {}s); "
+          "stop it first, or use a different --name",
+          options_.name, options_.lock_timeout.count()));
+    }
+    conn_.exec("RESET lock_timeout");
   }
-  conn_.exec("RESET lock_timeout");
 
   auto applied = ProgressStore(conn_).read(options_.name);
   if (!applied) {
@@ -1597,7 +1608,9 @@ void Applier::begin_transaction(const TransactionBegin& begin) {
   s.in_source_txn_ = true;
   s.current_ = begin;
   // Its commit record lies before what is applied: the whole transaction is on the target.
-  s.skipping_ = begin.final_lsn < s.applied_lsn_;
+  // (Unknown while a streamed transaction is applied as it streams: the walsender streams
+  // only transactions that commit after the position it was started from.)
+  s.skipping_ = begin.final_lsn.is_valid() && begin.final_lsn < s.applied_lsn_;
   if (s.skipping_) {
     spdlog::debug("skipping applied transaction xid={} lsn={}", begin.xid.value, begin.final_lsn);
     return;
@@ -1733,11 +1746,65 @@ void Applier::flush() {
   auto& s = *impl_;
   s.check_usable();
   if (s.group_open_ && !s.in_source_txn_) s.commit_group();
+  s.fold_streamed();
+}
+
+ChangeSink* Applier::begin_streamed(const TransactionBegin& begin) {
+  auto& s = *impl_;
+  s.check_usable();
+  if (s.options_.streamed_conninfo.empty() || s.in_source_txn_) return nullptr;
+  flush();
+  if (!s.streamed_) {
+    ApplierOptions options = s.options_;
+    options.streamed_conninfo.clear();
+    options.take_lock = false;
+    options.group_max_rows = 0;  // commit at its (one) transaction's commit
+    s.streamed_ = std::make_unique<Applier>(
+        Connection::open(s.options_.streamed_conninfo, Side::target), options);
+    s.streamed_folded_ = {};
+  }
+  spdlog::debug("applying streamed transaction xid={} as it streams", begin.xid.value);
+  s.streamed_->begin_transaction(begin);
+  return s.streamed_.get();
+}
+
+void Applier::streamed_segment() {
+  flush();
+}
+
+void Applier::abort_streamed() {
+  auto& s = *impl_;
+  if (!s.streamed_) return;
+  // Closing its connection rolls its transaction back; what it committed before counts.
+  s.fold_streamed();
+  s.streamed_.reset();
+}
+
+void Applier::Impl::fold_streamed() {
+  if (!streamed_ || streamed_->in_source_transaction()) return;
+  auto now = streamed_->counters();
+  auto& was = streamed_folded_;
+  auto add = [](std::atomic<std::uint64_t>& to, std::uint64_t delta) {
+    to.fetch_add(delta, std::memory_order_relaxed);
+  };
+  add(counters_.rows_inserted, now.rows_inserted - was.rows_inserted);
+  add(counters_.rows_updated, now.rows_updated - was.rows_updated);
+  add(counters_.rows_deleted, now.rows_deleted - was.rows_deleted);
+  add(counters_.relations_truncated, now.relations_truncated - was.relations_truncated);
+  add(counters_.transactions_applied, now.transactions_applied - was.transactions_applied);
+  add(counters_.groups_committed, now.groups_committed - was.groups_committed);
+  add(counters_.copy_batches, now.copy_batches - was.copy_batches);
+  add(counters_.binary_copy_batches, now.binary_copy_batches - was.binary_copy_batches);
+  add(counters_.statements_sent, now.statements_sent - was.statements_sent);
+  was = now;
+  streamed_durable_.store(std::max(streamed_durable_.load(), streamed_->durable_lsn().value()));
 }
 
 void Applier::tick() {
   auto& s = *impl_;
   s.check_usable();
+  if (s.streamed_) s.streamed_->tick();
+  s.fold_streamed();
   // Hand the target what COPY data the socket takes now.
   if (s.run_.copying && PQflush(s.pg_) == 0) s.copy_unflushed_ = 0;
   if (s.group_open_ && !s.in_source_txn_ &&
@@ -1754,7 +1821,7 @@ Lsn Applier::resume_lsn() const {
   return impl_->resume_lsn_;
 }
 Lsn Applier::durable_lsn() const {
-  return Lsn{impl_->durable_lsn_.load()};
+  return Lsn{std::max(impl_->durable_lsn_.load(), impl_->streamed_durable_.load())};
 }
 bool Applier::in_source_transaction() const {
   return impl_->in_source_txn_;

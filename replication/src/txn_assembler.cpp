@@ -49,14 +49,22 @@ void TransactionAssembler::reset() {
   decoder_.reset();
   spool_.clear();
   open_.reset();
+  end_eager();
+}
+
+void TransactionAssembler::end_eager() {
+  if (eager_ == nullptr) return;
+  eager_ = nullptr;
+  sink_.abort_streamed();
 }
 
 void TransactionAssembler::on_keepalive(Lsn wal_end) {
   if (!open_) sink_.idle(wal_end);
 }
 
-const Relation& TransactionAssembler::resolve(RelationId id, char type) const {
-  const Relation* relation = relations_.find(id);
+const Relation& TransactionAssembler::resolve(const RelationCache& relations, RelationId id,
+                                              char type) const {
+  const Relation* relation = relations.find(id);
   if (relation == nullptr) {
     protocol_error(type,
                    fmt::format("unknown relation id {} (no Relation message before it)", id.value));
@@ -87,6 +95,12 @@ void TransactionAssembler::on_message(std::span<const std::byte> bytes) {
       protocol_error(type, fmt::format("no open streamed transaction {}", stream_xid->value));
     }
     spool->append(*subxid, bytes);
+    if (eager_ != nullptr && *stream_xid == eager_xid_) {
+      if (std::holds_alternative<pg::RelationMessage>(message)) {
+        eager_relation_bytes_.emplace_back(bytes.begin(), bytes.end());
+      }
+      dispatch_change(*eager_, eager_relations_, message, type);
+    }
     return;
   }
 
@@ -117,17 +131,32 @@ void TransactionAssembler::on_message(std::span<const std::byte> bytes) {
           [&](const pg::StreamStart& start) {
             if (start.first_segment) {
               spool_.open(start.xid);
+              // The only one streaming: the sink may apply it as it streams.
+              if (eager_ == nullptr && spool_.open_count() == 1) {
+                eager_ = sink_.begin_streamed({start.xid, Lsn{}, PgTimestamp{}, true});
+                eager_xid_ = start.xid;
+                eager_relations_.clear();
+                eager_relation_bytes_.clear();
+              }
             } else if (spool_.find(start.xid) == nullptr) {
               protocol_error(type, fmt::format("a later segment of xid {} without its first one",
                                                start.xid.value));
+            } else if (eager_ != nullptr && start.xid == eager_xid_) {
+              sink_.streamed_segment();
             }
           },
           [&](const pg::StreamStop&) {},
           [&](const pg::StreamCommit& commit) {
             if (open_) protocol_error(type, "inside an open transaction");
-            replay_streamed(commit);
+            if (eager_ != nullptr && commit.xid == eager_xid_) {
+              commit_eager(commit);
+            } else {
+              replay_streamed(commit);
+            }
           },
           [&](const pg::StreamAbort& abort) {
+            // A subtransaction's abort too: the spool replays what survives it.
+            if (abort.xid == eager_xid_) end_eager();
             if (abort.subxid == abort.xid) {
               spool_.remove(abort.xid);
             } else if (TransactionSpool* spool = spool_.find(abort.xid)) {
@@ -162,45 +191,46 @@ void TransactionAssembler::on_message(std::span<const std::byte> bytes) {
           },
           [&](const auto&) {
             if (!open_) protocol_error(type, "a change outside a transaction");
-            dispatch_change(message, type);
+            dispatch_change(sink_, relations_, message, type);
           },
       },
       message);
 }
 
-void TransactionAssembler::dispatch_change(const pg::Message& message, char type) {
+void TransactionAssembler::dispatch_change(ChangeSink& sink, RelationCache& relations,
+                                           const pg::Message& message, char type) {
   std::visit(
       Overloaded{
-          [&](const pg::RelationMessage& relation) { sink_.relation(relations_.update(relation)); },
+          [&](const pg::RelationMessage& relation) { sink.relation(relations.update(relation)); },
           [&](const pg::TypeMessage&) {},
           [&](const pg::Insert& insert) {
-            const Relation& relation = resolve(insert.relation, type);
+            const Relation& relation = resolve(relations, insert.relation, type);
             check_tuple(relation, insert.new_tuple, type);
             ++changes_;
-            sink_.insert(relation, insert);
+            sink.insert(relation, insert);
           },
           [&](const pg::Update& update) {
-            const Relation& relation = resolve(update.relation, type);
+            const Relation& relation = resolve(relations, update.relation, type);
             if (update.old_kind != 0) check_tuple(relation, update.old_tuple, type);
             check_tuple(relation, update.new_tuple, type);
             ++changes_;
-            sink_.update(relation, update);
+            sink.update(relation, update);
           },
           [&](const pg::Delete& del) {
-            const Relation& relation = resolve(del.relation, type);
+            const Relation& relation = resolve(relations, del.relation, type);
             check_tuple(relation, del.old_tuple, type);
             ++changes_;
-            sink_.delete_rows(relation, del);
+            sink.delete_rows(relation, del);
           },
           [&](const pg::Truncate& truncate) {
             truncate_relations_.clear();
             for (RelationId id : truncate.relations) {
-              truncate_relations_.push_back(&resolve(id, type));
+              truncate_relations_.push_back(&resolve(relations, id, type));
             }
             ++changes_;
-            sink_.truncate(truncate_relations_, truncate.flags);
+            sink.truncate(truncate_relations_, truncate.flags);
           },
-          [&](const pg::LogicalMessage& logical) { sink_.message(logical); },
+          [&](const pg::LogicalMessage& logical) { sink.message(logical); },
           [&](const auto&) { protocol_error(type, "not a change message"); },
       },
       message);
@@ -215,7 +245,7 @@ void TransactionAssembler::replay_streamed(const pg::StreamCommit& commit) {
   sink_.begin_transaction({commit.xid, commit.commit_lsn, commit.commit_time, true});
   spool->replay([&](std::span<const std::byte> bytes) {
     pg::Message change = replay_decoder_.decode_streamed_change(bytes);
-    dispatch_change(change, static_cast<char>(bytes[0]));
+    dispatch_change(sink_, relations_, change, static_cast<char>(bytes[0]));
   });
   ++transactions_;
   ++streamed_transactions_;
@@ -224,6 +254,30 @@ void TransactionAssembler::replay_streamed(const pg::StreamCommit& commit) {
   TransactionCommit done{commit.xid, commit.commit_lsn, commit.end_lsn, commit.commit_time};
   spool_.remove(commit.xid);
   sink_.commit_transaction(done);
+}
+
+}  // namespace pgferry::replication
+
+namespace pgferry::replication {
+
+void TransactionAssembler::commit_eager(const pg::StreamCommit& commit) {
+  // Whatever committed before it on the source is committed on the target first.
+  sink_.streamed_segment();
+  ChangeSink* eager = eager_;
+  eager_ = nullptr;
+  ++transactions_;
+  ++streamed_transactions_;
+  ++eager_transactions_;
+  TransactionCommit done{commit.xid, commit.commit_lsn, commit.end_lsn, commit.commit_time};
+  spool_.remove(commit.xid);
+  eager->commit_transaction(done);
+  // Once it committed, pgoutput counts the relations it described as sent for the
+  // transactions that follow (pgoutput.c, cleanup_rel_sync_cache): they are ours now too.
+  for (const auto& bytes : eager_relation_bytes_) {
+    pg::Message relation = replay_decoder_.decode_streamed_change(bytes);
+    dispatch_change(sink_, relations_, relation, 'R');
+  }
+  eager_relation_bytes_.clear();
 }
 
 }  // namespace pgferry::replication

@@ -6,6 +6,8 @@
 // do, and `pgferry cleanup` (twice).
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include "support/harness.hpp"
 
 namespace repl = pgferry::replication;
@@ -125,6 +127,10 @@ TEST_F(RunReplication, InitWorkloadRunUntilCompareCleanup) {
   ASSERT_EQ(run.exit_code, 0) << run.output;
   // Every committed insert, none of the aborted transaction's.
   EXPECT_NE(run.output.find("\"inserted\": 20407"), std::string::npos) << run.output;
+  // The large ones streamed alone: applied as they streamed.
+  auto summary = nlohmann::json::parse(run.output.substr(run.output.find("\n{") + 1));
+  EXPECT_GE(summary["streamed"].get<int>(), 1) << run.output;
+  EXPECT_EQ(summary["streamed_applied_live"], summary["streamed"]) << run.output;
   expect_tables_equal(src, dst);
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM bulk WHERE payload = 'aborted' OR n < 0"), "0");
   EXPECT_GE(query_value(dst, "SELECT applied_lsn >= '" + until +
@@ -162,6 +168,88 @@ TEST_F(RunReplication, InitWorkloadRunUntilCompareCleanup) {
   EXPECT_EQ(query_value(dst, "SELECT to_regclass('pgferry.progress') IS NULL"), "t");
   auto cleanup_again = pgferry({"cleanup"});
   EXPECT_EQ(cleanup_again.exit_code, 0) << cleanup_again.output;
+}
+
+// Streamed transactions applied as they stream, and what must make them fall back to the
+// spool: small transactions committing in between (and rows the streamed one then changes),
+// a second streamed transaction committing first, a subtransaction abort.
+TEST_F(RunReplication, StreamedTransactionsAmongOthers) {
+  auto src = connect(source(), "postgres", repl::Side::source);
+  auto dst = connect(target(), "postgres", repl::Side::target);
+  const char* schema =
+      "CREATE TABLE live_big (id int PRIMARY KEY, payload text, n int);"
+      "CREATE TABLE live_small (id int PRIMARY KEY, n int);";
+  src.exec(schema);
+  dst.exec(schema);
+  src.exec("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'");
+  src.exec("SELECT pg_reload_conf()");
+  auto args = common_args();
+  for (auto& arg : args) {
+    if (arg == "e2e_slot") arg = "live_slot";
+  }
+  auto with = [&](std::vector<std::string> more) {
+    auto all = args;
+    all.insert(all.end(), more.begin(), more.end());
+    return run_pgferry(all);
+  };
+  auto init = with({"init", "--no-data"});
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+
+  auto x = connect(source());
+  auto y = connect(source());
+  auto small = connect(source());
+  // X streams alone at first (applied live), small transactions commit in between, X then
+  // updates rows they wrote.
+  x.exec("BEGIN");
+  x.exec("INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(1, "
+         "4000) g");
+  small.exec("INSERT INTO live_small SELECT g, 0 FROM generate_series(1, 50) g");
+  x.exec("INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(4001, "
+         "8000) g");
+  small.exec("UPDATE live_small SET n = n + 1 WHERE id <= 25");
+  x.exec("UPDATE live_small SET n = n + 100 WHERE id % 2 = 0");
+  x.exec("UPDATE live_big SET n = 1 WHERE id % 3 = 0");
+  // Y streams too and commits before X.
+  y.exec("BEGIN");
+  y.exec("INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 2 FROM generate_series(10001, "
+         "14000) g");
+  y.exec("COMMIT");
+  x.exec("DELETE FROM live_big WHERE id % 7 = 0");
+  x.exec("COMMIT");
+
+  // Z streams alone but a subtransaction of it aborts: replayed from the spool.
+  x.exec("BEGIN");
+  x.exec("INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 3 FROM generate_series(20001, "
+         "24000) g");
+  x.exec("SAVEPOINT s");
+  x.exec("INSERT INTO live_big SELECT g, 'undone', 3 FROM generate_series(30001, 34000) g");
+  x.exec("UPDATE live_big SET payload = 'undone' WHERE id <= 100");
+  x.exec("ROLLBACK TO SAVEPOINT s");
+  small.exec("UPDATE live_small SET n = n + 1000 WHERE id = 50");
+  x.exec("UPDATE live_big SET n = 4 WHERE id BETWEEN 20001 AND 20100");
+  x.exec("COMMIT");
+
+  // W streams alone, with small commits in between, and commits.
+  x.exec("BEGIN");
+  x.exec("UPDATE live_big SET n = n + 5 WHERE id <= 6000");
+  small.exec("INSERT INTO live_small VALUES (51, 51)");
+  x.exec("UPDATE live_small SET n = -1 WHERE id = 51");
+  x.exec("COMMIT");
+
+  std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
+  auto run = with({"run", "--until", until, "--json"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  for (const char* table : {"live_big", "live_small"}) {
+    EXPECT_EQ(table_fingerprint(src, table, "id"), table_fingerprint(dst, table, "id")) << table;
+  }
+  EXPECT_EQ(query_value(dst, "SELECT count(*) FROM live_big WHERE payload = 'undone'"), "0");
+  // X and W live; Y was not alone, Z fell back at its subtransaction abort.
+  auto summary = nlohmann::json::parse(run.output.substr(run.output.find("\n{") + 1));
+  EXPECT_EQ(summary["streamed"], 4) << run.output;
+  EXPECT_EQ(summary["streamed_applied_live"], 2) << run.output;
+  EXPECT_EQ(with({"cleanup"}).exit_code, 0);
+  src.exec("ALTER SYSTEM RESET logical_decoding_work_mem");
+  src.exec("SELECT pg_reload_conf()");
 }
 
 TEST_F(RunReplication, RunWithoutInitIsAClearError) {

@@ -63,6 +63,7 @@ struct RunOptions {
   int status_interval_ms = 1000;
   int protocol_version = 0;
   bool no_streaming = false;
+  bool spool_streamed = false;
   int reconnect_timeout_s = 600;
   std::string metrics_listen;  // empty: no HTTP endpoint
   int sync_sequences_s = 0;    // 0: the agent does not sync sequences
@@ -198,6 +199,8 @@ struct Session {
   repl::Lsn resume;
   repl::Lsn durable;
   repl::ApplierCounters counters;
+  std::uint64_t streamed = 0;       // streamed transactions committed
+  std::uint64_t streamed_live = 0;  // of those, applied as they streamed
 };
 
 // One connected session: returns when --until is reached or a stop signal came; throws on
@@ -213,6 +216,9 @@ Outcome run_session(const CommonOptions& common, const RunOptions& options,
   applier_options.pipeline_max_bytes = options.pipeline_max_bytes;
   applier_options.copy_min_rows = options.copy_min_rows;
   applier_options.synchronous_commit = options.synchronous_commit;
+  if (!options.no_streaming && !options.spool_streamed) {
+    applier_options.streamed_conninfo = common.target_conninfo();
+  }
   if (until) applier_options.idle_progress_interval = 100ms;
 
   repl::Applier applier(repl::Connection::open(common.target_conninfo(), repl::Side::target),
@@ -246,6 +252,10 @@ Outcome run_session(const CommonOptions& common, const RunOptions& options,
     stream.stop();
     session.durable = applier.durable_lsn();
     session.counters = applier.counters();
+    if (const auto* assembler = stream.assembler()) {
+      session.streamed += assembler->streamed_transactions();
+      session.streamed_live += assembler->eager_transactions();
+    }
     return outcome;
   };
 
@@ -330,7 +340,9 @@ int run_run(const CommonOptions& common, const RunOptions& options) {
                                     {"inserted", c.rows_inserted},
                                     {"updated", c.rows_updated},
                                     {"deleted", c.rows_deleted},
-                                    {"groups", c.groups_committed}}
+                                    {"groups", c.groups_committed},
+                                    {"streamed", session.streamed},
+                                    {"streamed_applied_live", session.streamed_live}}
                          .dump(2)
                   << "\n";
       }
@@ -388,6 +400,9 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
       ->check(CLI::Range(1, 4));
   cmd->add_flag("--no-streaming", options->no_streaming,
                 "do not stream large in-progress transactions (they are sent at commit)");
+  cmd->add_flag("--spool-streamed", options->spool_streamed,
+                "apply a streamed transaction only at its commit, from the spool (default: as "
+                "it streams, on a second target connection, when no other one streams)");
   cmd->add_option("--reconnect-timeout", options->reconnect_timeout_s,
                   "give up after this many seconds without a successful reconnect")
       ->check(CLI::PositiveNumber);

@@ -57,6 +57,12 @@ struct ApplierOptions {
   std::chrono::milliseconds idle_progress_interval{1000};
   // How long to wait for another applier of the same name to let go of the target.
   std::chrono::seconds lock_timeout{30};
+  // Apply a streamed transaction that streams alone as it arrives (begin_streamed), on a
+  // second target connection opened with this conninfo. Empty: streamed transactions are
+  // replayed from the spool at their commit.
+  std::string streamed_conninfo;
+  // False only for that second applier, which works under the first one's advisory lock.
+  bool take_lock = true;
 };
 
 struct ApplierCounters {
@@ -89,6 +95,15 @@ class Applier final : public ChangeSink {
   void truncate(std::span<const Relation* const> relations, std::uint8_t flags) override;
   void commit_transaction(const TransactionCommit& commit) override;
   void idle(Lsn wal_end) override;
+  // A streamed transaction applied as it streams (see change_sink.hpp), by a second applier
+  // on its own connection (options.streamed_conninfo) that commits it, with the progress
+  // row, at its Stream Commit. This applier commits its open group before each of its
+  // blocks and before its commit, so neither connection ever waits for the other's locks:
+  // what commits before the streamed transaction on the source never touches a row it
+  // changed (the source would have blocked), and is committed here first.
+  ChangeSink* begin_streamed(const TransactionBegin& begin) override;
+  void streamed_segment() override;
+  void abort_streamed() override;
 
   // Commits the open target transaction now, if one is open and no source transaction is
   // half-way through. Call before a clean shutdown.
@@ -100,13 +115,14 @@ class Applier final : public ChangeSink {
   // The applied position read from the progress record at start.
   Lsn resume_lsn() const;
   // The end_lsn of the last source transaction committed (durably, with synchronous_commit
-  // on) on the target: what the stream may confirm to the source.
+  // on) on the target, by this applier or its streamed one: what the stream may confirm.
   Lsn durable_lsn() const;
   // True between begin_transaction and commit_transaction.
   bool in_source_transaction() const;
   // True while a target transaction is open (changes applied but not committed).
   bool group_open() const;
-  // Safe to call from another thread.
+  // Safe to call from another thread. A streamed transaction's changes count once it
+  // committed (after the next flush() or tick()).
   ApplierCounters counters() const;
 
  private:

@@ -5,6 +5,17 @@
 //   commit_transaction
 // for committed transactions only, in source commit order; a streamed (in-progress)
 // transaction is replayed from its spool at Stream Commit and never appears if it aborted.
+//
+// Streamed transactions applied as they stream (optional, begin_streamed): when a streamed
+// transaction starts and no other is open, the assembler offers it to the sink. A sink that
+// takes it returns a second sink that gets begin_transaction (final_lsn not known yet:
+// invalid), its changes block by block as they arrive, and commit_transaction at Stream
+// Commit. Meanwhile the first sink keeps getting the transactions that commit before it;
+// streamed_segment() comes before each further block and before its commit, so the first
+// sink can commit what it holds (nothing it applied may wait for the streamed one, or the
+// other way round). abort_streamed() ends it without a trace: the source aborted it, or a
+// subtransaction of it aborted, in which case it is replayed from the spool at commit as
+// usual (the spool always keeps it).
 // Relation metadata is resolved through the relation cache before a change is handed on,
 // so every change comes with the Relation that describes its tuple.
 //
@@ -20,7 +31,9 @@ namespace pgferry::replication {
 
 struct TransactionBegin {
   Xid xid;
-  Lsn final_lsn;  // LSN of the commit record (known up front for streamed ones too: replayed)
+  // LSN of the commit record (known up front for streamed ones replayed from the spool;
+  // invalid for one applied as it streams).
+  Lsn final_lsn;
   PgTimestamp commit_time;
   bool streamed = false;
 };
@@ -50,6 +63,11 @@ class ChangeSink {
   // empty stretch of WAL): everything before `wal_end` that concerns us was delivered.
   // An idle sink may advance its confirmed position here (lag reaches zero at idle).
   virtual void idle(Lsn /*wal_end*/) {}
+
+  // See the header comment; the default declines (streamed transactions are replayed).
+  virtual ChangeSink* begin_streamed(const TransactionBegin& /*begin*/) { return nullptr; }
+  virtual void streamed_segment() {}
+  virtual void abort_streamed() {}
 };
 
 }  // namespace pgferry::replication

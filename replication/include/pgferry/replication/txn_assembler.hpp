@@ -9,6 +9,8 @@
 // - Streamed (in-progress) transactions arrive in Stream Start/Stop blocks, possibly
 //   interleaved with other transactions, and may still abort: their raw change messages
 //   go to a zstd spool (spool.hpp) and are decoded again and replayed at Stream Commit.
+//   When one streams alone, the sink may apply it as it streams instead (begin_streamed in
+//   change_sink.hpp); the spool keeps it all the same, for a subtransaction abort.
 //   Relation messages inside a block belong to that transaction too (pgoutput tracks the
 //   schema it sent per streamed transaction), so they are spooled and replayed as well.
 // - Two-phase messages are refused: the stream is never started with two_phase, so one
@@ -53,16 +55,22 @@ class TransactionAssembler {
   // Totals since construction.
   std::uint64_t transactions() const { return transactions_; }
   std::uint64_t streamed_transactions() const { return streamed_transactions_; }
+  // Of those, applied as they streamed (not replayed from the spool).
+  std::uint64_t eager_transactions() const { return eager_transactions_; }
   std::uint64_t changes() const { return changes_; }
 
   const RelationCache& relations() const { return relations_; }
   const Decoder& decoder() const { return decoder_; }
 
  private:
-  // Hands one change (decoded live or from a spool) to the sink.
-  void dispatch_change(const pgoutput::Message& message, char type);
+  // Hands one change (decoded live or from a spool) to `sink`.
+  void dispatch_change(ChangeSink& sink, RelationCache& relations,
+                       const pgoutput::Message& message, char type);
   void replay_streamed(const pgoutput::StreamCommit& commit);
-  const Relation& resolve(RelationId id, char type) const;
+  void commit_eager(const pgoutput::StreamCommit& commit);
+  // Ends the streamed transaction being applied as it streams, if any (it is replayed).
+  void end_eager();
+  const Relation& resolve(const RelationCache& relations, RelationId id, char type) const;
   void check_tuple(const Relation& relation, pgoutput::TupleView tuple, char type) const;
 
   struct OpenTransaction {
@@ -76,6 +84,13 @@ class TransactionAssembler {
   RelationCache relations_;
   Spool spool_;
   std::optional<OpenTransaction> open_;
+  // The streamed transaction the sink applies as it streams (begin_streamed), if any, and
+  // the relations its blocks describe (pgoutput sends them per streamed transaction).
+  ChangeSink* eager_ = nullptr;
+  Xid eager_xid_;
+  RelationCache eager_relations_;
+  std::vector<std::vector<std::byte>> eager_relation_bytes_;  // its Relation messages
+  std::uint64_t eager_transactions_ = 0;
   std::vector<const Relation*> truncate_relations_;
   std::uint64_t transactions_ = 0;
   std::uint64_t streamed_transactions_ = 0;
