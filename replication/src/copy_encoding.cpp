@@ -98,11 +98,11 @@ constexpr std::int64_t kPostgresEpochDays = 10957;  // 2000-01-01 from 1970-01-0
 constexpr std::int64_t kMicrosPerDay = 86'400'000'000;
 
 bool leap(std::int64_t year) {
-  return (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+  return (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;  // also for year <= 0
 }
 
-// "YYYY-MM-DD" (four to seven year digits) at the start of `text`, checked to be a real
-// date; `used` is the length read. The year is as written (an era suffix comes later).
+// "YYYY-MM-DD" (four to seven year digits) at the start of `text`; `used` is the length
+// read. The year is as written: the era suffix comes later (take_era).
 bool parse_iso_date(std::string_view text, std::int64_t& year, int& month, int& day,
                     std::size_t& used) {
   std::size_t dash = text.find('-');
@@ -113,17 +113,18 @@ bool parse_iso_date(std::string_view text, std::int64_t& year, int& month, int& 
   if (!digits(text, dash + 1, 2, month) || !digits(text, dash + 4, 2, day)) return false;
   year = y;
   used = dash + 6;
-  static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-  if (year == 0 || month < 1 || month > 12 || day < 1) return false;
-  return day <= kDays[month - 1] + (month == 2 && leap(year) ? 1 : 0);
+  return year != 0 && month >= 1 && month <= 12 && day >= 1 && day <= 31;
 }
 
-// " BC" at the end: the year is 1 - year (there is no year 0).
-void take_era(std::string_view& rest, std::int64_t& year) {
+// " BC" at the end: the year is 1 - year (there is no year 0). Then checks the day of the
+// month (leap years are counted in astronomical years: 1 BC is one).
+bool take_era(std::string_view& rest, std::int64_t& year, int month, int day) {
   if (rest.ends_with(" BC")) {
     rest.remove_suffix(3);
     year = 1 - year;
   }
+  static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  return day <= kDays[month - 1] + (month == 2 && leap(year) ? 1 : 0);
 }
 
 bool append_date(std::string& out, std::string_view text) {
@@ -139,7 +140,7 @@ bool append_date(std::string& out, std::string_view text) {
     std::size_t used = 0;
     if (!parse_iso_date(text, year, month, day, used)) return false;
     std::string_view rest = text.substr(used);
-    take_era(rest, year);
+    if (!take_era(rest, year, month, day)) return false;
     if (!rest.empty()) return false;
     days = static_cast<std::int32_t>(days_from_civil(year, month, day) - kPostgresEpochDays);
   }
@@ -163,7 +164,7 @@ bool append_timestamp(std::string& out, std::string_view text, bool zoned) {
     std::size_t used = 0;
     if (!parse_iso_date(text, year, month, day, used)) return false;
     std::string_view rest = text.substr(used);
-    take_era(rest, year);
+    if (!take_era(rest, year, month, day)) return false;
     int hour = 0;
     int minute = 0;
     int second = 0;

@@ -103,9 +103,10 @@ TEST_F(CopyBinaryTest, FixedValuesEncodeLikeTheSendFunctions) {
             2);
   EXPECT_EQ(expect_same_as_send(conn, T::date,
                                 pairs("date", "date_send",
-                                      {"2000-01-01", "1999-12-31", "2024-02-29", "0044-03-15 BC",
+                                      {"2000-01-01", "1999-12-31", "2024-02-29", "0044-03-15 BC", "0581-02-29 BC",
+                                       "0001-02-29 BC",
                                        "4713-01-01 BC", "5874897-12-31", "infinity", "-infinity"})),
-            8);
+            10);
   EXPECT_EQ(expect_same_as_send(conn, T::timestamp,
                                 pairs("timestamp", "timestamp_send",
                                       {"2000-01-01 00:00:00", "1999-12-31 23:59:59.999999",
@@ -177,6 +178,7 @@ TEST(CopyBinaryRefuses, TextItDoesNotFullyUnderstand) {
       {T::uuid, "a0eebc999c0b4ef8bb6d6bb9bd380a11"},
       {T::uuid, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1g"},
       {T::date, "2026-02-29"},
+      {T::date, "0004-02-29 BC"},  // astronomical year -3: not a leap year
       {T::date, "2026-13-01"},
       {T::date, "01/02/2026"},  // another DateStyle
       {T::date, "2026-01-01 AD"},
