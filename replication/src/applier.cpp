@@ -371,6 +371,9 @@ struct Applier::Impl {
   std::unique_ptr<Applier> streamed_;
   ApplierCounters streamed_folded_{};  // its counters already added to counters_
   std::atomic<std::uint64_t> streamed_durable_{0};
+  bool lock_timeout_set_ = false;
+  // SET (or with nullopt RESET) lock_timeout, at the session level, if not so already.
+  void set_lock_timeout(std::optional<std::chrono::seconds> timeout);
   // Adds what the streamed applier committed since the last call to the counters and the
   // durable position.
   void fold_streamed();
@@ -417,6 +420,10 @@ Applier::Impl::Impl(Connection target, ApplierOptions opts)
           options_.name, options_.lock_timeout.count()));
     }
     conn_.exec("RESET lock_timeout");
+  } else {
+    // The streamed applier: a lock it waits for this long is taken to be the first
+    // applier's (see begin_streamed); the caller then replays the transaction instead.
+    conn_.exec(fmt::format("SET lock_timeout = '{}s'", options_.lock_timeout.count()));
   }
 
   auto applied = ProgressStore(conn_).read(options_.name);
@@ -1763,6 +1770,11 @@ ChangeSink* Applier::begin_streamed(const TransactionBegin& begin) {
         Connection::open(s.options_.streamed_conninfo, Side::target), options);
     s.streamed_folded_ = {};
   }
+  // Neither connection may wait for the other: nothing this one applies meanwhile touches a
+  // row the streamed transaction changed, unless the target has a trigger, foreign key or
+  // unique index the source does not have. Then a lock wait ends with an error naming the
+  // way out instead of hanging.
+  s.set_lock_timeout(s.options_.lock_timeout);
   spdlog::debug("applying streamed transaction xid={} as it streams", begin.xid.value);
   s.streamed_->begin_transaction(begin);
   return s.streamed_.get();
@@ -1780,8 +1792,20 @@ void Applier::abort_streamed() {
   s.streamed_.reset();
 }
 
+void Applier::Impl::set_lock_timeout(std::optional<std::chrono::seconds> timeout) {
+  if (lock_timeout_set_ == timeout.has_value()) return;
+  pipeline_query(timeout ? fmt::format("SET lock_timeout = '{}s'", timeout->count())
+                         : std::string("RESET lock_timeout"),
+                 {});
+  lock_timeout_set_ = timeout.has_value();
+}
+
 void Applier::Impl::fold_streamed() {
-  if (!streamed_ || streamed_->in_source_transaction()) return;
+  if (!streamed_ || streamed_->in_source_transaction()) {
+    if (!streamed_ && !in_source_txn_) set_lock_timeout(std::nullopt);
+    return;
+  }
+  if (!in_source_txn_) set_lock_timeout(std::nullopt);
   auto now = streamed_->counters();
   auto& was = streamed_folded_;
   auto add = [](std::atomic<std::uint64_t>& to, std::uint64_t delta) {

@@ -3,6 +3,9 @@
 #include "pgferry/replication/txn_assembler.hpp"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "pgferry/replication/error.hpp"
 
 namespace pgferry::replication {
 
@@ -99,7 +102,11 @@ void TransactionAssembler::on_message(std::span<const std::byte> bytes) {
       if (std::holds_alternative<pg::RelationMessage>(message)) {
         eager_relation_bytes_.emplace_back(bytes.begin(), bytes.end());
       }
-      dispatch_change(*eager_, eager_relations_, message, type);
+      try {
+        dispatch_change(*eager_, eager_relations_, message, type);
+      } catch (const SqlError& e) {
+        if (!eager_lock_wait(e)) throw;
+      }
     }
     return;
   }
@@ -260,6 +267,19 @@ void TransactionAssembler::replay_streamed(const pg::StreamCommit& commit) {
 
 namespace pgferry::replication {
 
+bool TransactionAssembler::eager_lock_wait(const SqlError& error) {
+  if (error.sqlstate() != "55P03") return false;
+  // The streamed transaction waited too long for a lock, most likely one the sink's other
+  // connection holds: drop it (its target transaction rolls back) and replay it at commit.
+  spdlog::warn("streamed transaction xid={} waited for a lock while applied as it streams; it "
+               "is applied at its commit instead: {}",
+               eager_xid_.value, error.what());
+  eager_ = nullptr;
+  eager_relation_bytes_.clear();
+  sink_.abort_streamed();
+  return true;
+}
+
 void TransactionAssembler::commit_eager(const pg::StreamCommit& commit) {
   // Whatever committed before it on the source is committed on the target first.
   sink_.streamed_segment();
@@ -269,8 +289,17 @@ void TransactionAssembler::commit_eager(const pg::StreamCommit& commit) {
   ++streamed_transactions_;
   ++eager_transactions_;
   TransactionCommit done{commit.xid, commit.commit_lsn, commit.end_lsn, commit.commit_time};
+  try {
+    eager->commit_transaction(done);
+  } catch (const SqlError& e) {
+    if (!eager_lock_wait(e)) throw;
+    --eager_transactions_;
+    --transactions_;
+    --streamed_transactions_;
+    replay_streamed(commit);
+    return;
+  }
   spool_.remove(commit.xid);
-  eager->commit_transaction(done);
   // Once it committed, pgoutput counts the relations it described as sent for the
   // transactions that follow (pgoutput.c, cleanup_rel_sync_cache): they are ours now too.
   for (const auto& bytes : eager_relation_bytes_) {

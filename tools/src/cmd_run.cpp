@@ -347,6 +347,14 @@ int run_run(const CommonOptions& common, const RunOptions& options) {
                   << "\n";
       }
       return static_cast<int>(repl::ExitCode::ok);
+    } catch (const repl::SqlError& e) {
+      if (e.sqlstate() != "55P03" || options.spool_streamed || options.no_streaming) throw;
+      throw repl::SqlError(
+          fmt::format("{}; if the target has triggers, foreign keys or unique indexes that the "
+                      "source does not have, a transaction applied while a large one streams "
+                      "can wait for it: rerun with --spool-streamed",
+                      e.what()),
+          e.sqlstate(), repl::Side::target);
     } catch (const repl::ConnectionError& e) {
       if (g_stop_signal != 0) throw;
       report.session_lost(e.what());

@@ -26,6 +26,7 @@
 
 #include "pgferry/replication/change_sink.hpp"
 #include "pgferry/replication/decoder.hpp"
+#include "pgferry/replication/error.hpp"
 #include "pgferry/replication/relation.hpp"
 #include "pgferry/replication/spool.hpp"
 
@@ -70,6 +71,8 @@ class TransactionAssembler {
   void commit_eager(const pgoutput::StreamCommit& commit);
   // Ends the streamed transaction being applied as it streams, if any (it is replayed).
   void end_eager();
+  // A lock timeout of the streamed transaction's sink: ends it (true); other errors: false.
+  bool eager_lock_wait(const SqlError& error);
   const Relation& resolve(const RelationCache& relations, RelationId id, char type) const;
   void check_tuple(const Relation& relation, pgoutput::TupleView tuple, char type) const;
 
