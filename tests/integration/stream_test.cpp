@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <map>
+#include <thread>
 
 #include "support/harness.hpp"
 
@@ -196,6 +197,114 @@ TEST_F(Stream, StreamedTransactionsDeliverOnlySurvivingRows) {
   stream.stop();
   // The source agrees on what survived.
   EXPECT_EQ(query_value(conn_, fmt::format("SELECT count(*) FROM {}", t)), "1002");
+}
+
+namespace {
+
+// A sink that takes streamed transactions as they stream (into `live`).
+class LiveSink : public LineSink {
+ public:
+  repl::ChangeSink* begin_streamed(const repl::TransactionBegin& begin) override {
+    live = LineSink{};
+    live.begin_transaction(begin);
+    ++offered;
+    return &live;
+  }
+  void streamed_segment() override { ++segments; }
+  void abort_streamed() override {
+    ++aborted;
+    live = LineSink{};
+  }
+  LineSink live;
+  int offered = 0;
+  int segments = 0;
+  int aborted = 0;
+};
+
+}  // namespace
+
+TEST_F(Stream, StreamedTransactionIsDeliveredAsItStreams) {
+  LiveSink sink;
+  repl::ReplicationStream stream(source().conninfo(), options(), sink);
+  stream.start();
+  auto t = name_;
+  auto x = connect(source());
+  x.exec("BEGIN");
+  x.exec(fmt::format("INSERT INTO {} SELECT g, g, repeat('a', 300) FROM generate_series(1, 2000) g",
+                     t));
+  // Not committed yet, and rows of it are there already (all but what the walsender still
+  // holds under logical_decoding_work_mem).
+  ASSERT_TRUE(wait_until([&] {
+    stream.poll(std::chrono::milliseconds(50));
+    return sink.live.lines.size() >= 1000;
+  })) << sink.live.lines.size();
+  EXPECT_EQ(sink.commits, 0);
+  EXPECT_EQ(sink.live.commits, 0);
+  x.exec(fmt::format("UPDATE {} SET a = -a WHERE id <= 10", t));
+  x.exec("COMMIT");
+  drain(stream, sink, current_lsn());
+  ASSERT_TRUE(wait_until([&] {
+    stream.poll(std::chrono::milliseconds(50));
+    return sink.live.commits == 1;
+  }));
+  EXPECT_EQ(sink.live.lines.size(), 2010u);
+  EXPECT_EQ(sink.live.lines.back(), fmt::format("U {} 10,-10,{}", t, std::string(300, 'a')));
+  EXPECT_EQ(sink.lines.size(), 0u);  // nothing replayed to the first sink
+  EXPECT_EQ(stream.assembler()->eager_transactions(), 1u);
+  EXPECT_GE(sink.segments, 1);  // at least before its commit
+
+  // A subtransaction abort: dropped live, replayed at commit with what survived.
+  x.exec("BEGIN");
+  x.exec(fmt::format("INSERT INTO {} SELECT g, g, 'b' FROM generate_series(3001, 4000) g", t));
+  x.exec("SAVEPOINT s");
+  x.exec(fmt::format("INSERT INTO {} SELECT g, g, 'undone' FROM generate_series(5001, 6000) g", t));
+  x.exec("ROLLBACK TO SAVEPOINT s");
+  x.exec("COMMIT");
+  // A rollback: dropped live, nothing anywhere.
+  x.exec("BEGIN");
+  x.exec(fmt::format("INSERT INTO {} SELECT g, g, 'gone' FROM generate_series(7001, 8000) g", t));
+  x.exec("ROLLBACK");
+  x.exec(fmt::format("INSERT INTO {} VALUES (9000, 0, 'last')", t));
+  drain(stream, sink, current_lsn());
+  EXPECT_EQ(sink.offered, 3);
+  EXPECT_EQ(sink.aborted, 2);
+  ASSERT_EQ(sink.lines.size(), 1001u);
+  EXPECT_EQ(sink.lines.front(), fmt::format("I {} 3001,3001,b", t));
+  EXPECT_EQ(sink.lines.back(), fmt::format("I {} 9000,0,last", t));
+  EXPECT_EQ(stream.assembler()->eager_transactions(), 1u);
+  EXPECT_EQ(stream.assembler()->streamed_transactions(), 2u);
+  stream.stop();
+}
+
+TEST_F(Stream, SlowConsumerWithATinyQueueGetsEverythingInOrder) {
+  LineSink sink;
+  auto o = options();
+  o.receive_buffer_bytes = 4096;  // the receiver waits for the consumer all the time
+  repl::ReplicationStream stream(source().conninfo(), o, sink);
+  stream.start();
+  for (int i = 0; i < 100; ++i) {
+    conn_.exec(fmt::format("INSERT INTO {} SELECT g, {}, repeat('q', 100) FROM "
+                           "generate_series({}, {}) g",
+                           name_, i, i * 20, i * 20 + 19));
+  }
+  repl::Lsn end = current_lsn();
+  ASSERT_TRUE(wait_until([&] {
+    stream.poll(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a slow target
+    return sink.last_commit_end >= end;
+  }));
+  ASSERT_EQ(sink.lines.size(), 2000u);
+  for (int i = 0; i < 2000; ++i) {
+    ASSERT_EQ(sink.lines[static_cast<std::size_t>(i)],
+              fmt::format("I {} {},{},{}", name_, i, i / 20, std::string(100, 'q')));
+  }
+  EXPECT_EQ(sink.commits, 100);
+  stream.confirm(sink.last_commit_end);
+  stream.stop();
+  EXPECT_EQ(query_value(conn_, fmt::format("SELECT confirmed_flush_lsn FROM pg_replication_slots "
+                                           "WHERE slot_name = '{}'",
+                                           name_)),
+            sink.last_commit_end.to_string());
 }
 
 TEST_F(Stream, SlotIsConfirmedOnlyAsFarAsTheConsumerSaid) {
