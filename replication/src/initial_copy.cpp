@@ -35,6 +35,12 @@ namespace {
 
 constexpr const char* kApplicationName = "pgferry-copy";
 
+// The source sends one CopyData message per row; the target gets them gathered into
+// messages of about this size (COPY data is a byte stream, row boundaries need not match
+// message boundaries): one send and one message for the target backend to read per batch
+// instead of per row.
+constexpr std::size_t kCopyBatchBytes = 64 * 1024;
+
 std::int64_t to_int(std::string_view text) {
   std::int64_t value = 0;
   std::from_chars(text.data(), text.data() + text.size(), value);
@@ -54,6 +60,9 @@ struct TablePlan {
   std::string display;
   std::string column_list;  // "a", "b" quoted, comma-separated
   bool binary = true;
+  // A table copied in one range may be emptied and loaded with COPY FREEZE in the same
+  // transaction: no truncate triggers and no foreign key pointing at it on the target.
+  bool freezable = false;
   std::vector<Range> ranges;
   TableCopyResult result;
   int ranges_done = 0;
@@ -130,6 +139,19 @@ void plan_columns(const Connection& source, const Connection& target, TablePlan&
   if (plan.column_list.empty()) {
     throw CheckFailed(fmt::format("table {} has no columns to copy", plan.display));
   }
+}
+
+// Whether TRUNCATE (needed for COPY FREEZE) is harmless on the target table: it fires no
+// truncate trigger (TRIGGER_TYPE_TRUNCATE, 1 << 5) and no foreign key refers to it.
+bool freezable(const Connection& target, const TableInfo& table) {
+  return target
+             .exec(
+                 "SELECT coalesce((SELECT NOT EXISTS (SELECT 1 FROM pg_trigger "
+                 "WHERE tgrelid = c.oid AND (tgtype & 32) <> 0) AND NOT EXISTS (SELECT 1 "
+                 "FROM pg_constraint WHERE confrelid = c.oid AND contype = 'f') "
+                 "FROM pg_class c WHERE c.oid = to_regclass($1) AND c.relkind = 'r'), false)",
+                 {table.qualified_name()}, "checking whether a target table can be frozen")
+             .scalar() == "t";
 }
 
 std::vector<Range> split(const TableInfo& table, std::int64_t split_bytes, bool tid_ranges,
@@ -236,6 +258,7 @@ class Copier {
       plan.result.snapshot = snapshot_;
       plan_columns(source, target, plan);
       plan.result.binary = plan.binary;
+      plan.freezable = freezable(target, table);
 
       auto it = recorded.find(plan.display);
       bool all_finished =
@@ -352,7 +375,9 @@ class Copier {
         std::lock_guard lock(mutex_);
         report_.triggers_disabled = triggers_disabled;
       }
-      while (auto item = next_item()) copy_range(source, target, *item);
+      std::string batch;
+      batch.reserve(kCopyBatchBytes + 64 * 1024);
+      while (auto item = next_item()) copy_range(source, target, *item, batch);
     } catch (const Abandoned&) {
       // stopped on request or because another worker failed
     } catch (...) {
@@ -362,7 +387,34 @@ class Copier {
     }
   }
 
-  void copy_range(const Connection& source, const Connection& target, const WorkItem& item) {
+  // A table copied whole is emptied in the copy's own transaction (inside a savepoint, so
+  // a refusal leaves the plain COPY possible): COPY FREEZE then writes its rows frozen and
+  // its pages all-visible, so the index builds and the first reads after the copy do not
+  // dirty every page again to set hint bits, and autovacuum need not freeze them later. On a
+  // wal_level=minimal server the load also skips WAL. The table is locked and checked
+  // empty first, so rows written there since planning are never truncated away.
+  static bool empty_for_freeze(const Connection& target, const TablePlan& plan) {
+    std::string table = plan.info->qualified_name();
+    target.exec("SAVEPOINT pgferry_freeze");
+    try {
+      target.exec(fmt::format("LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE", table));
+      if (target.exec(fmt::format("SELECT EXISTS (SELECT 1 FROM ONLY {})", table)).scalar() ==
+          "t") {
+        target.exec("ROLLBACK TO SAVEPOINT pgferry_freeze");
+        return false;
+      }
+      target.exec(fmt::format("TRUNCATE ONLY {}", table));
+      return true;
+    } catch (const SqlError& e) {
+      spdlog::debug("initial copy: table={} copied without FREEZE: {}", plan.display, e.what());
+      target.exec("ROLLBACK TO SAVEPOINT pgferry_freeze");
+      return false;
+    }
+  }
+
+  // `batch` is the worker's buffer for gathering rows.
+  void copy_range(const Connection& source, const Connection& target, const WorkItem& item,
+                  std::string& batch) {
     TablePlan& plan = plans_[item.table];
     const Range& range = plan.ranges[item.range];
     std::string where;
@@ -380,10 +432,20 @@ class Copier {
                                       range.end ? std::to_string(*range.end) : "end");
 
     Transaction txn(target);
+    if (plan.freezable && plan.ranges.size() == 1 && empty_for_freeze(target, plan)) {
+      copy_in.insert(copy_in.size() - 1, ", FREEZE");
+    }
     target.check(PQexec(target.native(), copy_in.c_str()), context);
     source.check(PQexec(source.native(), copy_out.c_str()), context);
 
     std::int64_t bytes = 0;
+    batch.clear();
+    auto send_batch = [&] {
+      if (PQputCopyData(target.native(), batch.data(), static_cast<int>(batch.size())) != 1) {
+        throw_pg_error(target.native(), nullptr, Side::target, context);
+      }
+      batch.clear();
+    };
     while (true) {
       char* buffer = nullptr;
       int length = PQgetCopyData(source.native(), &buffer, 0);
@@ -392,17 +454,20 @@ class Copier {
         PQputCopyEnd(target.native(), "source failed");
         throw_pg_error(source.native(), nullptr, Side::source, context);
       }
-      int sent = PQputCopyData(target.native(), buffer, length);
+      batch.append(buffer, static_cast<std::size_t>(length));
       PQfreemem(buffer);
-      if (sent != 1) throw_pg_error(target.native(), nullptr, Side::target, context);
       bytes += length;
-      if (should_stop()) {
-        // Leave both sessions to be discarded: the source is mid-COPY and the target's
-        // transaction rolls back with the connection.
-        PQputCopyEnd(target.native(), "initial copy stopped");
-        throw Abandoned{};
+      if (batch.size() >= kCopyBatchBytes) {
+        send_batch();
+        if (should_stop()) {
+          // Leave both sessions to be discarded: the source is mid-COPY and the target's
+          // transaction rolls back with the connection.
+          PQputCopyEnd(target.native(), "initial copy stopped");
+          throw Abandoned{};
+        }
       }
     }
+    if (!batch.empty()) send_batch();
     // The source's COPY result, then the end of the statement.
     source.check(PQgetResult(source.native()), context);
     while (PGresult* extra = PQgetResult(source.native())) PQclear(extra);

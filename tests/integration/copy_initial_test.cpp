@@ -356,3 +356,38 @@ TEST_F(Copy, NonEmptyTargetWithoutRecordIsRefused) {
                         "'nonempty'"),
             "0");
 }
+
+// A table copied in one range is emptied and loaded with COPY FREEZE in the same
+// transaction (its rows frozen, its pages all-visible), unless TRUNCATE could do more than
+// empty it: a truncate trigger, or a foreign key referring to it. Either way the rows are
+// the snapshot's.
+TEST_F(Copy, WholeTablesLoadFrozenUnlessTruncateCouldFireOrCascade) {
+  auto target_conn = connect(target());
+  target_conn.exec(
+      fmt::format("CREATE EXTENSION IF NOT EXISTS pg_visibility;"
+                  "CREATE FUNCTION {0}.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                  "  $$BEGIN RAISE EXCEPTION 'truncate trigger fired'; END$$;"
+                  "CREATE TRIGGER no_truncate BEFORE TRUNCATE ON {0}.small "
+                  "  FOR EACH STATEMENT EXECUTE FUNCTION {0}.refuse();"
+                  "ALTER TABLE {0}.small ENABLE ALWAYS TRIGGER no_truncate;"
+                  "CREATE TABLE {0}.refs (id int REFERENCES {0}.widened (id));",
+                  schema_));
+  auto held = hold_snapshot();
+  auto expected = fingerprints(held.conn);
+  auto report = repl::copy_tables(source().conninfo(), target().conninfo(), held.name, tables_,
+                                  options("frozen"));
+  ASSERT_TRUE(report.complete);
+  EXPECT_EQ(fingerprints(target_conn), expected);
+
+  auto all_frozen = [&](const std::string& table) {
+    return query_value(target_conn, fmt::format("SELECT coalesce(bool_and(all_frozen), false) "
+                                                "FROM pg_visibility_map('{}.{}')",
+                                                schema_, table));
+  };
+  EXPECT_EQ(all_frozen("parts_eu"), "t");
+  EXPECT_EQ(all_frozen("parts_us"), "t");
+  EXPECT_EQ(all_frozen("small"), "f");    // truncate trigger
+  EXPECT_EQ(all_frozen("widened"), "f");  // referenced by a foreign key
+  EXPECT_EQ(all_frozen("big"), "f");      // copied in ranges by parallel workers
+  EXPECT_GT(result_for(report, schema_ + ".big")->ranges, 1);
+}

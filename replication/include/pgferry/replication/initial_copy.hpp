@@ -10,11 +10,12 @@
 //   pg_export_snapshot() of a held transaction in the tests; the exporting session must
 //   stay open until copy_tables() returns.
 // - Data path: `COPY (SELECT cols FROM ONLY t WHERE ...) TO STDOUT (FORMAT binary)` on
-//   the source, each CopyData chunk handed as is to `COPY t (cols) FROM STDIN (FORMAT
-//   binary)` on the target (PQgetCopyData → PQputCopyData): no parsing, no row
-//   allocation. Columns are matched by name. Text format is used instead for a table whose
-//   column types differ between the sides (a safe widening, see preflight) or that has a
-//   type without binary send/receive functions.
+//   the source, its bytes passed on unparsed to `COPY t (cols) FROM STDIN (FORMAT binary)`
+//   on the target (PQgetCopyData → PQputCopyData). The source sends one CopyData message
+//   per row; they are regathered into 64 kB messages, so the target backend and the socket
+//   handle a message per batch, not per row. Columns are matched by name. Text format is
+//   used instead for a table whose column types differ between the sides (a safe widening,
+//   see preflight) or that has a type without binary send/receive functions.
 // - Splitting: a table larger than split_bytes is copied in ranges of heap blocks,
 //   `ctid >= '(a,0)' AND ctid < '(b,0)'`, which PostgreSQL 14+ runs as a TID range scan
 //   (reads only those blocks). The last range is open-ended, so rows in blocks added after
@@ -28,6 +29,13 @@
 //   partly copied ones from empty (TRUNCATE on the target) under the new snapshot; the
 //   report names the snapshot each table was copied under, so the caller can make the
 //   applier skip changes a table already contains.
+// - A table copied in one range is emptied (TRUNCATE, inside a savepoint) in the same
+//   transaction as its COPY, which then runs with FREEZE: rows frozen and pages
+//   all-visible at once, so the post-data index builds and first reads do not dirty every
+//   page again to set hint bits, and autovacuum has nothing to freeze later. Skipped when
+//   TRUNCATE could do more than empty it (a truncate trigger, a foreign key referring to
+//   the table) or the table is not empty any more. Ranges copied in parallel cannot be
+//   frozen (FREEZE needs the table created or truncated in the COPY's own transaction).
 // - Target session: synchronous_commit=off (safe: a range and its mark are lost together
 //   or kept together), statement_timeout=0, and session_replication_role=replica when
 //   the role may set it (superuser), so triggers and foreign keys do not fire during the
