@@ -82,15 +82,23 @@ std::string tool_path(const std::string& bindir, const char* tool) {
   return bindir.empty() ? std::string(tool) : (fs::path(bindir) / tool).string();
 }
 
-// Runs argv with PGPASSWORD set (when non-empty), stdout to `out_path` (or /dev/null),
-// stderr to `err_path`. Returns the exit status.
+// Runs argv with PGPASSWORD set (when non-empty) and `pgoptions` appended to PGOPTIONS,
+// stdout to `out_path` (or /dev/null), stderr to `err_path`. Returns the exit status.
 int run_tool(const std::vector<std::string>& argv, const std::string& password,
-             const std::string& out_path, const std::string& err_path) {
+             const std::string& out_path, const std::string& err_path,
+             const std::string& pgoptions = {}) {
   std::vector<std::string> env_strings;
+  std::string options = pgoptions;
   for (char** e = environ; *e; ++e) {
-    if (std::strncmp(*e, "PGPASSWORD=", 11) != 0) env_strings.emplace_back(*e);
+    if (std::strncmp(*e, "PGPASSWORD=", 11) == 0) continue;
+    if (!pgoptions.empty() && std::strncmp(*e, "PGOPTIONS=", 10) == 0) {
+      options = std::string(*e + 10) + " " + pgoptions;
+      continue;
+    }
+    env_strings.emplace_back(*e);
   }
   if (!password.empty()) env_strings.push_back("PGPASSWORD=" + password);
+  if (!options.empty()) env_strings.push_back("PGOPTIONS=" + options);
   std::vector<char*> env;
   for (auto& s : env_strings) env.push_back(s.data());
   env.push_back(nullptr);
@@ -205,7 +213,19 @@ void copy_schema_section(std::string_view source_conninfo, std::string_view targ
                                       dir.file("schema.sql"),
                                       "-d",
                                       target.conninfo};
-  status = run_tool(restore, target.password, "", dir.file("restore.err"));
+  std::string pgoptions;
+  if (section == SchemaSection::post_data && !options.maintenance_work_mem.empty()) {
+    const auto& value = options.maintenance_work_mem;
+    auto digits = value.find_first_not_of("0123456789");
+    std::string_view unit =
+        digits == std::string::npos ? "" : std::string_view(value).substr(digits);
+    if (digits == 0 || !(unit.empty() || unit == "kB" || unit == "MB" || unit == "GB")) {
+      throw ConfigError(fmt::format(
+          "maintenance_work_mem \"{}\" is not a size: use a number with kB, MB or GB", value));
+    }
+    pgoptions = "-c maintenance_work_mem=" + value;
+  }
+  status = run_tool(restore, target.password, "", dir.file("restore.err"), pgoptions);
   if (status != 0) {
     throw SqlError(
         fmt::format("restoring the source's {} schema section on the target failed (exit "

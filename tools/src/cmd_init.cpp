@@ -76,7 +76,8 @@ struct InitOptions {
   std::vector<std::string> excluded_tables;
   int split_mb = 0;  // 0: from the total size and --jobs
   std::string pg_bindir;
-  std::string progress = "auto";  // auto | tty | log | none
+  std::string maintenance_work_mem = "1GB";  // post-data session; "0": the server's
+  std::string progress = "auto";             // auto | tty | log | none
 };
 
 struct InitReport {
@@ -623,6 +624,8 @@ std::vector<repl::TableInfo> missing_on_target(const repl::Connection& target,
 repl::SchemaCopyOptions schema_options(const InitOptions& options, const std::string& pending) {
   repl::SchemaCopyOptions schema;
   schema.bindir = options.pg_bindir;
+  schema.maintenance_work_mem =
+      options.maintenance_work_mem == "0" ? std::string() : options.maintenance_work_mem;
   if (pending != "*") {
     std::size_t start = 0;
     while (start < pending.size()) {
@@ -937,6 +940,19 @@ void add_init_command(CLI::App& app, CommonOptions& common, CommandAction& actio
                   "about four ranges per job over the whole copy)");
   cmd->add_option("--pg-bindir", options->pg_bindir,
                   "directory of pg_dump and psql for --schema (default: pg_config --bindir)");
+  cmd->add_option("--maintenance-work-mem", options->maintenance_work_mem,
+                  "maintenance_work_mem of the session that builds the indexes with --schema "
+                  "(that session only; 0 keeps the server's setting)")
+      ->check(
+          [](const std::string& value) {
+            auto digits = value.find_first_not_of("0123456789");
+            auto unit = digits == std::string::npos ? std::string() : value.substr(digits);
+            bool ok = digits != 0 && (unit.empty() || unit == "kB" || unit == "MB" || unit == "GB");
+            return ok ? std::string()
+                      : "a size is a number with an optional unit kB, MB or GB (e.g. 1GB)";
+          },
+          "SIZE")
+      ->capture_default_str();
   cmd->add_option("--progress", options->progress,
                   "progress display: auto (live on a terminal, log lines otherwise), tty, log, "
                   "none")

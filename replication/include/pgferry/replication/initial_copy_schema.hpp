@@ -15,6 +15,9 @@
 //   and the password, if any, in PGPASSWORD of the child's environment.
 // - The tools come from --pg-bindir, else $PGFERRY_PG_BINDIR, else `pg_config --bindir`,
 //   else $PATH. pg_dump must be at least as new as the source server.
+// - The post-data session raises maintenance_work_mem (PGOPTIONS, that session only; the
+//   server's configuration is never changed), as one does for pg_restore: an index build
+//   whose keys fit in memory sorts them in one pass instead of through temporary files.
 #pragma once
 
 #include <string>
@@ -32,6 +35,9 @@ struct SchemaCopyOptions {
   std::vector<std::string> tables;
   // pre-data with `tables`: schemas to create on the target first (unquoted names).
   std::vector<std::string> schemas;
+  // post-data: maintenance_work_mem of the restoring session, e.g. "1GB" (a number with
+  // an optional kB/MB/GB unit); empty keeps the server's setting.
+  std::string maintenance_work_mem = "1GB";
 };
 
 // Dumps `section` from the source and restores it on the target. Throws ConfigError when
