@@ -127,6 +127,20 @@ bool take_era(std::string_view& rest, std::int64_t& year, int month, int day) {
   return day <= kDays[month - 1] + (month == 2 && leap(year) ? 1 : 0);
 }
 
+// The date at the start of `text` and its era suffix, as days since 2000-01-01; `rest` is
+// what lies between them (the time of a timestamp).
+bool parse_date_part(std::string_view text, std::int64_t& days, std::string_view& rest) {
+  std::int64_t year = 0;
+  int month = 0;
+  int day = 0;
+  std::size_t used = 0;
+  if (!parse_iso_date(text, year, month, day, used)) return false;
+  rest = text.substr(used);
+  if (!take_era(rest, year, month, day)) return false;
+  days = days_from_civil(year, month, day) - kPostgresEpochDays;
+  return true;
+}
+
 bool append_date(std::string& out, std::string_view text) {
   std::int32_t days = 0;
   if (text == "infinity") {
@@ -134,15 +148,10 @@ bool append_date(std::string& out, std::string_view text) {
   } else if (text == "-infinity") {
     days = INT32_MIN;
   } else {
-    std::int64_t year = 0;
-    int month = 0;
-    int day = 0;
-    std::size_t used = 0;
-    if (!parse_iso_date(text, year, month, day, used)) return false;
-    std::string_view rest = text.substr(used);
-    if (!take_era(rest, year, month, day)) return false;
-    if (!rest.empty()) return false;
-    days = static_cast<std::int32_t>(days_from_civil(year, month, day) - kPostgresEpochDays);
+    std::int64_t day_number = 0;
+    std::string_view rest;
+    if (!parse_date_part(text, day_number, rest) || !rest.empty()) return false;
+    days = static_cast<std::int32_t>(day_number);
   }
   put_u32(out, 4);
   put_u32(out, static_cast<std::uint32_t>(days));
@@ -158,13 +167,9 @@ bool append_timestamp(std::string& out, std::string_view text, bool zoned) {
   } else if (text == "-infinity") {
     micros = INT64_MIN;
   } else {
-    std::int64_t year = 0;
-    int month = 0;
-    int day = 0;
-    std::size_t used = 0;
-    if (!parse_iso_date(text, year, month, day, used)) return false;
-    std::string_view rest = text.substr(used);
-    if (!take_era(rest, year, month, day)) return false;
+    std::int64_t days = 0;
+    std::string_view rest;
+    if (!parse_date_part(text, days, rest)) return false;
     int hour = 0;
     int minute = 0;
     int second = 0;
@@ -207,7 +212,6 @@ bool append_timestamp(std::string& out, std::string_view text, bool zoned) {
       return false;
     }
     if (!rest.empty()) return false;
-    std::int64_t days = days_from_civil(year, month, day) - kPostgresEpochDays;
     micros = days * kMicrosPerDay +
              ((hour * 60 + minute) * 60 + second - offset) * std::int64_t{1'000'000} + fraction;
   }
