@@ -191,11 +191,21 @@ class Copier {
 
     int workers = std::max(1, std::min<int>(options_.jobs, static_cast<int>(work_.size())));
     std::vector<std::thread> threads;
+    auto guard = hold_off_autovacuum();
     if (!work_.empty()) {
       spdlog::info("initial copy: {} tables, {} ranges to copy, {} skipped, jobs={}", plans_.size(),
                    work_.size(), report_.ranges_skipped, workers);
       for (int i = 0; i < workers; ++i) threads.emplace_back([this] { worker(); });
       for (auto& thread : threads) thread.join();
+    }
+    if (guard) {
+      // Let go now, not when the server gets round to ending the closed session: the
+      // post-data index builds come next.
+      try {
+        guard->exec("COMMIT");
+      } catch (const PgError&) {
+        // the session is gone, and its locks with it
+      }
     }
     if (first_error_) std::rethrow_exception(first_error_);
 
@@ -217,14 +227,45 @@ class Copier {
   }
 
  private:
-  Connection open_target() const {
+  Connection open_target(const char* application_name = kApplicationName) const {
     auto conn =
-        Connection::open(target_conninfo_, Side::target, {{"application_name", kApplicationName}});
+        Connection::open(target_conninfo_, Side::target, {{"application_name", application_name}});
     conn.exec(
         "SET synchronous_commit = off; SET statement_timeout = 0; "
         "SET client_min_messages = warning",
         "configuring the target session");
     return conn;
+  }
+
+  // A table loaded in ranges passes autovacuum's insert threshold as soon as its first
+  // ranges commit: autovacuum would then vacuum it while it is being loaded (CPU and I/O
+  // taken from the copy, for a table still growing), and the post-data index build would
+  // wait deadlock_timeout before cancelling it. A session of ours holding SHARE UPDATE
+  // EXCLUSIVE on such tables until the copy ends makes autovacuum skip them (it never
+  // waits for a lock); the workers' ROW EXCLUSIVE does not conflict with it. Nothing on
+  // the server changes, and the lock goes with the session. A table that cannot be
+  // locked at once (a vacuum already running) is left alone.
+  std::optional<Connection> hold_off_autovacuum() const {
+    std::vector<std::string> tables;
+    for (const auto& plan : plans_) {
+      if (plan.ranges.size() > 1 && plan.ranges_done < static_cast<int>(plan.ranges.size())) {
+        tables.push_back(plan.info->qualified_name());
+      }
+    }
+    if (tables.empty()) return std::nullopt;
+    auto guard = open_target("pgferry-copy-guard");
+    guard.exec("SET idle_in_transaction_session_timeout = 0; BEGIN");
+    for (const auto& table : tables) {
+      guard.exec("SAVEPOINT pgferry_guard");
+      try {
+        guard.exec(fmt::format("LOCK TABLE ONLY {} IN SHARE UPDATE EXCLUSIVE MODE NOWAIT", table));
+        guard.exec("RELEASE SAVEPOINT pgferry_guard");
+      } catch (const SqlError& e) {
+        spdlog::debug("initial copy: table={} not held from autovacuum: {}", table, e.what());
+        guard.exec("ROLLBACK TO SAVEPOINT pgferry_guard");
+      }
+    }
+    return guard;
   }
 
   // Reads the record, decides each table's ranges and format, and records new plans.

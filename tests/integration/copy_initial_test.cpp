@@ -391,3 +391,27 @@ TEST_F(Copy, WholeTablesLoadFrozenUnlessTruncateCouldFireOrCascade) {
   EXPECT_EQ(all_frozen("big"), "f");      // copied in ranges by parallel workers
   EXPECT_GT(result_for(report, schema_ + ".big")->ranges, 1);
 }
+
+// While a table is loaded in ranges, a session of the copy holds SHARE UPDATE EXCLUSIVE on
+// it (autovacuum skips it), and lets go when the copy ends.
+TEST_F(Copy, TablesLoadedInRangesAreHeldFromAutovacuumUntilTheCopyEnds) {
+  auto watcher = connect(target());
+  std::string held_sql = fmt::format(
+      "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+      "WHERE a.application_name = 'pgferry-copy-guard' AND l.granted "
+      "AND l.mode = 'ShareUpdateExclusiveLock' AND l.relation = '{}.big'::regclass",
+      schema_);
+  std::atomic<int> seen_held{0}, seen_free{0};
+  auto opts = options("guard");
+  opts.progress = [&](const repl::CopyProgress& p) {
+    if (p.table != schema_ + ".big" || p.table_done) return;
+    (query_value(watcher, held_sql) == "1" ? seen_held : seen_free)++;
+  };
+  auto held = hold_snapshot();
+  auto report =
+      repl::copy_tables(source().conninfo(), target().conninfo(), held.name, tables_, opts);
+  ASSERT_TRUE(report.complete);
+  EXPECT_GT(seen_held.load(), 0);
+  EXPECT_EQ(seen_free.load(), 0);
+  EXPECT_EQ(query_value(watcher, held_sql), "0");
+}

@@ -36,6 +36,9 @@
 //   TRUNCATE could do more than empty it (a truncate trigger, a foreign key referring to
 //   the table) or the table is not empty any more. Ranges copied in parallel cannot be
 //   frozen (FREEZE needs the table created or truncated in the COPY's own transaction).
+// - While tables are loaded in ranges, one more target session holds SHARE UPDATE
+//   EXCLUSIVE on them, so autovacuum skips them (each committed range would otherwise
+//   invite a vacuum of a table still being loaded) and no DDL changes them mid-copy.
 // - Target session: synchronous_commit=off (safe: a range and its mark are lost together
 //   or kept together), statement_timeout=0, and session_replication_role=replica when
 //   the role may set it (superuser), so triggers and foreign keys do not fire during the
