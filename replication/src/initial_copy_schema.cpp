@@ -164,6 +164,12 @@ class TempDir {
 
 }  // namespace
 
+bool is_size_setting(std::string_view value) {
+  auto digits = value.find_first_not_of("0123456789");
+  auto unit = digits == std::string_view::npos ? std::string_view() : value.substr(digits);
+  return digits != 0 && (unit.empty() || unit == "kB" || unit == "MB" || unit == "GB");
+}
+
 void copy_schema_section(std::string_view source_conninfo, std::string_view target_conninfo,
                          SchemaSection section, const SchemaCopyOptions& options) {
   std::string bindir = find_bindir(options.bindir);
@@ -216,10 +222,7 @@ void copy_schema_section(std::string_view source_conninfo, std::string_view targ
   std::string pgoptions;
   if (section == SchemaSection::post_data && !options.maintenance_work_mem.empty()) {
     const auto& value = options.maintenance_work_mem;
-    auto digits = value.find_first_not_of("0123456789");
-    std::string_view unit =
-        digits == std::string::npos ? "" : std::string_view(value).substr(digits);
-    if (digits == 0 || !(unit.empty() || unit == "kB" || unit == "MB" || unit == "GB")) {
+    if (!is_size_setting(value)) {
       throw ConfigError(fmt::format(
           "maintenance_work_mem \"{}\" is not a size: use a number with kB, MB or GB", value));
     }

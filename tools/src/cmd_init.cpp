@@ -945,11 +945,9 @@ void add_init_command(CLI::App& app, CommonOptions& common, CommandAction& actio
                   "(that session only; 0 keeps the server's setting)")
       ->check(
           [](const std::string& value) {
-            auto digits = value.find_first_not_of("0123456789");
-            auto unit = digits == std::string::npos ? std::string() : value.substr(digits);
-            bool ok = digits != 0 && (unit.empty() || unit == "kB" || unit == "MB" || unit == "GB");
-            return ok ? std::string()
-                      : "a size is a number with an optional unit kB, MB or GB (e.g. 1GB)";
+            return repl::is_size_setting(value)
+                       ? std::string()
+                       : "a size is a number with an optional unit kB, MB or GB (e.g. 1GB)";
           },
           "SIZE")
       ->capture_default_str();

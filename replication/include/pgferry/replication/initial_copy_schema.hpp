@@ -40,6 +40,10 @@ struct SchemaCopyOptions {
   std::string maintenance_work_mem = "1GB";
 };
 
+// Whether `value` is a size setting this module passes on: digits with an optional kB, MB
+// or GB unit.
+bool is_size_setting(std::string_view value);
+
 // Dumps `section` from the source and restores it on the target. Throws ConfigError when
 // the tools cannot be found, SqlError (side target) with psql's message when the restore
 // fails, SqlError (side source) when pg_dump fails.
