@@ -1790,6 +1790,8 @@ void Applier::abort_streamed() {
   // Closing its connection rolls its transaction back; what it committed before counts.
   s.fold_streamed();
   s.streamed_.reset();
+  // It is replayed here at its commit, if it commits: wait for locks as always.
+  s.set_lock_timeout(std::nullopt);
 }
 
 void Applier::Impl::set_lock_timeout(std::optional<std::chrono::seconds> timeout) {

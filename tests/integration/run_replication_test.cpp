@@ -252,6 +252,57 @@ TEST_F(RunReplication, StreamedTransactionsAmongOthers) {
   src.exec("SELECT pg_reload_conf()");
 }
 
+// A streamed transaction applied as it streams waits for a row lock (held here by another
+// session on the target): after --lock-timeout it is dropped and replayed at its commit,
+// and the result is the same.
+TEST_F(RunReplication, StreamedTransactionThatWaitsForALockIsReplayedInstead) {
+  auto src = connect(source(), "postgres", repl::Side::source);
+  auto dst = connect(target(), "postgres", repl::Side::target);
+  const char* schema = "CREATE TABLE locked (id int PRIMARY KEY, payload text, n int);";
+  src.exec(schema);
+  dst.exec(schema);
+  src.exec("INSERT INTO locked VALUES (5, 'five', 0)");
+  dst.exec("INSERT INTO locked VALUES (5, 'five', 0)");
+  src.exec("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'");
+  src.exec("SELECT pg_reload_conf()");
+  std::vector<std::string> args = {"--source", source().conninfo(), "--target",
+                                   target().conninfo(), "--name", "lock_slot"};
+  auto with = [&](std::vector<std::string> more) {
+    auto all = args;
+    all.insert(all.end(), more.begin(), more.end());
+    return all;
+  };
+  auto init = run_pgferry(with({"init", "--no-data"}));
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  src.exec("BEGIN;"
+           "UPDATE locked SET n = 1 WHERE id = 5;"
+           "INSERT INTO locked SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(10, "
+           "4000) g;"
+           "COMMIT");
+  std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
+
+  auto holder = connect(target());
+  holder.exec("BEGIN; SELECT * FROM locked WHERE id = 5 FOR UPDATE");
+  std::string log = fmt::format("/tmp/pgferry-lock-wait-{}.log", ::getpid());
+  std::remove(log.c_str());
+  PgferryProcess run(with({"run", "--until", until, "--json", "--lock-timeout", "1"}), log);
+  // Release the row only once the live apply gave up on it.
+  ASSERT_TRUE(wait_until([&] {
+    return run.log_text().find("waited for a lock") != std::string::npos;
+  })) << run.log_text();
+  holder.exec("COMMIT");
+  ASSERT_TRUE(wait_until([&] { return run.exited(); })) << run.log_text();
+  ASSERT_EQ(run.exit_code(), 0) << run.log_text();
+  EXPECT_EQ(table_fingerprint(src, "locked", "id"), table_fingerprint(dst, "locked", "id"));
+  auto output = run.log_text();
+  auto summary = nlohmann::json::parse(output.substr(output.find("\n{") + 1));
+  EXPECT_EQ(summary["streamed"], 1) << output;
+  EXPECT_EQ(summary["streamed_applied_live"], 0) << output;
+  EXPECT_EQ(run_pgferry(with({"cleanup"})).exit_code, 0);
+  src.exec("ALTER SYSTEM RESET logical_decoding_work_mem");
+  src.exec("SELECT pg_reload_conf()");
+}
+
 TEST_F(RunReplication, RunWithoutInitIsAClearError) {
   auto result = run_pgferry({"--source", source().conninfo(), "--target", target().conninfo(),
                              "--name", "never_initialized", "run", "--until", "0/1"});

@@ -64,6 +64,7 @@ struct RunOptions {
   int protocol_version = 0;
   bool no_streaming = false;
   bool spool_streamed = false;
+  int lock_timeout_s = static_cast<int>(repl::ApplierOptions{}.lock_timeout.count());
   int reconnect_timeout_s = 600;
   std::string metrics_listen;  // empty: no HTTP endpoint
   int sync_sequences_s = 0;    // 0: the agent does not sync sequences
@@ -216,6 +217,7 @@ Outcome run_session(const CommonOptions& common, const RunOptions& options,
   applier_options.pipeline_max_bytes = options.pipeline_max_bytes;
   applier_options.copy_min_rows = options.copy_min_rows;
   applier_options.synchronous_commit = options.synchronous_commit;
+  applier_options.lock_timeout = std::chrono::seconds(options.lock_timeout_s);
   if (!options.no_streaming && !options.spool_streamed) {
     applier_options.streamed_conninfo = common.target_conninfo();
   }
@@ -411,6 +413,11 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
   cmd->add_flag("--spool-streamed", options->spool_streamed,
                 "apply a streamed transaction only at its commit, from the spool (default: as "
                 "it streams, on a second target connection, when no other one streams)");
+  cmd->add_option("--lock-timeout", options->lock_timeout_s,
+                  "seconds to wait for another run of the same --name to let go of the target, "
+                  "and for a row lock while a streamed transaction is applied as it streams")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_option("--reconnect-timeout", options->reconnect_timeout_s,
                   "give up after this many seconds without a successful reconnect")
       ->check(CLI::PositiveNumber);
