@@ -27,6 +27,14 @@ AgentMetrics::AgentMetrics(MetricsRegistry& r)
                                "pgoutput payload bytes received from the source.")),
       spool_bytes(r.gauge("pgferry_spool_bytes",
                           "Bytes of streamed in-progress transactions spooled on disk.")),
+      streamed_live(r.counter("pgferry_streamed_transactions_total",
+                              "Large transactions the source streamed in progress, by how they "
+                              "were applied: live (as they streamed) or spool (at their commit).",
+                              {{"apply", "live"}})),
+      streamed_spool(r.counter("pgferry_streamed_transactions_total",
+                               "Large transactions the source streamed in progress, by how they "
+                               "were applied: live (as they streamed) or spool (at their commit).",
+                               {{"apply", "spool"}})),
       reconnects(r.counter("pgferry_reconnects_total",
                            "Reconnections after a lost source or target connection.")),
       errors(r.counter("pgferry_errors_total", "Errors that interrupted streaming or applying.")),

@@ -255,6 +255,7 @@ void ReplicationStream::start() {
   connection_.reset();
   assembler_.reset();
   ended_ = false;
+  received_bytes_ = 0;
   connection_.emplace(ReplicationConnection::open(conninfo_));
   int server_max = connection_->max_protocol_version();
   protocol_version_ = options_.protocol_version.value_or(server_max);
@@ -280,6 +281,7 @@ void ReplicationStream::handle(const ReplicationMessage& message) {
         using T = std::decay_t<decltype(m)>;
         if constexpr (std::is_same_v<T, XLogData>) {
           received_lsn_ = std::max({received_lsn_, m.wal_start, m.wal_end});
+          received_bytes_ += m.payload.size();
           if (!m.payload.empty()) assembler_->on_message(m.payload);
         } else if constexpr (std::is_same_v<T, Keepalive>) {
           received_lsn_ = std::max(received_lsn_, m.wal_end);

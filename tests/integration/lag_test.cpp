@@ -112,6 +112,28 @@ TEST_F(Lag, GrowsWhileStoppedDrainsToZeroAndStaysZeroAtIdle) {
   EXPECT_EQ(prometheus_value(samples, "pgferry_rows_applied_total", {{"op", "insert"}}), 5000);
   EXPECT_EQ(prometheus_value(samples, "pgferry_up"), 1);
   EXPECT_GE(prometheus_value(samples, "pgferry_transactions_applied_total"), 2);
+  // 5000 rows of 200-byte values came through pgoutput.
+  EXPECT_GE(prometheus_value(samples, "pgferry_received_bytes_total"), 5000 * 200);
+  // The 5000-row transaction fit logical_decoding_work_mem (64MB): it was not streamed.
+  EXPECT_EQ(prometheus_value(samples, "pgferry_streamed_transactions_total", {{"apply", "live"}}),
+            0);
+  // One that does not fit is streamed, and applied as it streams.
+  src.exec("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'");
+  src.exec("SELECT pg_reload_conf()");
+  src.exec("INSERT INTO items SELECT g, repeat('s', 200) FROM generate_series(10001, 13000) g");
+  src.exec("ALTER SYSTEM RESET logical_decoding_work_mem");
+  src.exec("SELECT pg_reload_conf()");
+  ASSERT_TRUE(wait_until(
+      [&] {
+        auto now = parse_prometheus_text(get_ok(port, "/metrics"));
+        return prometheus_value(now, "pgferry_rows_applied_total", {{"op", "insert"}}) == 8000;
+      },
+      std::chrono::seconds(30)));
+  samples = parse_prometheus_text(get_ok(port, "/metrics"));
+  EXPECT_EQ(prometheus_value(samples, "pgferry_streamed_transactions_total", {{"apply", "live"}}),
+            1);
+  EXPECT_EQ(prometheus_value(samples, "pgferry_streamed_transactions_total", {{"apply", "spool"}}),
+            0);
   auto status = nlohmann::json::parse(get_ok(port, "/status"));
   EXPECT_EQ(status["slot"], "pgferry");
   EXPECT_TRUE(status["applied_lsn"].is_string());

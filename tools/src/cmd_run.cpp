@@ -87,6 +87,9 @@ class AgentReport {
 
   void session_started() {
     last_ = {};
+    last_streamed_ = 0;
+    last_live_ = 0;
+    last_bytes_ = 0;
     metrics_.up.set(1);
   }
   void session_lost(const std::string& error) {
@@ -125,6 +128,16 @@ class AgentReport {
     metrics_.source_wal_end_lsn.set(static_cast<double>(wal_end.value()));
     metrics_.lag_bytes.set(static_cast<double>(std::max<std::int64_t>(0, wal_end - durable)));
     metrics_.spool_bytes.set(static_cast<double>(stream.spooled_bytes()));
+    metrics_.bytes_received.inc(stream.received_bytes() - last_bytes_);
+    last_bytes_ = stream.received_bytes();
+    if (const auto* assembler = stream.assembler()) {
+      auto streamed = assembler->streamed_transactions();
+      auto live = assembler->eager_transactions();
+      metrics_.streamed_live.inc(live - last_live_);
+      metrics_.streamed_spool.inc((streamed - live) - (last_streamed_ - last_live_));
+      last_streamed_ = streamed;
+      last_live_ = live;
+    }
     auto now = Clock::now();
     if (now - last_status_ >= 1s) {
       publish("streaming", durable, stream.received_lsn(), wal_end);
@@ -188,6 +201,9 @@ class AgentReport {
   lagmon::StatusBoard status_;
   std::unique_ptr<lagmon::HttpServer> server_;
   repl::ApplierCounters last_{};
+  std::uint64_t last_streamed_ = 0;  // this session's assembler totals, already counted
+  std::uint64_t last_live_ = 0;
+  std::uint64_t last_bytes_ = 0;
   std::string last_error_;
   Clock::time_point started_ = Clock::now();
   Clock::time_point last_status_{};

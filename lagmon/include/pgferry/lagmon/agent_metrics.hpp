@@ -27,6 +27,8 @@ struct AgentMetrics {
   Counter& truncates;
   Counter& bytes_received;  // pgoutput payload bytes
   Gauge& spool_bytes;       // streamed transactions waiting for their commit, on disk
+  Counter& streamed_live;   // streamed transactions applied as they streamed
+  Counter& streamed_spool;  // streamed transactions replayed from the spool at commit
   Counter& reconnects;
   Counter& errors;
   Histogram& batch_transactions;  // source transactions per target transaction

@@ -79,6 +79,8 @@ class ReplicationStream {
   bool started() const { return connection_.has_value(); }
   // The highest WAL position dispatched (XLogData or keepalive).
   Lsn received_lsn() const { return received_lsn_; }
+  // pgoutput payload bytes dispatched since start().
+  std::uint64_t received_bytes() const { return received_bytes_; }
   // The server's WAL end as of its last keepalive.
   Lsn server_wal_end() const { return server_wal_end_; }
   // What was last confirmed by the consumer (and is reported as flushed).
@@ -103,6 +105,7 @@ class ReplicationStream {
   Lsn received_lsn_;
   Lsn server_wal_end_;
   Lsn confirmed_lsn_;
+  std::uint64_t received_bytes_ = 0;
   bool ended_ = false;
 };
 
