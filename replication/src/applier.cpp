@@ -134,8 +134,8 @@ struct TargetTable {
   std::vector<BinaryType> binary;    // how a value goes in binary COPY, per source column
   // Every column can go in binary COPY (until a value does not parse: then text for good).
   mutable bool binary_copy = false;
-  std::vector<int> key;              // source columns flagged as replica identity key
-  std::vector<int> primary_key;      // target primary key as source columns; empty if unusable
+  std::vector<int> key;          // source columns flagged as replica identity key
+  std::vector<int> primary_key;  // target primary key as source columns; empty if unusable
   // No triggers, no foreign keys to or from it, no unique index but the primary key, no
   // array columns: its key-preserving updates may be coalesced and applied later in the
   // group (see NOTES).
@@ -1796,6 +1796,7 @@ void Applier::abort_streamed() {
 
 void Applier::Impl::set_lock_timeout(std::optional<std::chrono::seconds> timeout) {
   if (lock_timeout_set_ == timeout.has_value()) return;
+  flush_insert_run();  // an open COPY takes no other statement
   pipeline_query(timeout ? fmt::format("SET lock_timeout = '{}s'", timeout->count())
                          : std::string("RESET lock_timeout"),
                  {});

@@ -431,19 +431,28 @@ TEST_F(ApplierTest, BinaryCopyForCommonTypesFallsBackToTextForAValueItCannotEnco
       "CREATE TABLE bin_expected (id bigint PRIMARY KEY, a int, s text, at timestamptz, d date, "
       "  u uuid, raw bytea, f float8, ok bool, doc jsonb, v varchar(20), c char(4));"
       "CREATE TABLE bin_applied (LIKE bin_expected INCLUDING ALL)");
-  auto relation = with_types(
-      make_relation(21, "public", "bin_applied",
-                    {{"id", true}, {"a", false}, {"s", false}, {"at", false}, {"d", false},
-                     {"u", false}, {"raw", false}, {"f", false}, {"ok", false}, {"doc", false},
-                     {"v", false}, {"c", false}}),
-      {20, 23, 25, 1184, 1082, 2950, 17, 701, 16, 3802, 1043, 1042});
+  auto relation = with_types(make_relation(21, "public", "bin_applied",
+                                           {{"id", true},
+                                            {"a", false},
+                                            {"s", false},
+                                            {"at", false},
+                                            {"d", false},
+                                            {"u", false},
+                                            {"raw", false},
+                                            {"f", false},
+                                            {"ok", false},
+                                            {"doc", false},
+                                            {"v", false},
+                                            {"c", false}}),
+                             {20, 23, 25, 1184, 1082, 2950, 17, 701, 16, 3802, 1043, 1042});
   std::vector<std::vector<std::string>> values;
   for (int i = 0; i < 80; ++i) {
     values.push_back({std::to_string(i * 1000003LL - 40'000'000), std::to_string(-i),
                       fmt::format("row {}\t\\ żółw", i),
                       fmt::format("{:04}-0{}-1{} 0{}:30:00.{:06}+05:30{}", 1990 + i, i % 9 + 1,
                                   i % 10, i % 10, i * 7, i % 7 == 0 ? " BC" : ""),
-                      fmt::format("{:04}-12-31", 1 + i * 97), "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                      fmt::format("{:04}-12-31", 1 + i * 97),
+                      "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
                       // Row 50 comes as bytea_output = escape would print it: binary COPY
                       // cannot take it, so the rest of the run goes as text.
                       i == 50 ? "abc\\000" : "\\x00ff5c0a09", fmt::format("{}.25e-3", i),
@@ -594,6 +603,71 @@ TEST_F(ApplierTest, AsynchronousCommitConfirmsOnlyFlushedWal) {
   a->idle(end);
   EXPECT_EQ(a->durable_lsn(), end);
   EXPECT_EQ(value("SELECT count(*) FROM async_t"), "1");
+}
+
+// A streamed transaction applied live on the second connection while the first one has a
+// COPY of other transactions' inserts open: dropping it, and committing it, must not disturb
+// that COPY; only what committed on the source ends up on the target.
+TEST_F(ApplierTest, LiveStreamedTransactionsBesideAnOpenCopy) {
+  sql_->exec(
+      "CREATE TABLE beside_live (id int PRIMARY KEY); CREATE TABLE beside_copy (id int PRIMARY "
+      "KEY)");
+  auto live_rel = with_types(make_relation(31, "public", "beside_live", {{"id", true}}), {23});
+  auto copied_rel = with_types(make_relation(32, "public", "beside_copy", {{"id", true}}), {23});
+  repl::ApplierOptions options;
+  options.streamed_conninfo = target_->conninfo();
+  auto a = applier(options);
+  Source source(*a);
+  std::vector<std::string> ids;
+  for (int i = 0; i < 200; ++i) ids.push_back(std::to_string(i));
+  auto insert_live = [&](repl::ChangeSink& sink, int from, int to) {
+    for (int i = from; i < to; ++i) {
+      Tuple tuple{T(ids[static_cast<std::size_t>(i)])};
+      sink.insert(live_rel, {std::nullopt, live_rel.id, tuple});
+    }
+  };
+  auto copy_rows = [&](int from, int to) {
+    source.transaction([&] {
+      for (int i = from; i < to; ++i)
+        source.insert(copied_rel, {T(ids[static_cast<std::size_t>(i)])});
+    });
+  };
+
+  // Dropped (the source rolled it back) while a COPY is open on the first connection.
+  repl::ChangeSink* live = a->begin_streamed({repl::Xid{9001}, Lsn{}, repl::PgTimestamp{}, true});
+  ASSERT_NE(live, nullptr);
+  insert_live(*live, 0, 50);
+  a->streamed_segment();
+  copy_rows(0, 40);  // a run of 40: COPY, left open for more
+  a->abort_streamed();
+  copy_rows(40, 60);
+  a->flush();
+
+  // Committed while another COPY is open; tick() then folds it in.
+  live = a->begin_streamed({repl::Xid{9002}, Lsn{}, repl::PgTimestamp{}, true});
+  ASSERT_NE(live, nullptr);
+  insert_live(*live, 100, 150);
+  a->streamed_segment();
+  Lsn commit = source.next_commit();
+  a->streamed_segment();
+  live->commit_transaction({repl::Xid{9002}, commit, commit + 0x28, repl::PgTimestamp{}});
+  Lsn last = source.transaction(
+      [&] {
+        for (int i = 60; i < 100; ++i)
+          source.insert(copied_rel, {T(ids[static_cast<std::size_t>(i)])});
+      },
+      commit + 0x100);
+  a->tick();
+  a->flush();
+
+  EXPECT_EQ(value("SELECT count(*) || ':' || min(id) || ':' || max(id) FROM beside_copy"),
+            "100:0:99");
+  EXPECT_EQ(value("SELECT count(*) || ':' || min(id) || ':' || max(id) FROM beside_live"),
+            "50:100:149");
+  EXPECT_EQ(a->durable_lsn(), last);
+  EXPECT_EQ(progress(), last);
+  auto counters = a->counters();
+  EXPECT_EQ(counters.rows_inserted, 150u);  // not the 50 rolled back
 }
 
 TEST_F(ApplierTest, BadOptionsAndMissingProgressAreClearErrors) {
