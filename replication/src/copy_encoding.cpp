@@ -251,8 +251,8 @@ bool append_uuid(std::string& out, std::string_view text) {
   std::size_t start = out.size();
   put_u32(out, 16);
   for (auto [at, length] : {std::pair{0, 8}, {9, 4}, {14, 4}, {19, 4}, {24, 12}}) {
-    if (!append_hex(out, text.substr(static_cast<std::size_t>(at),
-                                     static_cast<std::size_t>(length)))) {
+    if (!append_hex(out,
+                    text.substr(static_cast<std::size_t>(at), static_cast<std::size_t>(length)))) {
       out.resize(start);
       return false;
     }
@@ -274,26 +274,40 @@ bool append_number(std::string& out, std::string_view text, Put put) {
 BinaryType binary_type_for(std::uint32_t type_oid) {
   // Built-in type OIDs (src/include/catalog/pg_type.dat) are the same in every version.
   switch (type_oid) {
-    case 16: return BinaryType::boolean;
-    case 21: return BinaryType::int2;
-    case 23: return BinaryType::int4;
-    case 20: return BinaryType::int8;
-    case 26: return BinaryType::oid;
-    case 700: return BinaryType::float4;
-    case 701: return BinaryType::float8;
+    case 16:
+      return BinaryType::boolean;
+    case 21:
+      return BinaryType::int2;
+    case 23:
+      return BinaryType::int4;
+    case 20:
+      return BinaryType::int8;
+    case 26:
+      return BinaryType::oid;
+    case 700:
+      return BinaryType::float4;
+    case 701:
+      return BinaryType::float8;
     case 25:    // text
     case 1043:  // varchar
     case 1042:  // bpchar
     case 19:    // name
     case 114:   // json
       return BinaryType::text;
-    case 3802: return BinaryType::jsonb;
-    case 17: return BinaryType::bytea;
-    case 2950: return BinaryType::uuid;
-    case 1082: return BinaryType::date;
-    case 1114: return BinaryType::timestamp;
-    case 1184: return BinaryType::timestamptz;
-    default: return BinaryType::none;
+    case 3802:
+      return BinaryType::jsonb;
+    case 17:
+      return BinaryType::bytea;
+    case 2950:
+      return BinaryType::uuid;
+    case 1082:
+      return BinaryType::date;
+    case 1114:
+      return BinaryType::timestamp;
+    case 1184:
+      return BinaryType::timestamptz;
+    default:
+      return BinaryType::none;
   }
 }
 
@@ -330,13 +344,11 @@ bool append_binary_field(std::string& out, BinaryType type, std::string_view tex
     case BinaryType::oid:
       return append_number<std::uint32_t>(out, text, [&](std::uint32_t v) { put_u32(out, v); });
     case BinaryType::float4:
-      return append_number<float>(out, text, [&](float v) {
-        put_u32(out, std::bit_cast<std::uint32_t>(v));
-      });
+      return append_number<float>(out, text,
+                                  [&](float v) { put_u32(out, std::bit_cast<std::uint32_t>(v)); });
     case BinaryType::float8:
-      return append_number<double>(out, text, [&](double v) {
-        put_u64(out, std::bit_cast<std::uint64_t>(v));
-      });
+      return append_number<double>(
+          out, text, [&](double v) { put_u64(out, std::bit_cast<std::uint64_t>(v)); });
     case BinaryType::text:
       put_u32(out, static_cast<std::uint32_t>(text.size()));
       out.append(text);

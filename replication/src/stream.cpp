@@ -122,8 +122,7 @@ class ReplicationStream::Receiver {
 
   void send_status(bool reply_requested) {
     Lsn confirmed{confirmed_.load()};
-    connection_.send_status(std::max(received(), confirmed), confirmed, confirmed,
-                            reply_requested);
+    connection_.send_status(std::max(received(), confirmed), confirmed, confirmed, reply_requested);
     last_status_ = Clock::now();
   }
 
@@ -241,7 +240,9 @@ class ReplicationStream::Receiver {
   std::exception_ptr error_;
 };
 
-ReplicationStream::~ReplicationStream() { stop_receiver(); }
+ReplicationStream::~ReplicationStream() {
+  stop_receiver();
+}
 
 void ReplicationStream::stop_receiver() noexcept {
   if (receiver_) {

@@ -271,9 +271,10 @@ bool TransactionAssembler::eager_lock_wait(const SqlError& error) {
   if (error.sqlstate() != "55P03") return false;
   // The streamed transaction waited too long for a lock, most likely one the sink's other
   // connection holds: drop it (its target transaction rolls back) and replay it at commit.
-  spdlog::warn("streamed transaction xid={} waited for a lock while applied as it streams; it "
-               "is applied at its commit instead: {}",
-               eager_xid_.value, error.what());
+  spdlog::warn(
+      "streamed transaction xid={} waited for a lock while applied as it streams; it "
+      "is applied at its commit instead: {}",
+      eager_xid_.value, error.what());
   eager_ = nullptr;
   eager_relation_bytes_.clear();
   sink_.abort_streamed();

@@ -53,7 +53,8 @@ std::string pairs(std::string_view type, std::string_view send,
     if (!values.empty()) values += ", ";
     values += fmt::format("({}::{})", repl::quote_literal(literal), type);
   }
-  return fmt::format("SELECT format('%s', v), encode({}(v), 'hex') FROM (VALUES {}) s(v)", send, values);
+  return fmt::format("SELECT format('%s', v), encode({}(v), 'hex') FROM (VALUES {}) s(v)", send,
+                     values);
 }
 
 }  // namespace
@@ -62,19 +63,19 @@ TEST_F(CopyBinaryTest, FixedValuesEncodeLikeTheSendFunctions) {
   auto conn = connect(*cluster_);
   using T = repl::BinaryType;
   EXPECT_EQ(expect_same_as_send(conn, T::boolean, pairs("bool", "boolsend", {"t", "f"})), 2);
-  EXPECT_EQ(expect_same_as_send(conn, T::int2, pairs("int2", "int2send",
-                                                    {"0", "-1", "32767", "-32768", "42"})),
+  EXPECT_EQ(expect_same_as_send(conn, T::int2,
+                                pairs("int2", "int2send", {"0", "-1", "32767", "-32768", "42"})),
             5);
-  EXPECT_EQ(expect_same_as_send(conn, T::int4, pairs("int4", "int4send",
-                                                    {"0", "-2147483648", "2147483647", "7"})),
+  EXPECT_EQ(expect_same_as_send(conn, T::int4,
+                                pairs("int4", "int4send", {"0", "-2147483648", "2147483647", "7"})),
             4);
   EXPECT_EQ(expect_same_as_send(
                 conn, T::int8,
                 pairs("int8", "int8send",
                       {"0", "-9223372036854775808", "9223372036854775807", "1234567890123"})),
             4);
-  EXPECT_EQ(expect_same_as_send(conn, T::oid, pairs("oid", "oidsend", {"0", "4294967295", "16384"})),
-            3);
+  EXPECT_EQ(
+      expect_same_as_send(conn, T::oid, pairs("oid", "oidsend", {"0", "4294967295", "16384"})), 3);
   EXPECT_EQ(expect_same_as_send(conn, T::float8,
                                 pairs("float8", "float8send",
                                       {"0", "-0", "1.5", "0.1", "1e-310", "1.7976931348623157e308",
@@ -84,9 +85,10 @@ TEST_F(CopyBinaryTest, FixedValuesEncodeLikeTheSendFunctions) {
                                 pairs("float4", "float4send",
                                       {"0", "1.1", "-3.4028235e38", "1e-45", "Infinity", "0.3"})),
             6);
-  EXPECT_EQ(expect_same_as_send(conn, T::text,
-                                pairs("text", "textsend", {"", "tab\there", "żółw 🐢", "\\N", "a'b"})),
-            5);
+  EXPECT_EQ(
+      expect_same_as_send(conn, T::text,
+                          pairs("text", "textsend", {"", "tab\there", "żółw 🐢", "\\N", "a'b"})),
+      5);
   EXPECT_EQ(expect_same_as_send(conn, T::text, pairs("varchar(10)", "varcharsend", {"abc"})), 1);
   EXPECT_EQ(expect_same_as_send(conn, T::text, pairs("char(5)", "bpcharsend", {"ab"})), 1);
   EXPECT_EQ(expect_same_as_send(conn, T::text, pairs("json", "json_send", {"{\"a\": [1, 2]}"})), 1);
@@ -103,9 +105,9 @@ TEST_F(CopyBinaryTest, FixedValuesEncodeLikeTheSendFunctions) {
             2);
   EXPECT_EQ(expect_same_as_send(conn, T::date,
                                 pairs("date", "date_send",
-                                      {"2000-01-01", "1999-12-31", "2024-02-29", "0044-03-15 BC", "0581-02-29 BC",
-                                       "0001-02-29 BC",
-                                       "4713-01-01 BC", "5874897-12-31", "infinity", "-infinity"})),
+                                      {"2000-01-01", "1999-12-31", "2024-02-29", "0044-03-15 BC",
+                                       "0581-02-29 BC", "0001-02-29 BC", "4713-01-01 BC",
+                                       "5874897-12-31", "infinity", "-infinity"})),
             10);
   EXPECT_EQ(expect_same_as_send(conn, T::timestamp,
                                 pairs("timestamp", "timestamp_send",
@@ -122,12 +124,11 @@ TEST_F(CopyBinaryTest, TimestamptzInEveryOffsetStyle) {
                            "Europe/Amsterdam", "America/Los_Angeles"}) {
     conn.exec(fmt::format("SET TimeZone = '{}'", zone));
     SCOPED_TRACE(zone);
-    EXPECT_EQ(expect_same_as_send(
-                  conn, repl::BinaryType::timestamptz,
-                  pairs("timestamptz", "timestamptz_send",
-                        {"2000-01-01 00:00:00+00", "1850-06-01 12:00:00", "1937-07-01 00:00:00",
-                         "2026-03-29 02:30:00.123456+00", "0100-02-03 04:05:06 BC", "infinity",
-                         "-infinity"})),
+    EXPECT_EQ(expect_same_as_send(conn, repl::BinaryType::timestamptz,
+                                  pairs("timestamptz", "timestamptz_send",
+                                        {"2000-01-01 00:00:00+00", "1850-06-01 12:00:00",
+                                         "1937-07-01 00:00:00", "2026-03-29 02:30:00.123456+00",
+                                         "0100-02-03 04:05:06 BC", "infinity", "-infinity"})),
               7);
     EXPECT_EQ(expect_same_as_send(conn, repl::BinaryType::timestamptz,
                                   "SELECT format('%s', t), encode(timestamptz_send(t), 'hex') FROM "
@@ -145,16 +146,18 @@ TEST_F(CopyBinaryTest, RandomFloatsAndDatesRoundTrip) {
                                 "(random() - 0.5) * power(10::float8, random() * 600 - 300) AS f "
                                 "FROM generate_series(1, 1000)) s"),
             1000);
-  EXPECT_EQ(expect_same_as_send(conn, repl::BinaryType::float4,
-                                "SELECT format('%s', f), encode(float4send(f), 'hex') FROM (SELECT "
-                                "((random() - 0.5) * power(10::float8, random() * 70 - 35))::float4 "
-                                "AS f FROM generate_series(1, 1000)) s"),
-            1000);
-  EXPECT_EQ(expect_same_as_send(conn, repl::BinaryType::date,
-                                "SELECT format('%s', d), encode(date_send(d), 'hex') FROM (SELECT date "
-                                "'4000-01-01 BC' + (random() * 3000000)::int AS d FROM "
-                                "generate_series(1, 1000)) s"),
-            1000);
+  EXPECT_EQ(
+      expect_same_as_send(conn, repl::BinaryType::float4,
+                          "SELECT format('%s', f), encode(float4send(f), 'hex') FROM (SELECT "
+                          "((random() - 0.5) * power(10::float8, random() * 70 - 35))::float4 "
+                          "AS f FROM generate_series(1, 1000)) s"),
+      1000);
+  EXPECT_EQ(
+      expect_same_as_send(conn, repl::BinaryType::date,
+                          "SELECT format('%s', d), encode(date_send(d), 'hex') FROM (SELECT date "
+                          "'4000-01-01 BC' + (random() * 3000000)::int AS d FROM "
+                          "generate_series(1, 1000)) s"),
+      1000);
 }
 
 TEST(CopyBinaryRefuses, TextItDoesNotFullyUnderstand) {
@@ -201,11 +204,18 @@ TEST(CopyBinaryRefuses, TextItDoesNotFullyUnderstand) {
 
 TEST(CopyBinaryFraming, HeaderTupleNullAndTrailer) {
   std::string out(repl::kCopyBinaryHeader);
-  EXPECT_EQ(hex(out), "5047434f50590aff0d0a00" "00000000" "00000000");
+  EXPECT_EQ(hex(out),
+            "5047434f50590aff0d0a00"
+            "00000000"
+            "00000000");
   repl::append_binary_tuple_start(out, 2);
   repl::append_binary_null(out);
   ASSERT_TRUE(repl::append_binary_field(out, repl::BinaryType::int4, "-2"));
   repl::append_binary_trailer(out);
   EXPECT_EQ(hex(out.substr(repl::kCopyBinaryHeader.size())),
-            "0002" "ffffffff" "00000004" "fffffffe" "ffff");
+            "0002"
+            "ffffffff"
+            "00000004"
+            "fffffffe"
+            "ffff");
 }

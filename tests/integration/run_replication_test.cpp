@@ -201,26 +201,30 @@ TEST_F(RunReplication, StreamedTransactionsAmongOthers) {
   // X streams alone at first (applied live), small transactions commit in between, X then
   // updates rows they wrote.
   x.exec("BEGIN");
-  x.exec("INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(1, "
-         "4000) g");
+  x.exec(
+      "INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(1, "
+      "4000) g");
   small.exec("INSERT INTO live_small SELECT g, 0 FROM generate_series(1, 50) g");
-  x.exec("INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(4001, "
-         "8000) g");
+  x.exec(
+      "INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(4001, "
+      "8000) g");
   small.exec("UPDATE live_small SET n = n + 1 WHERE id <= 25");
   x.exec("UPDATE live_small SET n = n + 100 WHERE id % 2 = 0");
   x.exec("UPDATE live_big SET n = 1 WHERE id % 3 = 0");
   // Y streams too and commits before X.
   y.exec("BEGIN");
-  y.exec("INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 2 FROM generate_series(10001, "
-         "14000) g");
+  y.exec(
+      "INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 2 FROM generate_series(10001, "
+      "14000) g");
   y.exec("COMMIT");
   x.exec("DELETE FROM live_big WHERE id % 7 = 0");
   x.exec("COMMIT");
 
   // Z streams alone but a subtransaction of it aborts: replayed from the spool.
   x.exec("BEGIN");
-  x.exec("INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 3 FROM generate_series(20001, "
-         "24000) g");
+  x.exec(
+      "INSERT INTO live_big SELECT g, repeat(md5(g::text), 4), 3 FROM generate_series(20001, "
+      "24000) g");
   x.exec("SAVEPOINT s");
   x.exec("INSERT INTO live_big SELECT g, 'undone', 3 FROM generate_series(30001, 34000) g");
   x.exec("UPDATE live_big SET payload = 'undone' WHERE id <= 100");
@@ -265,8 +269,8 @@ TEST_F(RunReplication, StreamedTransactionThatWaitsForALockIsReplayedInstead) {
   dst.exec("INSERT INTO locked VALUES (5, 'five', 0)");
   src.exec("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'");
   src.exec("SELECT pg_reload_conf()");
-  std::vector<std::string> args = {"--source", source().conninfo(), "--target",
-                                   target().conninfo(), "--name", "lock_slot"};
+  std::vector<std::string> args = {"--source", source().conninfo(), "--target", target().conninfo(),
+                                   "--name",   "lock_slot"};
   auto with = [&](std::vector<std::string> more) {
     auto all = args;
     all.insert(all.end(), more.begin(), more.end());
@@ -274,11 +278,12 @@ TEST_F(RunReplication, StreamedTransactionThatWaitsForALockIsReplayedInstead) {
   };
   auto init = run_pgferry(with({"init", "--no-data"}));
   ASSERT_EQ(init.exit_code, 0) << init.output;
-  src.exec("BEGIN;"
-           "UPDATE locked SET n = 1 WHERE id = 5;"
-           "INSERT INTO locked SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(10, "
-           "4000) g;"
-           "COMMIT");
+  src.exec(
+      "BEGIN;"
+      "UPDATE locked SET n = 1 WHERE id = 5;"
+      "INSERT INTO locked SELECT g, repeat(md5(g::text), 4), 0 FROM generate_series(10, "
+      "4000) g;"
+      "COMMIT");
   std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
 
   auto holder = connect(target());

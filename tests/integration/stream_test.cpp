@@ -283,9 +283,10 @@ TEST_F(Stream, SlowConsumerWithATinyQueueGetsEverythingInOrder) {
   repl::ReplicationStream stream(source().conninfo(), o, sink);
   stream.start();
   for (int i = 0; i < 100; ++i) {
-    conn_.exec(fmt::format("INSERT INTO {} SELECT g, {}, repeat('q', 100) FROM "
-                           "generate_series({}, {}) g",
-                           name_, i, i * 20, i * 20 + 19));
+    conn_.exec(
+        fmt::format("INSERT INTO {} SELECT g, {}, repeat('q', 100) FROM "
+                    "generate_series({}, {}) g",
+                    name_, i, i * 20, i * 20 + 19));
   }
   repl::Lsn end = current_lsn();
   ASSERT_TRUE(wait_until([&] {

@@ -33,16 +33,16 @@ void append_copy_text(std::string& out, std::string_view value);
 // a domain or any other type is `none`: text COPY).
 enum class BinaryType : std::uint8_t {
   none,
-  boolean,      // bool
+  boolean,  // bool
   int2,
   int4,
   int8,
   oid,
   float4,
   float8,
-  text,         // text, varchar, bpchar, name, json: the bytes as they are
-  jsonb,        // version byte 1, then the text
-  bytea,        // from the hex output format only
+  text,   // text, varchar, bpchar, name, json: the bytes as they are
+  jsonb,  // version byte 1, then the text
+  bytea,  // from the hex output format only
   uuid,
   date,
   timestamp,    // without time zone: no offset allowed in the text

@@ -65,8 +65,8 @@ class TransactionAssembler {
 
  private:
   // Hands one change (decoded live or from a spool) to `sink`.
-  void dispatch_change(ChangeSink& sink, RelationCache& relations,
-                       const pgoutput::Message& message, char type);
+  void dispatch_change(ChangeSink& sink, RelationCache& relations, const pgoutput::Message& message,
+                       char type);
   void replay_streamed(const pgoutput::StreamCommit& commit);
   void commit_eager(const pgoutput::StreamCommit& commit);
   // Ends the streamed transaction being applied as it streams, if any (it is replayed).
