@@ -435,7 +435,9 @@ Applier::Impl::Impl(Connection target, ApplierOptions opts)
   }
   resume_lsn_ = *applied;
   applied_lsn_ = *applied;
-  durable_lsn_ = applied->value();
+  // The streamed applier reports only what its own commits made durable: the row it read
+  // may be the first applier's commit with synchronous_commit off, not flushed yet.
+  durable_lsn_ = options_.take_lock ? applied->value() : 0;
   last_commit_end_ = *applied;
 
   if (PQenterPipelineMode(pg_) != 1) {
@@ -1680,6 +1682,15 @@ void Applier::commit_transaction(const TransactionCommit& commit) {
     throw Error(fmt::format("commit of xid={} without a begin", commit.xid.value));
   }
   s.in_source_txn_ = false;
+  if (!s.current_.final_lsn.is_valid() && commit.end_lsn <= s.applied_lsn_) {
+    // Applied as it streamed, but its commit lies within what the target has: the
+    // walsender never streams such a transaction; refuse rather than apply it twice.
+    s.broken_ = true;
+    throw Error(fmt::format(
+        "streamed transaction xid={} commit_lsn={} ends at {}, within the applied position {}: "
+        "not applying it twice (run with --spool-streamed)",
+        commit.xid.value, commit.commit_lsn, commit.end_lsn, s.applied_lsn_));
+  }
   if (s.skipping_) {
     s.skipping_ = false;
     if (commit.end_lsn > s.applied_lsn_) {
@@ -1707,6 +1718,7 @@ void Applier::idle(Lsn wal_end) {
   auto& s = *impl_;
   s.check_usable();
   if (s.in_source_txn_) return;
+  s.fold_streamed();  // a streamed transaction committed since is applied, too
   if (s.group_open_) s.commit_group();
   auto now = Clock::now();
   if (s.async_commit_ && !s.unflushed_.empty()) {
@@ -1714,7 +1726,10 @@ void Applier::idle(Lsn wal_end) {
     s.refresh_durable(Lsn::invalid(),
                       Lsn::from_string(result.get(0, 0), "pg_current_wal_flush_lsn"));
   }
-  if (wal_end <= s.applied_lsn_) return;
+  if (wal_end <= s.applied_lsn_) {
+    if (s.pending_idle_ <= s.applied_lsn_) s.pending_idle_ = Lsn::invalid();
+    return;
+  }
   if (now - s.last_idle_write_ < s.options_.idle_progress_interval) {
     s.pending_idle_ = std::max(s.pending_idle_, wal_end);
     return;
@@ -1766,10 +1781,21 @@ ChangeSink* Applier::begin_streamed(const TransactionBegin& begin) {
     options.streamed_conninfo.clear();
     options.take_lock = false;
     options.group_max_rows = 0;  // commit at its (one) transaction's commit
-    s.streamed_ = std::make_unique<Applier>(
-        Connection::open(s.options_.streamed_conninfo, Side::target), options);
+    try {
+      s.streamed_ = std::make_unique<Applier>(
+          Connection::open(s.options_.streamed_conninfo, Side::target), options);
+    } catch (const PgError& e) {
+      // No second connection (connection limits): the spool replays it at its commit.
+      spdlog::warn(
+          "streamed transaction xid={} is applied at its commit: no second target "
+          "connection: {}",
+          begin.xid.value, e.what());
+      return nullptr;
+    }
     s.streamed_folded_ = {};
   }
+  auto& streamed = *s.streamed_->impl_;
+  streamed.applied_lsn_ = std::max(streamed.applied_lsn_, s.applied_lsn_);
   // Neither connection may wait for the other: nothing this one applies meanwhile touches a
   // row the streamed transaction changed, unless the target has a trigger, foreign key or
   // unique index the source does not have. Then a lock wait ends with an error naming the
@@ -1782,6 +1808,12 @@ ChangeSink* Applier::begin_streamed(const TransactionBegin& begin) {
 
 void Applier::streamed_segment() {
   flush();
+}
+
+void Applier::streamed_committed() {
+  auto& s = *impl_;
+  s.check_usable();
+  s.fold_streamed();
 }
 
 void Applier::abort_streamed() {
@@ -1825,6 +1857,9 @@ void Applier::Impl::fold_streamed() {
   add(counters_.statements_sent, now.statements_sent - was.statements_sent);
   was = now;
   streamed_durable_.store(std::max(streamed_durable_.load(), streamed_->durable_lsn().value()));
+  // What it committed is applied: an idle position below it must never be written.
+  applied_lsn_ = std::max(applied_lsn_, streamed_->impl_->applied_lsn_);
+  if (pending_idle_ <= applied_lsn_) pending_idle_ = Lsn::invalid();
 }
 
 void Applier::tick() {

@@ -207,7 +207,9 @@ class ReplicationStream::Receiver {
         }
       }
     } catch (...) {
+      // What was read before the error is handed over first.
       std::lock_guard lock(mutex_);
+      for (auto& received : batch) queue_.push_back(std::move(received));
       error_ = std::current_exception();
     }
     {

@@ -301,6 +301,7 @@ void TransactionAssembler::commit_eager(const pg::StreamCommit& commit) {
     return;
   }
   spool_.remove(commit.xid);
+  sink_.streamed_committed();
   // Once it committed, pgoutput counts the relations it described as sent for the
   // transactions that follow (pgoutput.c, cleanup_rel_sync_cache): they are ours now too.
   for (const auto& bytes : eager_relation_bytes_) {

@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <thread>
+
 #include "pgferry/replication/progress.hpp"
 #include "support/harness.hpp"
 
@@ -668,6 +670,74 @@ TEST_F(ApplierTest, LiveStreamedTransactionsBesideAnOpenCopy) {
   EXPECT_EQ(progress(), last);
   auto counters = a->counters();
   EXPECT_EQ(counters.rows_inserted, 150u);  // not the 50 rolled back
+}
+
+// A rate-limited idle position (from a keepalive that came while a live streamed transaction
+// was open) must not be written after that transaction committed on the second connection:
+// the progress record would go back, and a restart would apply it again.
+TEST_F(ApplierTest, IdlePositionNeverMovesProgressBelowALiveStreamedCommit) {
+  sql_->exec("CREATE TABLE live_t (id int PRIMARY KEY)");
+  auto rel = with_types(make_relation(41, "public", "live_t", {{"id", true}}), {23});
+  repl::ApplierOptions options;
+  options.streamed_conninfo = target_->conninfo();
+  options.idle_progress_interval = std::chrono::milliseconds(300);
+  auto a = applier(options);
+  Source source(*a);
+  Lsn end1 = source.transaction([&] { source.insert(rel, {T("1")}); });
+  a->flush();
+  a->idle(end1 + 0x100);  // written now
+  repl::ChangeSink* live = a->begin_streamed({repl::Xid{9001}, Lsn{}, repl::PgTimestamp{}, true});
+  ASSERT_NE(live, nullptr);
+  live->insert(rel, {std::nullopt, rel.id, Tuple{T("2")}});
+  // A keepalive between the streamed transaction's blocks: too soon to write, kept pending.
+  a->idle(end1 + 0x200);
+  // Stream Commit (TransactionAssembler::commit_eager).
+  a->streamed_segment();
+  Lsn commit = end1 + 0x1000;
+  Lsn end_t = commit + 0x28;
+  live->commit_transaction({repl::Xid{9001}, commit, end_t, repl::PgTimestamp{}});
+  a->flush();
+  EXPECT_EQ(progress(), end_t);
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  a->tick();  // the run loop's tick after the poll
+  EXPECT_EQ(value("SELECT count(*) FROM live_t"), "2");
+  EXPECT_GE(progress(), end_t) << "progress record moved back below the committed streamed "
+                                  "transaction: a restart from it applies it again";
+  EXPECT_GE(a->durable_lsn(), end_t);
+}
+
+// With synchronous_commit off, the streamed applier must not report as durable the progress
+// row it read when it opened: the first applier may have committed it without a flush yet.
+TEST_F(ApplierTest, LiveStreamedCommitReportsOnlyFlushedPositionsWithAsyncCommit) {
+  sql_->exec("CREATE TABLE async_live (id int PRIMARY KEY)");
+  sql_->exec("ALTER SYSTEM SET wal_writer_delay = '10s'");
+  sql_->exec("SELECT pg_reload_conf()");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  sql_->exec("CHECKPOINT");
+  auto rel = with_types(make_relation(42, "public", "async_live", {{"id", true}}), {23});
+  repl::ApplierOptions options;
+  options.synchronous_commit = "off";
+  options.streamed_conninfo = target_->conninfo();
+  auto a = applier(options);
+  Source source(*a);
+  Lsn end_g = source.transaction([&] { source.insert(rel, {T("1")}); });
+  a->flush();
+  std::string commit_wal = value("SELECT pg_current_wal_insert_lsn()::text");
+  repl::ChangeSink* live = a->begin_streamed({repl::Xid{9002}, Lsn{}, repl::PgTimestamp{}, true});
+  ASSERT_NE(live, nullptr);
+  live->insert(rel, {std::nullopt, rel.id, Tuple{T("2")}});
+  a->streamed_segment();
+  Lsn commit = end_g + 0x1000;
+  live->commit_transaction({repl::Xid{9002}, commit, commit + 0x28, repl::PgTimestamp{}});
+  a->flush();
+  Lsn durable = a->durable_lsn();
+  std::string flushed =
+      value(fmt::format("SELECT pg_current_wal_flush_lsn() >= '{}'::pg_lsn", commit_wal));
+  if (flushed == "f") {
+    EXPECT_LT(durable, end_g) << "durable_lsn() claims a position whose commit is not flushed";
+  }
+  sql_->exec("ALTER SYSTEM RESET wal_writer_delay");
+  sql_->exec("SELECT pg_reload_conf()");
 }
 
 TEST_F(ApplierTest, BadOptionsAndMissingProgressAreClearErrors) {

@@ -103,6 +103,7 @@ class Applier final : public ChangeSink {
   // changed (the source would have blocked), and is committed here first.
   ChangeSink* begin_streamed(const TransactionBegin& begin) override;
   void streamed_segment() override;
+  void streamed_committed() override;
   void abort_streamed() override;
 
   // Commits the open target transaction now, if one is open and no source transaction is

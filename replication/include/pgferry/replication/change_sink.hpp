@@ -13,7 +13,8 @@
 // Commit. Meanwhile the first sink keeps getting the transactions that commit before it;
 // streamed_segment() comes before each further block and before its commit, so the first
 // sink can commit what it holds (nothing it applied may wait for the streamed one, or the
-// other way round). abort_streamed() ends it without a trace: the source aborted it, or a
+// other way round); streamed_committed() comes right after its commit. abort_streamed()
+// ends it without a trace: the source aborted it, or a
 // subtransaction of it aborted, in which case it is replayed from the spool at commit as
 // usual (the spool always keeps it).
 // Relation metadata is resolved through the relation cache before a change is handed on,
@@ -67,6 +68,8 @@ class ChangeSink {
   // See the header comment; the default declines (streamed transactions are replayed).
   virtual ChangeSink* begin_streamed(const TransactionBegin& /*begin*/) { return nullptr; }
   virtual void streamed_segment() {}
+  // After the second sink committed it.
+  virtual void streamed_committed() {}
   virtual void abort_streamed() {}
 };
 

@@ -40,10 +40,12 @@ class ProgressStore {
   bool drop(std::string_view name) const;
 
   // The statement the applier runs in each of its target transactions:
-  // $1 name, $2 applied_lsn, $3 source commit time in microseconds since 2000-01-01 UTC (the
-  // server's own representation, exact; NULL keeps the previous one). Affects one row.
+  // $1 name, $2 applied_lsn (never moved back), $3 source commit time in microseconds since
+  // 2000-01-01 UTC (the server's own representation, exact; NULL keeps the previous one). Affects
+  // one row.
   static constexpr std::string_view kUpdateSql =
-      "UPDATE pgferry.progress SET applied_lsn = $2::pg_lsn, source_commit_time = "
+      "UPDATE pgferry.progress SET applied_lsn = greatest(applied_lsn, $2::pg_lsn), "
+      "source_commit_time = "
       "coalesce(timestamptz '2000-01-01 00:00:00+00' + $3::bigint * interval '1 microsecond', "
       "source_commit_time), updated_at = now() WHERE name = $1";
 
