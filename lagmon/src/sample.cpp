@@ -3,9 +3,10 @@
 
 #include <fmt/format.h>
 
-#include <cctype>
-#include <charconv>
-#include <ctime>
+#include <climits>
+
+#include "pgferry/replication/copy_encoding.hpp"
+#include "pgferry/replication/ids.hpp"
 
 namespace pgferry::lagmon {
 
@@ -62,42 +63,10 @@ LagTrend trend(const LagSample& previous, const LagSample& current) {
 }
 
 std::optional<Clock::time_point> parse_timestamptz(std::string_view text) {
-  // "YYYY-MM-DD HH:MM:SS[.ffffff]+HH[:MM]" (DateStyle ISO, which we set on our sessions).
-  std::tm tm{};
-  int offset_sign = 1, offset_hours = 0, offset_minutes = 0;
-  long micros = 0;
-  if (text.size() < 19) return std::nullopt;
-  auto number = [&](std::size_t pos, std::size_t len, int& out) {
-    auto [ptr, ec] = std::from_chars(text.data() + pos, text.data() + pos + len, out);
-    return ec == std::errc{} && ptr == text.data() + pos + len;
-  };
-  int year, month, day, hour, minute, second;
-  if (!number(0, 4, year) || !number(5, 2, month) || !number(8, 2, day) || !number(11, 2, hour) ||
-      !number(14, 2, minute) || !number(17, 2, second)) {
-    return std::nullopt;
-  }
-  std::size_t pos = 19;
-  if (pos < text.size() && text[pos] == '.') {
-    std::size_t start = ++pos;
-    while (pos < text.size() && std::isdigit(static_cast<unsigned char>(text[pos]))) ++pos;
-    std::string digits(text.substr(start, pos - start));
-    digits.resize(6, '0');
-    micros = std::stol(digits.substr(0, 6));
-  }
-  if (pos < text.size() && (text[pos] == '+' || text[pos] == '-')) {
-    offset_sign = text[pos] == '-' ? -1 : 1;
-    if (!number(pos + 1, 2, offset_hours)) return std::nullopt;
-    if (pos + 5 < text.size() + 0 && text[pos + 3] == ':') number(pos + 4, 2, offset_minutes);
-  }
-  tm.tm_year = year - 1900;
-  tm.tm_mon = month - 1;
-  tm.tm_mday = day;
-  tm.tm_hour = hour;
-  tm.tm_min = minute;
-  tm.tm_sec = second;
-  std::time_t t = ::timegm(&tm);
-  t -= offset_sign * (offset_hours * 3600 + offset_minutes * 60);
-  return Clock::from_time_t(t) + std::chrono::microseconds(micros);
+  // DateStyle ISO, which every pgferry session sets.
+  auto micros = repl::parse_timestamp_micros(text, true);
+  if (!micros || *micros == INT64_MAX || *micros == INT64_MIN) return std::nullopt;
+  return Clock::time_point(repl::from_pg_timestamp(*micros));
 }
 
 LagSampler::LagSampler(std::string source_conninfo, std::string target_conninfo, std::string name)

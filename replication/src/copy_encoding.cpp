@@ -5,6 +5,7 @@
 #include <charconv>
 #include <climits>
 #include <cstdint>
+#include <optional>
 #include <utility>
 
 namespace pgferry::replication {
@@ -158,65 +159,11 @@ bool append_date(std::string& out, std::string_view text) {
   return true;
 }
 
-// "YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]" (timestamp_out/timestamptz_out with
-// DateStyle ISO). With `zoned` an offset is required and applied; without, refused.
 bool append_timestamp(std::string& out, std::string_view text, bool zoned) {
-  std::int64_t micros = 0;
-  if (text == "infinity") {
-    micros = INT64_MAX;
-  } else if (text == "-infinity") {
-    micros = INT64_MIN;
-  } else {
-    std::int64_t days = 0;
-    std::string_view rest;
-    if (!parse_date_part(text, days, rest)) return false;
-    int hour = 0;
-    int minute = 0;
-    int second = 0;
-    if (rest.size() < 9 || rest[0] != ' ' || rest[3] != ':' || rest[6] != ':') return false;
-    if (!digits(rest, 1, 2, hour) || !digits(rest, 4, 2, minute) || !digits(rest, 7, 2, second))
-      return false;
-    if (hour > 23 || minute > 59 || second > 59) return false;
-    rest.remove_prefix(9);
-    std::int64_t fraction = 0;
-    if (!rest.empty() && rest[0] == '.') {
-      std::size_t n = 1;
-      while (n < rest.size() && rest[n] >= '0' && rest[n] <= '9') ++n;
-      std::size_t count = n - 1;
-      if (count == 0 || count > 6) return false;
-      for (std::size_t i = 1; i <= 6; ++i) {
-        fraction = fraction * 10 + (i <= count ? rest[i] - '0' : 0);
-      }
-      rest.remove_prefix(n);
-    }
-    std::int64_t offset = 0;  // seconds east of UTC
-    if (!rest.empty() && (rest[0] == '+' || rest[0] == '-')) {
-      if (!zoned) return false;
-      int sign = rest[0] == '-' ? -1 : 1;
-      int h = 0;
-      int m = 0;
-      int s = 0;
-      if (!digits(rest, 1, 2, h)) return false;
-      rest.remove_prefix(3);
-      if (!rest.empty() && rest[0] == ':') {
-        if (!digits(rest, 1, 2, m)) return false;
-        rest.remove_prefix(3);
-        if (!rest.empty() && rest[0] == ':') {
-          if (!digits(rest, 1, 2, s)) return false;
-          rest.remove_prefix(3);
-        }
-      }
-      if (m > 59 || s > 59) return false;
-      offset = sign * (h * 3600 + m * 60 + s);
-    } else if (zoned) {
-      return false;
-    }
-    if (!rest.empty()) return false;
-    micros = days * kMicrosPerDay +
-             ((hour * 60 + minute) * 60 + second - offset) * std::int64_t{1'000'000} + fraction;
-  }
+  auto micros = parse_timestamp_micros(text, zoned);
+  if (!micros) return false;
   put_u32(out, 8);
-  put_u64(out, static_cast<std::uint64_t>(micros));
+  put_u64(out, static_cast<std::uint64_t>(*micros));
   return true;
 }
 
@@ -270,6 +217,64 @@ bool append_number(std::string& out, std::string_view text, Put put) {
 }
 
 }  // namespace
+
+std::optional<std::int64_t> parse_timestamp_micros(std::string_view text, bool zoned) {
+  std::int64_t micros = 0;
+  if (text == "infinity") {
+    micros = INT64_MAX;
+  } else if (text == "-infinity") {
+    micros = INT64_MIN;
+  } else {
+    std::int64_t days = 0;
+    std::string_view rest;
+    if (!parse_date_part(text, days, rest)) return std::nullopt;
+    int hour = 0;
+    int minute = 0;
+    int second = 0;
+    if (rest.size() < 9 || rest[0] != ' ' || rest[3] != ':' || rest[6] != ':') return std::nullopt;
+    if (!digits(rest, 1, 2, hour) || !digits(rest, 4, 2, minute) || !digits(rest, 7, 2, second))
+      return std::nullopt;
+    if (hour > 23 || minute > 59 || second > 59) return std::nullopt;
+    rest.remove_prefix(9);
+    std::int64_t fraction = 0;
+    if (!rest.empty() && rest[0] == '.') {
+      std::size_t n = 1;
+      while (n < rest.size() && rest[n] >= '0' && rest[n] <= '9') ++n;
+      std::size_t count = n - 1;
+      if (count == 0 || count > 6) return std::nullopt;
+      for (std::size_t i = 1; i <= 6; ++i) {
+        fraction = fraction * 10 + (i <= count ? rest[i] - '0' : 0);
+      }
+      rest.remove_prefix(n);
+    }
+    std::int64_t offset = 0;  // seconds east of UTC
+    if (!rest.empty() && (rest[0] == '+' || rest[0] == '-')) {
+      if (!zoned) return std::nullopt;
+      int sign = rest[0] == '-' ? -1 : 1;
+      int h = 0;
+      int m = 0;
+      int s = 0;
+      if (!digits(rest, 1, 2, h)) return std::nullopt;
+      rest.remove_prefix(3);
+      if (!rest.empty() && rest[0] == ':') {
+        if (!digits(rest, 1, 2, m)) return std::nullopt;
+        rest.remove_prefix(3);
+        if (!rest.empty() && rest[0] == ':') {
+          if (!digits(rest, 1, 2, s)) return std::nullopt;
+          rest.remove_prefix(3);
+        }
+      }
+      if (m > 59 || s > 59) return std::nullopt;
+      offset = sign * (h * 3600 + m * 60 + s);
+    } else if (zoned) {
+      return std::nullopt;
+    }
+    if (!rest.empty()) return std::nullopt;
+    micros = days * kMicrosPerDay +
+             ((hour * 60 + minute) * 60 + second - offset) * std::int64_t{1'000'000} + fraction;
+  }
+  return micros;
+}
 
 BinaryType binary_type_for(std::uint32_t type_oid) {
   // Built-in type OIDs (src/include/catalog/pg_type.dat) are the same in every version.

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -62,5 +63,11 @@ void append_binary_null(std::string& out);
 bool append_binary_field(std::string& out, BinaryType type, std::string_view text);
 // Appends the trailer.
 void append_binary_trailer(std::string& out);
+
+// The value of timestamp_out/timestamptz_out text with DateStyle ISO,
+// "YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]", as microseconds since 2000-01-01
+// (UTC with `zoned`, whose offset is then required; without, an offset is refused);
+// infinity and -infinity as INT64_MAX and INT64_MIN. nullopt for anything else.
+std::optional<std::int64_t> parse_timestamp_micros(std::string_view text, bool zoned);
 
 }  // namespace pgferry::replication
