@@ -286,20 +286,17 @@ void TransactionAssembler::commit_eager(const pg::StreamCommit& commit) {
   sink_.streamed_segment();
   ChangeSink* eager = eager_;
   eager_ = nullptr;
-  ++transactions_;
-  ++streamed_transactions_;
-  ++eager_transactions_;
   TransactionCommit done{commit.xid, commit.commit_lsn, commit.end_lsn, commit.commit_time};
   try {
     eager->commit_transaction(done);
   } catch (const SqlError& e) {
     if (!eager_lock_wait(e)) throw;
-    --eager_transactions_;
-    --transactions_;
-    --streamed_transactions_;
     replay_streamed(commit);
     return;
   }
+  ++transactions_;
+  ++streamed_transactions_;
+  ++eager_transactions_;
   spool_.remove(commit.xid);
   sink_.streamed_committed();
   // Once it committed, pgoutput counts the relations it described as sent for the
