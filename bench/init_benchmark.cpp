@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 #include <sys/wait.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <iostream>
@@ -33,7 +34,7 @@ namespace {
 
 using pgferry::bench::median;
 using pgferry::bench::seconds_since;
-using pgferry::bench::split;
+using pgferry::bench::table_digest;
 
 struct Options {
   int scale = 100;
@@ -44,15 +45,6 @@ struct Options {
 
 const std::vector<std::string> kTables = {"pgbench_accounts", "pgbench_branches", "pgbench_tellers",
                                           "pgbench_history"};
-
-// Cheap enough for 10 M rows: count and a sum of row hashes.
-std::string digest(const repl::Connection& conn, const std::string& table) {
-  return conn
-      .exec(fmt::format("SELECT count(*) || ':' || coalesce(sum(hashtext(t::text)::bigint), 0) "
-                        "FROM {} t",
-                        table))
-      .scalar();
-}
 
 // pgbench's tables with their primary keys and no rows (what a schema restore gives).
 void create_schema(LocalCluster& cluster, const std::string& dbname) {
@@ -139,7 +131,7 @@ std::map<std::string, double> run_once(const Options& options, int run_index) {
       if (cleaned != 0) throw std::runtime_error("pgferry cleanup failed, see " + log);
     }
     for (const auto& table : kTables) {
-      if (digest(src, table) != digest(tgt, table)) {
+      if (table_digest(src, table) != table_digest(tgt, table)) {
         throw std::runtime_error(
             fmt::format("{}: table {} differs from the source", method, table));
       }
@@ -153,26 +145,14 @@ std::map<std::string, double> run_once(const Options& options, int run_index) {
 
 int main(int argc, char** argv) {
   Options options;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--scale")
-      options.scale = std::stoi(value());
-    else if (arg == "--runs")
-      options.runs = std::stoi(value());
-    else if (arg == "--jobs")
-      options.jobs = std::stoi(value());
-    else if (arg == "--methods")
-      options.methods = split(value());
-    else {
-      std::cerr << "usage: pgferry_init_bench [--scale N] [--runs N] [--jobs N] "
-                   "[--methods native,pgferry,pgferry-precreated]\n";
-      return 2;
-    }
-  }
+  CLI::App app("pgferry init against a native subscription's initial sync, in the same run");
+  app.add_option("--scale", options.scale, "pgbench scale")->capture_default_str();
+  app.add_option("--runs", options.runs, "runs (medians are printed)")->capture_default_str();
+  app.add_option("--jobs", options.jobs, "pgferry init --jobs")->capture_default_str();
+  app.add_option("--methods", options.methods, "native, pgferry, pgferry-precreated")
+      ->delimiter(',')
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
   pgferry::tools::stop_all_on_signal();
   try {
     std::map<std::string, std::vector<double>> times;

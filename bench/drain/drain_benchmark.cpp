@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -37,6 +38,7 @@ namespace {
 using pgferry::bench::median;
 using pgferry::bench::seconds_since;
 using pgferry::bench::split;
+using pgferry::bench::table_digest;
 
 struct Options {
   std::string workload = "all";
@@ -52,14 +54,6 @@ struct Workload {
   std::vector<std::string> tables;           // to compare and truncate
   std::function<void(LocalCluster&)> write;  // the backlog
 };
-
-std::string fingerprint(const repl::Connection& conn, const std::string& table) {
-  return conn
-      .exec(fmt::format("SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY "
-                        "t::text)), '') FROM {} t",
-                        table))
-      .scalar();
-}
 
 void psql(const LocalCluster& cluster, const std::string& sql) {
   repl::Connection::open(cluster.conninfo(), repl::Side::none).exec(sql);
@@ -238,7 +232,7 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
     auto tgt =
         repl::Connection::open(target.conninfo(std::string("t_") + method), repl::Side::target);
     for (const auto& table : workload.tables) {
-      if (fingerprint(src, table) != fingerprint(tgt, table)) {
+      if (table_digest(src, table) != table_digest(tgt, table)) {
         throw std::runtime_error(
             fmt::format("{}: table {} differs from the source", method, table));
       }
@@ -255,28 +249,20 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
 
 int main(int argc, char** argv) {
   Options options;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(arg + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--workload")
-      options.workload = value();
-    else if (arg == "--runs")
-      options.runs = std::stoi(value());
-    else if (arg == "--rows")
-      options.rows = std::stol(value());
-    else if (arg == "--methods")
-      options.methods = split(value());
-    else if (arg == "--streaming")
-      options.streaming = value() == "on";
-    else {
-      std::cerr << "usage: pgferry_drain_bench [--workload bulk|oltp|bigtxn|all] [--runs N] "
-                   "[--rows N] [--methods floor,native,pgferry] [--streaming on|off]\n";
-      return 2;
-    }
-  }
+  CLI::App app("drain a backlog with the walsender floor, a native subscription and pgferry");
+  app.add_option("--workload", options.workload, "bulk, oltp, bigtxn or all (comma-separated)")
+      ->capture_default_str();
+  app.add_option("--runs", options.runs, "runs (medians are printed)")->capture_default_str();
+  app.add_option("--rows", options.rows, "workload size (0: its default)")->capture_default_str();
+  app.add_option("--methods", options.methods, "floor, native, pgferry")
+      ->delimiter(',')
+      ->capture_default_str();
+  std::string streaming = "off";
+  app.add_option("--streaming", streaming, "the native subscription's streaming")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  options.streaming = streaming == "on";
   pgferry::tools::stop_all_on_signal();
   std::vector<std::string> workloads = options.workload == "all"
                                            ? std::vector<std::string>{"bulk", "oltp", "bigtxn"}
