@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "pgferry/replication/pg.hpp"
+#include "pgferry/replication/core/pg.hpp"
 
 namespace pgferry::bench {
 

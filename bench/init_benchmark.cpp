@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "bench_support.hpp"
-#include "pgferry/replication/pg.hpp"
+#include "pgferry/replication/core/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
 
 namespace repl = pgferry::replication;

@@ -6,8 +6,8 @@
 #include <memory>
 
 #include "pgferry/lagmon/sample.hpp"
-#include "pgferry/replication/pg.hpp"
-#include "pgferry/replication/progress.hpp"
+#include "pgferry/replication/apply/progress.hpp"
+#include "pgferry/replication/core/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
 
 namespace repl = pgferry::replication;

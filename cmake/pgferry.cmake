@@ -15,11 +15,11 @@ if(PGFERRY_SANITIZE)
 endif()
 
 # pgferry_module(<name> DEPS <targets...>)
-# Sources are every src/*.cpp of the folder; a folder with none yet is a header-only
+# Sources are every .cpp below src/ (a big module groups them in subfolders by stage); a folder with none yet is a header-only
 # (INTERFACE) library so that dependants can already link it.
 function(pgferry_module name)
   cmake_parse_arguments(ARG "" "" "DEPS" ${ARGN})
-  file(GLOB sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/src/*.cpp)
+  file(GLOB_RECURSE sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/src/*.cpp)
   if(sources)
     add_library(pgferry_${name} STATIC ${sources})
     target_include_directories(pgferry_${name}

@@ -11,8 +11,8 @@
 #include <filesystem>
 #include <span>
 
-#include "pgferry/replication/decoder.hpp"
-#include "pgferry/replication/txn_assembler.hpp"
+#include "pgferry/replication/decode/decoder.hpp"
+#include "pgferry/replication/decode/txn_assembler.hpp"
 
 namespace repl = pgferry::replication;
 namespace pg = pgferry::replication::pgoutput;

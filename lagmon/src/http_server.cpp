@@ -11,7 +11,7 @@
 #include <boost/beast/http.hpp>
 #include <thread>
 
-#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/core/error.hpp"
 
 namespace pgferry::lagmon {
 

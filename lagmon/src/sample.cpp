@@ -5,8 +5,8 @@
 
 #include <climits>
 
-#include "pgferry/replication/copy_encoding.hpp"
-#include "pgferry/replication/ids.hpp"
+#include "pgferry/replication/apply/copy_encoding.hpp"
+#include "pgferry/replication/core/ids.hpp"
 
 namespace pgferry::lagmon {
 

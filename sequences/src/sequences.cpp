@@ -9,7 +9,7 @@
 #include <map>
 #include <utility>
 
-#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/core/error.hpp"
 
 namespace pgferry::sequences {
 

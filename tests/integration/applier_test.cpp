@@ -1,13 +1,13 @@
 // The applier alone, against a real target cluster: Relations and pgoutput structs built by
 // hand (text values, as the walsender sends them) fed to an Applier, then the target's rows
 // checked. No source cluster: what the stream delivers is simulated exactly.
-#include "pgferry/replication/applier.hpp"
+#include "pgferry/replication/apply/applier.hpp"
 
 #include <fmt/format.h>
 
 #include <thread>
 
-#include "pgferry/replication/progress.hpp"
+#include "pgferry/replication/apply/progress.hpp"
 #include "support/harness.hpp"
 
 namespace repl = pgferry::replication;

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "pgferry/replication/conninfo.hpp"
-#include "pgferry/replication/preflight.hpp"
+#include "pgferry/replication/check/preflight.hpp"
+#include "pgferry/replication/core/conninfo.hpp"
 #include "support/harness.hpp"
 
 namespace repl = pgferry::replication;

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "pgferry/replication/preflight.hpp"
+#include "pgferry/replication/check/preflight.hpp"
 #include "support/harness.hpp"
 
 namespace repl = pgferry::replication;

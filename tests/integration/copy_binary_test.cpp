@@ -4,7 +4,7 @@
 // and text the encoder does not fully understand must be refused, never guessed.
 #include <fmt/format.h>
 
-#include "pgferry/replication/copy_encoding.hpp"
+#include "pgferry/replication/apply/copy_encoding.hpp"
 #include "support/harness.hpp"
 
 namespace repl = pgferry::replication;

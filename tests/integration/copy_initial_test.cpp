@@ -9,8 +9,8 @@
 #include <map>
 #include <thread>
 
-#include "pgferry/replication/initial_copy.hpp"
-#include "pgferry/replication/table_scope.hpp"
+#include "pgferry/replication/copy/initial_copy.hpp"
+#include "pgferry/replication/core/table_scope.hpp"
 #include "support/harness.hpp"
 
 namespace repl = pgferry::replication;

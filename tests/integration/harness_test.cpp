@@ -10,7 +10,7 @@
 
 #include <cstdio>
 
-#include "pgferry/replication/conninfo.hpp"
+#include "pgferry/replication/core/conninfo.hpp"
 
 namespace repl = pgferry::replication;
 using namespace pgferry::testing;

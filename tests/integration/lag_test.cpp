@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "pgferry/replication/lsn.hpp"
+#include "pgferry/replication/core/lsn.hpp"
 #include "support/harness.hpp"
 #include "support/http_get.hpp"
 #include "support/prometheus_text.hpp"

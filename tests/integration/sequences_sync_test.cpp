@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/core/error.hpp"
 #include "pgferry/sequences/report.hpp"
 #include "pgferry/sequences/sequences.hpp"
 #include "support/harness.hpp"

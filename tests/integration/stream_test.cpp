@@ -2,7 +2,7 @@
 // logical_decoding_work_mem = 64kB so that large transactions are streamed): the changes
 // made are exactly the changes delivered; aborted streamed transactions and rolled-back
 // savepoints deliver nothing; the slot is confirmed only as far as confirm() said.
-#include "pgferry/replication/stream.hpp"
+#include "pgferry/replication/stream/stream.hpp"
 
 #include <fmt/format.h>
 

@@ -12,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-#include "pgferry/replication/pg.hpp"
+#include "pgferry/replication/core/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
 
 namespace pgferry::testing {

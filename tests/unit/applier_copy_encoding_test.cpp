@@ -1,7 +1,7 @@
 // COPY text format escaping used by the applier's insert runs.
 #include <gtest/gtest.h>
 
-#include "pgferry/replication/copy_encoding.hpp"
+#include "pgferry/replication/apply/copy_encoding.hpp"
 
 namespace repl = pgferry::replication;
 

@@ -2,9 +2,9 @@
 // functions, no server.
 #include <gtest/gtest.h>
 
-#include "pgferry/replication/error.hpp"
-#include "pgferry/replication/preflight.hpp"
-#include "pgferry/replication/table_scope.hpp"
+#include "pgferry/replication/check/preflight.hpp"
+#include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/table_scope.hpp"
 
 namespace repl = pgferry::replication;
 using repl::TablePattern;

@@ -1,9 +1,9 @@
 // Conninfo validation and redaction: passwords never come back out.
-#include "pgferry/replication/conninfo.hpp"
+#include "pgferry/replication/core/conninfo.hpp"
 
 #include <gtest/gtest.h>
 
-#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/core/error.hpp"
 
 namespace repl = pgferry::replication;
 

@@ -1,7 +1,7 @@
 // The pgoutput decoder over bytes captured from PostgreSQL 15 (tests/fixtures/pgoutput):
 // every message type and tuple kind decodes to the workload's values (workload.sql);
 // every truncation and corruption throws ProtocolError; v4-only fields via the encoder.
-#include "pgferry/replication/decoder.hpp"
+#include "pgferry/replication/decode/decoder.hpp"
 
 #include <gtest/gtest.h>
 

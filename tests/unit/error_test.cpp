@@ -1,5 +1,5 @@
 // Exit codes of the CLI contract, from the exception that ended a command.
-#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/core/error.hpp"
 
 #include <gtest/gtest.h>
 

@@ -6,7 +6,7 @@
 #include "pgferry/lagmon/metrics.hpp"
 #include "pgferry/lagmon/render.hpp"
 #include "pgferry/lagmon/sample.hpp"
-#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/core/error.hpp"
 #include "support/http_get.hpp"
 #include "support/prometheus_text.hpp"
 

@@ -1,9 +1,9 @@
 // Lsn: parsing and printing like pg_lsn, arithmetic in bytes.
-#include "pgferry/replication/lsn.hpp"
+#include "pgferry/replication/core/lsn.hpp"
 
 #include <gtest/gtest.h>
 
-#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/core/error.hpp"
 
 namespace repl = pgferry::replication;
 using repl::Lsn;

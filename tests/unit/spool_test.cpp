@@ -1,7 +1,7 @@
 // The zstd spool of streamed transactions: round trip in order (small and large
 // messages), subtransaction aborts drop exactly their changes, files are cleaned up, and
 // a write error names the spool file.
-#include "pgferry/replication/spool.hpp"
+#include "pgferry/replication/decode/spool.hpp"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -10,7 +10,7 @@
 #include <fstream>
 #include <string>
 
-#include "pgferry/replication/error.hpp"
+#include "pgferry/replication/core/error.hpp"
 
 namespace repl = pgferry::replication;
 namespace fs = std::filesystem;

@@ -1,7 +1,7 @@
 // The transaction assembler: captured streams become the ChangeSink's call sequence
 // (committed transactions only, in commit order, streamed ones replayed from the spool
 // without their aborted subtransactions); ordering and error cases via the encoder.
-#include "pgferry/replication/txn_assembler.hpp"
+#include "pgferry/replication/decode/txn_assembler.hpp"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>

@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "cli.hpp"
-#include "pgferry/replication/pg.hpp"
-#include "pgferry/replication/preflight.hpp"
-#include "pgferry/replication/table_scope.hpp"
+#include "pgferry/replication/check/preflight.hpp"
+#include "pgferry/replication/core/pg.hpp"
+#include "pgferry/replication/core/table_scope.hpp"
 
 namespace pgferry::tools {
 

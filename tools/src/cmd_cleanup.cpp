@@ -7,10 +7,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
-#include "pgferry/replication/error.hpp"
-#include "pgferry/replication/initial_copy.hpp"
-#include "pgferry/replication/pg.hpp"
-#include "pgferry/replication/progress.hpp"
+#include "pgferry/replication/apply/progress.hpp"
+#include "pgferry/replication/copy/initial_copy.hpp"
+#include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/pg.hpp"
 
 namespace pgferry::tools {
 

@@ -17,9 +17,9 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
-#include "pgferry/replication/decoder.hpp"
-#include "pgferry/replication/relation.hpp"
-#include "pgferry/replication/replication_connection.hpp"
+#include "pgferry/replication/decode/decoder.hpp"
+#include "pgferry/replication/decode/relation.hpp"
+#include "pgferry/replication/stream/replication_connection.hpp"
 
 namespace pgferry::tools {
 

@@ -19,8 +19,8 @@
 #include "cli.hpp"
 #include "pgferry/lagmon/render.hpp"
 #include "pgferry/lagmon/sample.hpp"
-#include "pgferry/replication/error.hpp"
-#include "pgferry/replication/pg.hpp"
+#include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
 
 namespace pgferry::tools {

@@ -46,15 +46,15 @@
 #include <thread>
 
 #include "cli.hpp"
-#include "pgferry/replication/error.hpp"
-#include "pgferry/replication/initial_copy.hpp"
-#include "pgferry/replication/initial_copy_resume.hpp"
-#include "pgferry/replication/initial_copy_schema.hpp"
-#include "pgferry/replication/pg.hpp"
-#include "pgferry/replication/preflight.hpp"
-#include "pgferry/replication/progress.hpp"
-#include "pgferry/replication/replication_connection.hpp"
-#include "pgferry/replication/table_scope.hpp"
+#include "pgferry/replication/apply/progress.hpp"
+#include "pgferry/replication/check/preflight.hpp"
+#include "pgferry/replication/copy/initial_copy.hpp"
+#include "pgferry/replication/copy/initial_copy_resume.hpp"
+#include "pgferry/replication/copy/initial_copy_schema.hpp"
+#include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/pg.hpp"
+#include "pgferry/replication/core/table_scope.hpp"
+#include "pgferry/replication/stream/replication_connection.hpp"
 
 namespace pgferry::tools {
 

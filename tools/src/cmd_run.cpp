@@ -29,10 +29,10 @@
 
 #include "cli.hpp"
 #include "pgferry/lagmon/agent_metrics.hpp"
-#include "pgferry/replication/applier.hpp"
-#include "pgferry/replication/error.hpp"
-#include "pgferry/replication/pg.hpp"
-#include "pgferry/replication/stream.hpp"
+#include "pgferry/replication/apply/applier.hpp"
+#include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/pg.hpp"
+#include "pgferry/replication/stream/stream.hpp"
 #include "pgferry/sequences/sequences.hpp"
 
 namespace pgferry::tools {

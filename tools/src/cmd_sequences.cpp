@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "cli.hpp"
-#include "pgferry/replication/error.hpp"
-#include "pgferry/replication/pg.hpp"
+#include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/pg.hpp"
 #include "pgferry/sequences/report.hpp"
 #include "pgferry/sequences/sequences.hpp"
 

@@ -8,9 +8,9 @@
 #include <iostream>
 
 #include "cli.hpp"
-#include "pgferry/replication/conninfo.hpp"
-#include "pgferry/replication/error.hpp"
-#include "pgferry/replication/log.hpp"
+#include "pgferry/replication/core/conninfo.hpp"
+#include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/log.hpp"
 
 namespace pgferry::tools {
 

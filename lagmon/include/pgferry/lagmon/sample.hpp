@@ -15,8 +15,8 @@
 #include <optional>
 #include <string>
 
-#include "pgferry/replication/lsn.hpp"
-#include "pgferry/replication/pg.hpp"
+#include "pgferry/replication/core/lsn.hpp"
+#include "pgferry/replication/core/pg.hpp"
 
 namespace pgferry::lagmon {
 

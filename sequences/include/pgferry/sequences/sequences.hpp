@@ -26,7 +26,7 @@
 #include <string_view>
 #include <vector>
 
-#include "pgferry/replication/pg.hpp"
+#include "pgferry/replication/core/pg.hpp"
 #include "pgferry/sequences/target_value.hpp"
 
 namespace pgferry::sequences {
