@@ -1,0 +1,182 @@
+// Updates and deletes by replica identity (see keyed_changes.hpp).
+#include "keyed_changes.hpp"
+
+#include <fmt/format.h>
+
+namespace pgferry::replication::apply {
+
+namespace {
+
+using pgoutput::ColumnKind;
+using pgoutput::TupleView;
+
+// One byte per column for the statement cache key: which columns a statement uses and how.
+void append_shape(std::string& key, TupleView tuple, const std::vector<int>& columns) {
+  for (int column : columns) key += static_cast<char>(tuple[static_cast<std::size_t>(column)].kind);
+  key += '|';
+}
+
+}  // namespace
+
+KeyedChanges::Match KeyedChanges::choose_match(const TargetTable& table, char old_kind,
+                                               TupleView old_tuple) {
+  if (old_kind != 'O') return Match::key;
+  if (table.primary_key.empty()) return Match::full;
+  for (int column : table.primary_key) {
+    if (old_tuple[static_cast<std::size_t>(column)].kind != ColumnKind::text) return Match::full;
+  }
+  return Match::primary_key;
+}
+
+std::vector<int> KeyedChanges::match_columns(const TargetTable& table, Match match) {
+  switch (match) {
+    case Match::key:
+      return table.key;
+    case Match::primary_key:
+      return table.primary_key;
+    case Match::full: {
+      std::vector<int> all(table.columns.size());
+      for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
+      return all;
+    }
+  }
+  return {};
+}
+
+// Appends the WHERE clause that finds the row; parameters from `first_param` on, one for
+// each non-NULL, non-unchanged column of `tuple` among `columns`.
+void KeyedChanges::append_where(std::string& sql, const TargetTable& table, Match match,
+                                const std::vector<int>& columns, TupleView tuple, int first_param) {
+  std::string condition;
+  int param = first_param;
+  for (std::size_t i = 0; i < columns.size(); ++i) {
+    auto column = static_cast<std::size_t>(columns[i]);
+    auto kind = tuple[column].kind;
+    if (kind == ColumnKind::unchanged_toast) continue;
+    if (!condition.empty()) condition += " AND ";
+    if (kind == ColumnKind::null) {
+      condition += fmt::format("{} IS NULL", table.columns[column]);
+    } else if (match == Match::full) {
+      // Through the text form: works for types without an equality operator (json, point).
+      condition += fmt::format("{}::text = (${}::{})::text", table.columns[column], param++,
+                               table.types[column]);
+    } else {
+      condition += fmt::format("{} = ${}::{}", table.columns[column], param++, table.types[column]);
+    }
+  }
+  if (match == Match::full) {
+    sql += fmt::format(" WHERE ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)", table.qualified,
+                       condition.empty() ? "true" : condition);
+  } else {
+    sql += " WHERE " + condition;
+  }
+}
+
+void KeyedChanges::format_key(const TargetTable& table, const std::vector<int>& columns,
+                              TupleView tuple) {
+  key_text_.clear();
+  append_key_names(key_text_, table, columns);
+  for (std::size_t i = 0; i < columns.size(); ++i) {
+    if (i) key_text_ += ", ";
+    const auto& value = tuple[static_cast<std::size_t>(columns[i])];
+    if (value.kind == ColumnKind::null) {
+      key_text_ += "NULL";
+    } else if (value.data.size() > kMaxKeyText) {
+      key_text_.append(value.data.substr(0, kMaxKeyText));
+      key_text_ += "...";
+    } else {
+      key_text_.append(value.data);
+    }
+  }
+  key_text_ += ')';
+}
+
+std::size_t KeyedChanges::update(const Relation& relation, const TargetTable& table,
+                                 const pgoutput::Update& update, Lsn commit_lsn) {
+  TupleView old_tuple = update.old_kind != 0 ? update.old_tuple : update.new_tuple;
+  Match match = choose_match(table, update.old_kind, old_tuple);
+  std::vector<int> where = match_columns(table, match);
+  if (where.empty()) {
+    pipeline_.set_broken();
+    throw Error(fmt::format(
+        "UPDATE of {} has no replica identity key to find the row by: give the source table a "
+        "primary key or REPLICA IDENTITY FULL",
+        table.display));
+  }
+
+  // SET: every column the new tuple carries as a value; without an old tuple the key did not
+  // change, so key columns are left out (unless nothing else is left).
+  std::vector<int> set;
+  for (std::size_t i = 0; i < update.new_tuple.size(); ++i) {
+    if (update.new_tuple[i].kind == ColumnKind::unchanged_toast) continue;
+    if (update.old_kind == 0 && relation.columns[i].is_key) continue;
+    set.push_back(static_cast<int>(i));
+  }
+  if (set.empty()) set = table.key;
+
+  std::string key = fmt::format("U/{}/{}/{}/{}/", table.id.value, table.version,
+                                static_cast<char>(match), update.old_kind);
+  for (int column : set) key += fmt::format("{},", column);
+  key += '|';
+  append_shape(key, old_tuple, where);
+
+  Params& params = pipeline_.params();
+  params.clear();
+  for (int column : set) params.add(update.new_tuple[static_cast<std::size_t>(column)]);
+  int set_params = params.count();
+  // NULLs in SET are parameters; NULLs in WHERE become IS NULL.
+  for (int column : where) {
+    const auto& value = old_tuple[static_cast<std::size_t>(column)];
+    if (value.kind == ColumnKind::text) params.add(value);
+  }
+  params.finish();
+  const auto& prepared = pipeline_.statement(key, params.count(), [&] {
+    std::string sql = fmt::format("UPDATE {} SET ", table.qualified);
+    for (std::size_t i = 0; i < set.size(); ++i) {
+      if (i) sql += ", ";
+      sql += fmt::format("{} = ${}", table.columns[static_cast<std::size_t>(set[i])], i + 1);
+    }
+    append_where(sql, table, match, where, old_tuple, set_params + 1);
+    return sql;
+  });
+  Statement update_statement = prepared;
+  format_key(table, match == Match::full ? table.key : where, old_tuple);
+  pipeline_.send_prepared(update_statement, {Op::update, commit_lsn, &table, key_text_});
+  ApplyCounters::add(counters_.rows_updated, 1);
+  return params.bytes();
+}
+
+std::size_t KeyedChanges::delete_row(const TargetTable& table, const pgoutput::Delete& del,
+                                     Lsn commit_lsn) {
+  Match match = choose_match(table, del.old_kind, del.old_tuple);
+  std::vector<int> where = match_columns(table, match);
+  if (where.empty()) {
+    pipeline_.set_broken();
+    throw Error(fmt::format(
+        "DELETE from {} has no replica identity key to find the row by: give the source table "
+        "a primary key or REPLICA IDENTITY FULL",
+        table.display));
+  }
+  std::string key =
+      fmt::format("D/{}/{}/{}/", table.id.value, table.version, static_cast<char>(match));
+  append_shape(key, del.old_tuple, where);
+  Params& params = pipeline_.params();
+  params.clear();
+  for (int column : where) {
+    const auto& value = del.old_tuple[static_cast<std::size_t>(column)];
+    if (value.kind == ColumnKind::text) params.add(value);
+  }
+  params.finish();
+  const auto& prepared = pipeline_.statement(key, params.count(), [&] {
+    std::string sql = fmt::format("DELETE FROM {}", table.qualified);
+    append_where(sql, table, match, where, del.old_tuple, 1);
+    return sql;
+  });
+  Statement delete_statement = prepared;
+  format_key(table, match == Match::full ? table.key : where, del.old_tuple);
+  pipeline_.send_prepared(delete_statement, {Op::delete_, commit_lsn, &table, key_text_});
+  ApplyCounters::add(counters_.rows_deleted, 1);
+  return params.bytes();
+}
+
+}  // namespace pgferry::replication::apply
