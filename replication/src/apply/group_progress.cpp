@@ -74,21 +74,25 @@ void GroupProgress::refresh_durable(const Result& position) {
                   Lsn::from_string(position.get(0, 1), "pg_current_wal_flush_lsn"));
 }
 
+void GroupProgress::sync_durable(Lsn end, Lsn commit_lsn) {
+  if (async_commit_) pipeline_.send_query(kWalPositionSql, {Op::wal_position, commit_lsn});
+  Result position = pipeline_.sync(Op::wal_position);
+  last_commit_end_ = end;
+  if (async_commit_) {
+    refresh_durable(position);
+  } else {
+    durable_lsn_.store(end.value());
+  }
+}
+
 void GroupProgress::commit(Lsn commit_lsn) {
   write_progress(end_lsn_, commit_time_, commit_lsn);
   // Every result must be checked before COMMIT is sent (see NOTES).
   pipeline_.request_flush();
   pipeline_.drain();
   pipeline_.send_query("COMMIT", {Op::commit, commit_lsn});
-  if (async_commit_) pipeline_.send_query(kWalPositionSql, {Op::wal_position, commit_lsn});
-  Result position = pipeline_.sync(Op::wal_position);
+  sync_durable(end_lsn_, commit_lsn);
   open_ = false;
-  last_commit_end_ = end_lsn_;
-  if (async_commit_) {
-    refresh_durable(position);
-  } else {
-    durable_lsn_.store(end_lsn_.value());
-  }
   ApplyCounters::add(counters_.groups_committed, 1);
   spdlog::debug("committed group lsn={} transactions={} rows={} bytes={}", end_lsn_, transactions_,
                 rows_, bytes_);
@@ -117,16 +121,9 @@ void GroupProgress::idle(Lsn wal_end) {
   pending_idle_ = Lsn::invalid();
   // Nothing of ours before wal_end is left: record it, so that lag reaches zero at idle.
   write_progress(wal_end, std::nullopt, Lsn::invalid());
-  if (async_commit_) pipeline_.send_query(kWalPositionSql, {Op::wal_position, Lsn::invalid()});
-  Result position = pipeline_.sync(Op::wal_position);
+  sync_durable(wal_end, Lsn::invalid());
   applied_lsn_ = wal_end;
-  last_commit_end_ = wal_end;
   last_idle_write_ = now;
-  if (async_commit_) {
-    refresh_durable(position);
-  } else {
-    durable_lsn_.store(wal_end.value());
-  }
 }
 
 }  // namespace pgferry::replication::apply

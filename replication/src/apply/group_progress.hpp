@@ -88,6 +88,9 @@ class GroupProgress final : public ResultCheck {
   void write_progress(Lsn lsn, std::optional<PgTimestamp> commit_time, Lsn commit_lsn);
   void refresh_durable(Lsn target_insert, Lsn target_flush);
   void refresh_durable(const Result& position);
+  // Syncs what was sent (a COMMIT, or an idle progress write outside a transaction) and
+  // moves the durable position to `end` once the target has it (see NOTES).
+  void sync_durable(Lsn end, Lsn commit_lsn);
 
   Pipeline& pipeline_;
   const ApplierOptions& options_;

@@ -28,19 +28,29 @@ KeyedChanges::Match KeyedChanges::choose_match(const TargetTable& table, char ol
   return Match::primary_key;
 }
 
-std::vector<int> KeyedChanges::match_columns(const TargetTable& table, Match match) {
+std::vector<int> KeyedChanges::match_columns(const TargetTable& table, Match match,
+                                             std::string_view what) {
+  std::vector<int> columns;
   switch (match) {
     case Match::key:
-      return table.key;
+      columns = table.key;
+      break;
     case Match::primary_key:
-      return table.primary_key;
-    case Match::full: {
-      std::vector<int> all(table.columns.size());
-      for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int>(i);
-      return all;
-    }
+      columns = table.primary_key;
+      break;
+    case Match::full:
+      columns.resize(table.columns.size());
+      for (std::size_t i = 0; i < columns.size(); ++i) columns[i] = static_cast<int>(i);
+      break;
   }
-  return {};
+  if (columns.empty()) {
+    pipeline_.set_broken();
+    throw Error(fmt::format(
+        "{} {} has no replica identity key to find the row by: give the source table a primary "
+        "key or REPLICA IDENTITY FULL",
+        what, table.display));
+  }
+  return columns;
 }
 
 // Appends the WHERE clause that finds the row; parameters from `first_param` on, one for
@@ -95,14 +105,7 @@ std::size_t KeyedChanges::update(const Relation& relation, const TargetTable& ta
                                  const pgoutput::Update& update, Lsn commit_lsn) {
   TupleView old_tuple = update.old_kind != 0 ? update.old_tuple : update.new_tuple;
   Match match = choose_match(table, update.old_kind, old_tuple);
-  std::vector<int> where = match_columns(table, match);
-  if (where.empty()) {
-    pipeline_.set_broken();
-    throw Error(fmt::format(
-        "UPDATE of {} has no replica identity key to find the row by: give the source table a "
-        "primary key or REPLICA IDENTITY FULL",
-        table.display));
-  }
+  std::vector<int> where = match_columns(table, match, "UPDATE of");
 
   // SET: every column the new tuple carries as a value; without an old tuple the key did not
   // change, so key columns are left out (unless nothing else is left).
@@ -149,14 +152,7 @@ std::size_t KeyedChanges::update(const Relation& relation, const TargetTable& ta
 std::size_t KeyedChanges::delete_row(const TargetTable& table, const pgoutput::Delete& del,
                                      Lsn commit_lsn) {
   Match match = choose_match(table, del.old_kind, del.old_tuple);
-  std::vector<int> where = match_columns(table, match);
-  if (where.empty()) {
-    pipeline_.set_broken();
-    throw Error(fmt::format(
-        "DELETE from {} has no replica identity key to find the row by: give the source table "
-        "a primary key or REPLICA IDENTITY FULL",
-        table.display));
-  }
+  std::vector<int> where = match_columns(table, match, "DELETE from");
   std::string key =
       fmt::format("D/{}/{}/{}/", table.id.value, table.version, static_cast<char>(match));
   append_shape(key, del.old_tuple, where);

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "pgferry/replication/decode/pgoutput.hpp"
@@ -39,7 +40,8 @@ class KeyedChanges {
   // How an UPDATE or DELETE finds its row.
   enum class Match : char { key = 'k', primary_key = 'p', full = 'f' };
   static Match choose_match(const TargetTable& table, char old_kind, pgoutput::TupleView old_tuple);
-  static std::vector<int> match_columns(const TargetTable& table, Match match);
+  // The columns that find the row (`what`: "UPDATE of", "DELETE from", to name a miss).
+  std::vector<int> match_columns(const TargetTable& table, Match match, std::string_view what);
   static void append_where(std::string& sql, const TargetTable& table, Match match,
                            const std::vector<int>& columns, pgoutput::TupleView tuple,
                            int first_param);
