@@ -91,6 +91,7 @@ class ProgressDisplay : public repl::InitObserver {
     state.done = progress.table_done;
     state.ranges_done = progress.table_ranges_done;
     state.ranges_total = progress.table_ranges_total;
+    if (progress.table_done) state.live_rows = state.live_bytes = 0;  // counted in done_*
     if (!terminal_ && enabled_ && progress.table_done) {
       spdlog::info("init copy table={} done rows={} bytes={}", progress.table, progress.table_rows,
                    progress.table_bytes);

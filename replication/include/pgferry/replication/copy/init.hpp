@@ -34,7 +34,9 @@
 //   record only; no preflight and no copy (run `pgferry check --allow-nonempty` first).
 // - Stopping: the library owns no signal handler. request_stop() (an atomic flag, safe
 //   from a signal handler) makes the copy workers abandon their current range and run()
-//   return InitOutcome::stopped; a re-run resumes.
+//   return InitOutcome::stopped; a re-run resumes. Requested before the copy, init stops
+//   before it creates the slot; after the copy, it finishes (the progress record and the
+//   post-data half are short and make the run complete).
 #pragma once
 
 #include <atomic>
