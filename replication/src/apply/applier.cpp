@@ -37,6 +37,7 @@
 #include <iterator>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "group_progress.hpp"
 #include "insert_runs.hpp"
@@ -267,7 +268,8 @@ void Applier::begin_transaction(const TransactionBegin& begin) {
   // Its commit record lies before what is applied: the whole transaction is on the target.
   // (Unknown while a streamed transaction is applied as it streams: the walsender streams
   // only transactions that commit after the position it was started from.)
-  s.skipping_ = begin.final_lsn.is_valid() && begin.final_lsn < s.progress_.applied_lsn();
+  s.skipping_ =
+      halted() || (begin.final_lsn.is_valid() && begin.final_lsn < s.progress_.applied_lsn());
   if (s.skipping_) {
     spdlog::debug("skipping applied transaction xid={} lsn={}", begin.xid.value, begin.final_lsn);
     return;
@@ -330,6 +332,11 @@ void Applier::commit_transaction(const TransactionCommit& commit) {
     throw Error(fmt::format("commit of xid={} without a begin", commit.xid.value));
   }
   s.in_source_txn_ = false;
+  auto fence = std::exchange(noted_fence_, std::nullopt);
+  if (halted()) {
+    s.skipping_ = false;
+    return;
+  }
   const Lsn applied = s.progress_.applied_lsn();
   if (!s.current_.final_lsn.is_valid() && commit.end_lsn <= applied) {
     // Applied as it streamed, but its commit lies within what the target has: the
@@ -354,7 +361,26 @@ void Applier::commit_transaction(const TransactionCommit& commit) {
   }
   s.progress_.accept(commit);
   apply::ApplyCounters::add(s.counters_.transactions_applied, 1);
-  if (s.progress_.bounds_reached()) s.commit_group();
+  bool fenced = fence.has_value();
+  if (fenced) {
+    // Noted before the commit: if it fails in doubt, the caller still knows which progress
+    // row means the fence is on the target.
+    fence->end_lsn = commit.end_lsn;
+    fence_ = std::move(fence);
+  }
+  if (fenced || s.progress_.bounds_reached()) s.commit_group();
+  if (fenced) {
+    spdlog::info("fence id={} lsn={} committed end_lsn={}", fence_->id, fence_->message_lsn,
+                 fence_->end_lsn);
+  }
+}
+
+void Applier::message(const pgoutput::LogicalMessage& message) {
+  auto& s = *impl_;
+  if (s.options_.fence_name.empty() || !s.in_source_txn_ || s.skipping_) return;
+  if (auto id = fence_id_for(message, s.options_.fence_name)) {
+    noted_fence_ = Fence{std::move(*id), message.lsn, Lsn::invalid()};
+  }
 }
 
 void Applier::idle(Lsn wal_end) {
@@ -363,6 +389,8 @@ void Applier::idle(Lsn wal_end) {
   if (s.in_source_txn_) return;
   s.fold_streamed();  // a streamed transaction committed since is applied, too
   if (s.progress_.open()) s.commit_group();
+  s.progress_.refresh_flushed();
+  if (halted()) return;  // the progress row stays at the fence
   s.progress_.idle(wal_end);
 }
 
@@ -376,7 +404,7 @@ void Applier::flush() {
 ChangeSink* Applier::begin_streamed(const TransactionBegin& begin) {
   auto& s = *impl_;
   s.check_usable();
-  if (!s.streamed_.enabled() || s.in_source_txn_) return nullptr;
+  if (!s.streamed_.enabled() || s.in_source_txn_ || halted()) return nullptr;
   flush();
   Applier* streamed = s.streamed_.open(begin);
   if (!streamed) return nullptr;
@@ -397,6 +425,9 @@ void Applier::streamed_committed() {
   auto& s = *impl_;
   s.check_usable();
   s.fold_streamed();
+  if (Applier* streamed = s.streamed_.applier(); streamed && streamed->fence_) {
+    fence_ = streamed->fence_;
+  }
 }
 
 void Applier::abort_streamed() {
@@ -432,6 +463,9 @@ bool Applier::in_source_transaction() const {
 }
 bool Applier::group_open() const {
   return impl_->progress_.open();
+}
+bool Applier::halted() const {
+  return fence_ && impl_->options_.stop_at_fence;
 }
 
 ApplierCounters Applier::counters() const {

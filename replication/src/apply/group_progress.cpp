@@ -104,12 +104,15 @@ void GroupProgress::include_applied(Lsn lsn) {
   if (pending_idle_ <= applied_lsn_) pending_idle_ = Lsn::invalid();
 }
 
-void GroupProgress::idle(Lsn wal_end) {
-  auto now = Clock::now();
+void GroupProgress::refresh_flushed() {
   if (async_commit_ && !unflushed_.empty()) {
     auto result = pipeline_.query("SELECT pg_current_wal_flush_lsn()::text", {}, Lsn::invalid());
     refresh_durable(Lsn::invalid(), Lsn::from_string(result.get(0, 0), "pg_current_wal_flush_lsn"));
   }
+}
+
+void GroupProgress::idle(Lsn wal_end) {
+  auto now = Clock::now();
   if (wal_end <= applied_lsn_) {
     if (pending_idle_ <= applied_lsn_) pending_idle_ = Lsn::invalid();
     return;

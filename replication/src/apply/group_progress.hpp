@@ -70,6 +70,8 @@ class GroupProgress final : public ResultCheck {
   void commit(Lsn commit_lsn);
   // Everything up to `lsn` is applied elsewhere (by the streamed applier, committed).
   void include_applied(Lsn lsn);
+  // synchronous_commit=off: moves the durable position to what the target has flushed.
+  void refresh_flushed();
   // With no source transaction and no group open: records `wal_end` (see NOTES).
   void idle(Lsn wal_end);
   // A position idle() held back that is due now.
