@@ -78,6 +78,7 @@ struct InitOptions {
   std::string pg_bindir;
   std::string maintenance_work_mem = "1GB";  // post-data session; "0": the server's
   std::string progress = "auto";             // auto | tty | log | none
+  bool allow_target_triggers = false;
 };
 
 struct InitReport {
@@ -694,6 +695,7 @@ int run_init(const CommonOptions& common, const InitOptions& options) {
   check_options.publication = publication;
   check_options.target_data =
       applied ? repl::TargetData::may_have_rows : repl::TargetData::must_be_empty;
+  check_options.allow_target_triggers = options.allow_target_triggers;
   auto check = repl::run_checks(source, target, scope, check_options);
   std::erase_if(check.findings, [&](const repl::Finding& f) {
     return options.schema && f.code == "target_table_missing";
@@ -956,6 +958,9 @@ void add_init_command(CLI::App& app, CommonOptions& common, CommandAction& actio
                   "none")
       ->check(CLI::IsMember({"auto", "tty", "log", "none"}))
       ->capture_default_str();
+  cmd->add_flag("--allow-target-triggers", options->allow_target_triggers,
+                "accept that target triggers and foreign-key actions fire for replicated changes "
+                "when the target role may not set session_replication_role (see README)");
   cmd->callback([&action, &common, options] {
     action = [&common, options] { return run_init(common, *options); };
   });

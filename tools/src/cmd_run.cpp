@@ -64,6 +64,7 @@ struct RunOptions {
   int protocol_version = 0;
   bool no_streaming = false;
   bool spool_streamed = false;
+  bool allow_target_triggers = false;
   int lock_timeout_s = static_cast<int>(repl::ApplierOptions{}.lock_timeout.count());
   int reconnect_timeout_s = 600;
   std::string metrics_listen;  // empty: no HTTP endpoint
@@ -234,6 +235,7 @@ Outcome run_session(const CommonOptions& common, const RunOptions& options,
   applier_options.copy_min_rows = options.copy_min_rows;
   applier_options.synchronous_commit = options.synchronous_commit;
   applier_options.lock_timeout = std::chrono::seconds(options.lock_timeout_s);
+  applier_options.allow_target_triggers = options.allow_target_triggers;
   if (!options.no_streaming && !options.spool_streamed) {
     applier_options.streamed_conninfo = common.target_conninfo();
   }
@@ -434,6 +436,9 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
                   "and for a row lock while a streamed transaction is applied as it streams")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cmd->add_flag("--allow-target-triggers", options->allow_target_triggers,
+                "accept that target triggers and foreign-key actions fire for replicated changes "
+                "when the target role may not set session_replication_role (see README)");
   cmd->add_option("--reconnect-timeout", options->reconnect_timeout_s,
                   "give up after this many seconds without a successful reconnect")
       ->check(CLI::PositiveNumber);
