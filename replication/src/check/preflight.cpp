@@ -272,7 +272,9 @@ class Checker {
         "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid "
         "               AND i.indisreplident), "
         "       coalesce(s.n_tup_upd + s.n_tup_del, 0), "
-        "       has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE') "
+        "       has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'), "
+        "       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid "
+        "               AND a.attnum > 0 AND NOT a.attisdropped) "
         "FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
         "WHERE c.oid = ANY($1::oid[])",
         {oid_array(tables)}, "reading the source tables' keys and privileges");
@@ -308,7 +310,19 @@ class Checker {
       bool has_pk = to_bool(r.get(i, 2));
       bool has_identity_index = to_bool(r.get(i, 3));
       long long updates_deletes = to_int(r.get(i, 4));
-      if (identity == 'n') {
+      bool has_columns = to_bool(r.get(i, 7));
+      if (!has_columns && identity == 'f') {
+        // CREATE TABLE t (): its rows are all alike, so matching any one of them is exact.
+        add(Severity::info, "no_columns", object,
+            "a table without columns (REPLICA IDENTITY FULL): its rows are all alike, so a "
+            "replicated DELETE removes any one of them, as PostgreSQL's subscriber does",
+            "none");
+      } else if (!has_columns && identity != 'n') {
+        add(Severity::fatal, "no_primary_key", object,
+            "a table without columns has no key: its DELETEs cannot be replicated",
+            fmt::format("ALTER TABLE {} REPLICA IDENTITY FULL, or --exclude-table {}", name,
+                        object));
+      } else if (identity == 'n') {
         add(updates_deletes > 0 ? Severity::fatal : Severity::warning, "replica_identity_nothing",
             object,
             updates_deletes > 0
