@@ -349,13 +349,16 @@ TEST_F(ApplierTest, UpdateOfMissingRowStopsWithCommitLsnRelationAndKey) {
 TEST_F(ApplierTest, CoalescedUpdatesEndAsTheLastTupleAndTriggersSeeEveryChange) {
   sql_->exec("CREATE TABLE acc (id int PRIMARY KEY, bal int, note text)");
   sql_->exec("CREATE TABLE hist (id int PRIMARY KEY, v text)");
-  // A table with a trigger is never coalesced: the trigger sees every update, in order.
+  // A table with a trigger is never coalesced: the trigger sees every update, in order. (It
+  // is declared ENABLE ALWAYS: the apply session runs as a replica, where ordinary
+  // triggers do not fire.)
   sql_->exec("CREATE TABLE audited (id int PRIMARY KEY, v text)");
   sql_->exec("CREATE TABLE audit_log (n serial PRIMARY KEY, v text)");
   sql_->exec(
       "CREATE FUNCTION log_v() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO "
       "audit_log (v) VALUES (NEW.v); RETURN NEW; END $$");
   sql_->exec("CREATE TRIGGER log_v AFTER UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION log_v()");
+  sql_->exec("ALTER TABLE audited ENABLE ALWAYS TRIGGER log_v");
   auto acc = make_relation(20, "public", "acc", {{"id", true}, {"bal", false}, {"note", false}});
   auto hist = make_relation(21, "public", "hist", {{"id", true}, {"v", false}});
   auto audited = make_relation(22, "public", "audited", {{"id", true}, {"v", false}});
