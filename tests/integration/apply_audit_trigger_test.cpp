@@ -36,14 +36,8 @@ TEST_F(ApplyAuditTrigger, TargetTriggerDoesNotDuplicateAuditRows) {
   auto dst = connect(target());
   src.exec(kSchema);
   dst.exec(kSchema);
-  std::vector<std::string> args = {
-      "--source", source().conninfo(), "--target", target().conninfo(), "--name", "audit"};
-  auto with = [&](std::vector<std::string> more) {
-    auto all = args;
-    all.insert(all.end(), more.begin(), more.end());
-    return run_pgferry(all);
-  };
-  auto init = with({"init", "--no-data"});
+  PgferryPair pgferry{source().conninfo(), target().conninfo(), "audit"};
+  auto init = pgferry.run({"init", "--no-data"});
   ASSERT_EQ(init.exit_code, 0) << init.output;
 
   src.exec("INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 50) g");  // COPY path
@@ -53,11 +47,11 @@ TEST_F(ApplyAuditTrigger, TargetTriggerDoesNotDuplicateAuditRows) {
   }
   src.exec("DELETE FROM accounts WHERE id > 45");
   std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
-  auto run = with({"run", "--until", until});
+  auto run = pgferry.run({"run", "--until", until});
   ASSERT_EQ(run.exit_code, 0) << run.output;
 
   EXPECT_EQ(query_value(src, "SELECT count(*) FROM audit"), "77");
   EXPECT_EQ(table_fingerprint(src, "audit", "id"), table_fingerprint(dst, "audit", "id"));
   EXPECT_EQ(table_fingerprint(src, "accounts", "id"), table_fingerprint(dst, "accounts", "id"));
-  EXPECT_EQ(with({"cleanup"}).exit_code, 0);
+  EXPECT_EQ(pgferry.run({"cleanup"}).exit_code, 0);
 }

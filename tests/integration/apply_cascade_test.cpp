@@ -40,14 +40,8 @@ TEST_F(ApplyCascade, CascadedDeletesAndKeyUpdatesAreAppliedOnce) {
     INSERT INTO child_set_null SELECT g, (g % 40) + 1, 's' || g FROM generate_series(1, 200) g;
     INSERT INTO grandchild SELECT g, (g % 200) + 1, 'g' || g FROM generate_series(1, 400) g;
   )sql");
-  std::vector<std::string> args = {
-      "--source", source().conninfo(), "--target", target().conninfo(), "--name", "cascade"};
-  auto with = [&](std::vector<std::string> more) {
-    auto all = args;
-    all.insert(all.end(), more.begin(), more.end());
-    return run_pgferry(all);
-  };
-  auto init = with({"init", "--jobs", "4", "--json"});
+  PgferryPair pgferry{source().conninfo(), target().conninfo(), "cascade"};
+  auto init = pgferry.run({"init", "--jobs", "4", "--json"});
   ASSERT_EQ(init.exit_code, 0) << init.output;
   EXPECT_NE(init.output.find("\"triggers_disabled\": true"), std::string::npos) << init.output;
 
@@ -64,7 +58,7 @@ TEST_F(ApplyCascade, CascadedDeletesAndKeyUpdatesAreAppliedOnce) {
   src.exec("DELETE FROM parent WHERE id = 41");
   src.exec("DELETE FROM parent WHERE id BETWEEN 13 AND 20");
   std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
-  auto run = with({"run", "--until", until});
+  auto run = pgferry.run({"run", "--until", until});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   for (const char* table : kTables) {
     EXPECT_EQ(table_fingerprint(src, table, "id"), table_fingerprint(dst, table, "id")) << table;
@@ -73,5 +67,5 @@ TEST_F(ApplyCascade, CascadedDeletesAndKeyUpdatesAreAppliedOnce) {
   EXPECT_EQ(query_value(dst, "SELECT count(*) > 0 FROM child_set_null WHERE parent_id IS NULL"),
             "t");
   EXPECT_EQ(query_value(dst, "SELECT count(*) < 200 FROM child_cascade"), "t");
-  EXPECT_EQ(with({"cleanup"}).exit_code, 0);
+  EXPECT_EQ(pgferry.run({"cleanup"}).exit_code, 0);
 }

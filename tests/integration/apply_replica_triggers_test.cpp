@@ -41,16 +41,10 @@ TEST_F(ApplyReplicaTriggers, ReplicaAndAlwaysTriggersFireOrdinaryOnesDoNot) {
   src.exec(kSchema);
   dst.exec(kSchema);
   dst.exec(kTargetTriggers);
-  std::vector<std::string> args = {"--source", source().conninfo(), "--target", target().conninfo(),
-                                   "--name",   "replica_triggers"};
-  auto with = [&](std::vector<std::string> more) {
-    auto all = args;
-    all.insert(all.end(), more.begin(), more.end());
-    return run_pgferry(all);
-  };
-  auto check = with({"check", "--allow-nonempty"});
+  PgferryPair pgferry{source().conninfo(), target().conninfo(), "replica_triggers"};
+  auto check = pgferry.run({"check", "--allow-nonempty"});
   EXPECT_EQ(check.exit_code, 0) << check.output;
-  auto init = with({"init", "--no-data"});
+  auto init = pgferry.run({"init", "--no-data"});
   ASSERT_EQ(init.exit_code, 0) << init.output;
 
   src.exec("INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 30) g");  // COPY
@@ -58,7 +52,7 @@ TEST_F(ApplyReplicaTriggers, ReplicaAndAlwaysTriggersFireOrdinaryOnesDoNot) {
   src.exec("UPDATE items SET v = 'changed' WHERE id <= 5");
   src.exec("DELETE FROM items WHERE id > 28");
   std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
-  auto run = with({"run", "--until", until});
+  auto run = pgferry.run({"run", "--until", until});
   ASSERT_EQ(run.exit_code, 0) << run.output;
 
   EXPECT_EQ(table_fingerprint(src, "items", "id"), table_fingerprint(dst, "items", "id"));
@@ -73,5 +67,5 @@ TEST_F(ApplyReplicaTriggers, ReplicaAndAlwaysTriggersFireOrdinaryOnesDoNot) {
         << mode;
   }
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM fired WHERE mode = 'origin'"), "0");
-  EXPECT_EQ(with({"cleanup"}).exit_code, 0);
+  EXPECT_EQ(pgferry.run({"cleanup"}).exit_code, 0);
 }

@@ -62,16 +62,10 @@ TEST_F(ApplyRoleGranted, GrantedRoleAppliesAsAReplica) {
     INSERT INTO child SELECT g, (g % 30) + 1, 'c' || g FROM generate_series(1, 90) g;
     INSERT INTO orphanable SELECT g, (g % 30) + 1, 'o' || g FROM generate_series(1, 90) g;
   )sql");
-  std::vector<std::string> args = {
-      "--source", source().conninfo(), "--target", target_conninfo, "--name", "granted"};
-  auto with = [&](std::vector<std::string> more) {
-    auto all = args;
-    all.insert(all.end(), more.begin(), more.end());
-    return run_pgferry(all);
-  };
-  auto check = with({"check"});
+  PgferryPair pgferry{source().conninfo(), target_conninfo, "granted"};
+  auto check = pgferry.run({"check"});
   EXPECT_EQ(check.exit_code, 0) << check.output;
-  auto init = with({"init", "--json"});
+  auto init = pgferry.run({"init", "--json"});
   ASSERT_EQ(init.exit_code, 0) << init.output;
   EXPECT_NE(init.output.find("\"triggers_disabled\": true"), std::string::npos) << init.output;
   // The copy did not fire the target's trigger: the audit rows are the source's.
@@ -83,10 +77,10 @@ TEST_F(ApplyRoleGranted, GrantedRoleAppliesAsAReplica) {
       "BEGIN; DELETE FROM parent WHERE id = 9; INSERT INTO parent VALUES (9, 'again'); "
       "INSERT INTO child VALUES (500, 9, 'new'); COMMIT");
   std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
-  auto run = with({"run", "--until", until});
+  auto run = pgferry.run({"run", "--until", until});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   for (const char* table : kTables) {
     EXPECT_EQ(table_fingerprint(src, table, "id"), table_fingerprint(admin, table, "id")) << table;
   }
-  EXPECT_EQ(with({"cleanup"}).exit_code, 0);
+  EXPECT_EQ(pgferry.run({"cleanup"}).exit_code, 0);
 }

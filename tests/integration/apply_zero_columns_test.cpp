@@ -30,16 +30,10 @@ TEST_F(ApplyZeroColumns, InsertsAndDeletesOfRowsWithoutColumns) {
   dst.exec(kSchema);
   src.exec("INSERT INTO nothing SELECT FROM generate_series(1, 5)");
   src.exec("INSERT INTO dropped SELECT FROM generate_series(1, 3)");
-  std::vector<std::string> args = {
-      "--source", source().conninfo(), "--target", target().conninfo(), "--name", "zero"};
-  auto with = [&](std::vector<std::string> more) {
-    auto all = args;
-    all.insert(all.end(), more.begin(), more.end());
-    return run_pgferry(all);
-  };
-  auto check = with({"check"});
+  PgferryPair pgferry{source().conninfo(), target().conninfo(), "zero"};
+  auto check = pgferry.run({"check"});
   EXPECT_EQ(check.exit_code, 0) << check.output;
-  auto init = with({"init"});
+  auto init = pgferry.run({"init"});
   ASSERT_EQ(init.exit_code, 0) << init.output;
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM nothing"), "5");
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM dropped"), "3");
@@ -54,11 +48,11 @@ TEST_F(ApplyZeroColumns, InsertsAndDeletesOfRowsWithoutColumns) {
   // Several in one statement: one replicated delete (and one target row) each.
   src.exec("DELETE FROM nothing WHERE ctid IN (SELECT ctid FROM nothing LIMIT 10)");
   std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
-  auto run = with({"run", "--until", until, "--json"});
+  auto run = pgferry.run({"run", "--until", until, "--json"});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_EQ(query_value(src, "SELECT count(*) FROM nothing"), "32");
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM nothing"), "32");
   EXPECT_EQ(query_value(src, "SELECT count(*) FROM dropped"), "4");
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM dropped"), "4");
-  EXPECT_EQ(with({"cleanup"}).exit_code, 0);
+  EXPECT_EQ(pgferry.run({"cleanup"}).exit_code, 0);
 }

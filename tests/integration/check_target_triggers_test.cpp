@@ -61,15 +61,9 @@ TEST_F(CheckTargetTriggers, RoleWithoutTheGrantIsRefusedUnlessAccepted) {
     EXPECT_EQ(query_value(plain, "SHOW session_replication_role"), "origin");
     EXPECT_EQ(plain.set_replica_role().grant_statement(), kGrant);
   }
-  std::vector<std::string> args = {
-      "--source", source().conninfo(), "--target", target_conninfo, "--name", "plain"};
-  auto with = [&](std::vector<std::string> more) {
-    auto all = args;
-    all.insert(all.end(), more.begin(), more.end());
-    return run_pgferry(all);
-  };
+  PgferryPair pgferry{source().conninfo(), target_conninfo, "plain"};
 
-  auto check = with({"check", "--json"});
+  auto check = pgferry.run({"check", "--json"});
   EXPECT_EQ(check.exit_code, 3) << check.output;
   auto report = nlohmann::json::parse(check.output);
   std::map<std::string, std::string> fatal_triggers;  // object -> reason
@@ -96,16 +90,16 @@ TEST_F(CheckTargetTriggers, RoleWithoutTheGrantIsRefusedUnlessAccepted) {
   }
   EXPECT_TRUE(replica_warning) << check.output;
   // The text report names them too.
-  auto text = with({"check"});
+  auto text = pgferry.run({"check"});
   EXPECT_EQ(text.exit_code, 3);
   EXPECT_NE(text.output.find("public.parent"), std::string::npos) << text.output;
   EXPECT_NE(text.output.find("public.audited"), std::string::npos) << text.output;
   EXPECT_NE(text.output.find("session_replication_role"), std::string::npos) << text.output;
 
-  auto accepted = with({"check", "--allow-target-triggers"});
+  auto accepted = pgferry.run({"check", "--allow-target-triggers"});
   EXPECT_EQ(accepted.exit_code, 0) << accepted.output;
   // init runs the same preflight.
-  auto init = with({"init", "--json"});
+  auto init = pgferry.run({"init", "--json"});
   EXPECT_EQ(init.exit_code, 3) << init.output;
   EXPECT_NE(
       init.output.find("GRANT SET ON PARAMETER session_replication_role TO \\\"rr_plain\\\";"),
@@ -113,18 +107,18 @@ TEST_F(CheckTargetTriggers, RoleWithoutTheGrantIsRefusedUnlessAccepted) {
       << init.output;
 
   // run: refused before anything of such a table is applied.
-  ASSERT_EQ(with({"init", "--no-data"}).exit_code, 0);
+  ASSERT_EQ(pgferry.run({"init", "--no-data"}).exit_code, 0);
   src.exec("INSERT INTO audited VALUES (1, 'one')");
   std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
-  auto refused = with({"run", "--until", until});
+  auto refused = pgferry.run({"run", "--until", until});
   EXPECT_EQ(refused.exit_code, 3) << refused.output;
   EXPECT_NE(refused.output.find("public.audited"), std::string::npos) << refused.output;
   EXPECT_NE(refused.output.find(kGrant), std::string::npos) << refused.output;
   EXPECT_EQ(query_value(admin, "SELECT count(*) FROM audited"), "0");
   // Accepted: the trigger fires on the target as well (the operator asked for it).
-  auto run = with({"run", "--until", until, "--allow-target-triggers"});
+  auto run = pgferry.run({"run", "--until", until, "--allow-target-triggers"});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_EQ(query_value(admin, "SELECT count(*) FROM audited"), "1");
   EXPECT_EQ(query_value(admin, "SELECT count(*) FROM audit"), "1");
-  EXPECT_EQ(with({"cleanup"}).exit_code, 0);
+  EXPECT_EQ(pgferry.run({"cleanup"}).exit_code, 0);
 }
