@@ -281,6 +281,38 @@ TEST_F(ApplierTest, ReplicaIdentityFullWithAndWithoutPrimaryKey) {
             "{\"x\": 1},{\"x\": 2}");
 }
 
+TEST_F(ApplierTest, TableWithoutColumns) {
+  sql_->exec(
+      "CREATE TABLE no_cols (); INSERT INTO no_cols SELECT FROM generate_series(1, 3);"
+      "CREATE TABLE no_cols_empty ()");
+  auto relation = make_relation(30, "public", "no_cols", {}, 'f');
+  auto empty = make_relation(31, "public", "no_cols_empty", {}, 'f');
+  auto a = applier();
+  Source source(*a);
+  source.transaction([&] {
+    for (int i = 0; i < 20; ++i) source.insert(relation, {});  // past copy_min_rows
+    source.update(relation, 'O', {}, {});                      // replaces one row by an equal one
+    source.remove(relation, 'O', {});
+    source.remove(relation, 'O', {});
+  });
+  a->flush();
+  EXPECT_EQ(value("SELECT count(*) FROM no_cols"), "21");
+  EXPECT_EQ(a->counters().rows_inserted, 20u);
+  EXPECT_EQ(a->counters().rows_updated, 1u);
+  EXPECT_EQ(a->counters().rows_deleted, 2u);
+  // An update must find its row, as any update.
+  Lsn before = progress();
+  try {
+    source.transaction([&] { source.update(empty, 'O', {}, {}); });
+    a->flush();
+    FAIL() << "no error";
+  } catch (const repl::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("public.no_cols_empty"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(progress(), before);
+  EXPECT_EQ(value("SELECT count(*) FROM no_cols_empty"), "0");
+}
+
 TEST_F(ApplierTest, TruncateWithRestartIdentityAndCascade) {
   sql_->exec(
       "CREATE TABLE parent (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);"
