@@ -55,9 +55,14 @@ namespace {
 using pgoutput::ColumnKind;
 using pgoutput::TupleView;
 
-// Checks the options, sets the session up, takes the per-name lock and reads the progress
-// record: the applied position.
-Lsn open_session(Connection& conn, ApplierOptions& options) {
+struct Session {
+  Lsn applied;                     // the progress record
+  std::string replica_role_grant;  // what allows the replica role (for error messages)
+};
+
+// Checks the options, sets the session up (the replica role where the role may set it),
+// takes the per-name lock and reads the progress record.
+Session open_session(Connection& conn, ApplierOptions& options) {
   static constexpr std::string_view kSyncModes[] = {"on", "remote_apply", "remote_write", "local",
                                                     "off"};
   if (std::find(std::begin(kSyncModes), std::end(kSyncModes), options.synchronous_commit) ==
@@ -73,6 +78,16 @@ Lsn open_session(Connection& conn, ApplierOptions& options) {
 
   conn.exec(fmt::format("SET synchronous_commit = {}", quote_literal(options.synchronous_commit)),
             "setting synchronous_commit");
+  auto access = conn.set_replica_role();
+  if (access.allowed) {
+    spdlog::debug("apply session_replication_role=replica");
+  } else if (options.take_lock) {
+    spdlog::warn(
+        "apply session_replication_role=origin: the target role may not set it, so target "
+        "triggers and foreign-key actions fire for replicated changes{}",
+        options.allow_target_triggers ? " (accepted: --allow-target-triggers)"
+                                      : "; a table with them is refused");
+  }
   // One applier per name: a second one would apply every change twice.
   if (options.take_lock) {
     conn.exec(fmt::format("SET lock_timeout = '{}s'", options.lock_timeout.count()));
@@ -100,7 +115,7 @@ Lsn open_session(Connection& conn, ApplierOptions& options) {
         "the same --name) first",
         options.name));
   }
-  return *applied;
+  return {*applied, access.grant_statement()};
 }
 
 // Every value is text (or NULL, or unchanged TOAST), one per column of the relation.
@@ -127,16 +142,19 @@ struct Applier::Impl {
   Impl(Connection target, ApplierOptions options)
       : conn_(std::move(target)),
         options_(std::move(options)),
-        applied_at_start_(open_session(conn_, options_)),
+        session_(open_session(conn_, options_)),
         pipeline_(conn_.native(), options_, counters_),
         tables_(pipeline_),
         // The streamed applier reports only what its own commits made durable: the row it
         // read may be the first applier's commit with synchronous_commit off, not flushed yet.
-        progress_(pipeline_, options_, counters_, applied_at_start_, options_.take_lock),
+        progress_(pipeline_, options_, counters_, session_.applied, options_.take_lock),
         inserts_(pipeline_, options_, counters_),
         batches_(pipeline_, options_, counters_),
         keyed_(pipeline_, counters_),
         streamed_(options_) {
+    if (!conn_.replica_role() && !options_.allow_target_triggers) {
+      tables_.refuse_firing(session_.replica_role_grant);
+    }
     pipeline_.enter();
   }
 
@@ -165,7 +183,7 @@ struct Applier::Impl {
 
   Connection conn_;
   ApplierOptions options_;
-  Lsn applied_at_start_;
+  Session session_;
   apply::ApplyCounters counters_;
   apply::Pipeline pipeline_;
   apply::TargetTables tables_;

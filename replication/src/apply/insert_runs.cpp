@@ -118,7 +118,9 @@ std::size_t InsertRuns::add(const Relation& relation, const TargetTable& table, 
     bytes = run_.values.size() - before;
   }
   ++run_.rows;
-  if (!run_.copying && run_.rows >= options_.copy_min_rows) start_copy();
+  // A table without columns has no COPY column list to name (COPY would expect the
+  // target's columns): its rows go as INSERT ... DEFAULT VALUES.
+  if (!run_.copying && run_.rows >= options_.copy_min_rows && run_.columns > 0) start_copy();
   if (run_.copying && copy_buffer_.size() >= kCopyChunk) send_copy_buffer();
   if (run_.copy_bytes >= options_.copy_max_bytes) flush();
   return bytes;
@@ -139,6 +141,9 @@ void InsertRuns::send_inserts() {
   const TargetTable& table = *run_.table;
   std::string key = fmt::format("I/{}/{}", table.id.value, table.version);
   const auto& prepared = pipeline_.statement(key, static_cast<int>(run_.columns), [&] {
+    // CREATE TABLE t (): every row is the same empty row, as the server's apply worker
+    // inserts it (every target column gets its default).
+    if (table.columns.empty()) return fmt::format("INSERT INTO {} DEFAULT VALUES", table.qualified);
     std::string sql = fmt::format("INSERT INTO {} (", table.qualified);
     for (std::size_t i = 0; i < table.columns.size(); ++i) {
       if (i) sql += ", ";

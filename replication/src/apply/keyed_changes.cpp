@@ -43,7 +43,9 @@ std::vector<int> KeyedChanges::match_columns(const TargetTable& table, Match mat
       for (std::size_t i = 0; i < columns.size(); ++i) columns[i] = static_cast<int>(i);
       break;
   }
-  if (columns.empty()) {
+  // REPLICA IDENTITY FULL of a table without columns matches any row (WHERE true): one
+  // row goes, as the server's apply worker finds one (RelationFindReplTupleSeq).
+  if (columns.empty() && match != Match::full) {
     pipeline_.set_broken();
     throw Error(fmt::format(
         "{} {} has no replica identity key to find the row by: give the source table a primary "
@@ -106,6 +108,7 @@ std::size_t KeyedChanges::update(const Relation& relation, const TargetTable& ta
   TupleView old_tuple = update.old_kind != 0 ? update.old_tuple : update.new_tuple;
   Match match = choose_match(table, update.old_kind, old_tuple);
   std::vector<int> where = match_columns(table, match, "UPDATE of");
+  if (table.columns.empty()) return update_empty_row(table, commit_lsn);
 
   // SET: every column the new tuple carries as a value; without an old tuple the key did not
   // change, so key columns are left out (unless nothing else is left).
@@ -147,6 +150,26 @@ std::size_t KeyedChanges::update(const Relation& relation, const TargetTable& ta
   pipeline_.send_prepared(update_statement, {Op::update, commit_lsn, &table, key_text_});
   ApplyCounters::add(counters_.rows_updated, 1);
   return params.bytes();
+}
+
+std::size_t KeyedChanges::update_empty_row(const TargetTable& table, Lsn commit_lsn) {
+  // An UPDATE of a table without columns changes nothing in its row, and SQL has no UPDATE
+  // without a SET: one row is replaced by an equal one (the server's apply worker writes a
+  // new version of the one row it finds). It must find one, as any update.
+  const auto& prepared =
+      pipeline_.statement(fmt::format("U0/{}/{}", table.id.value, table.version), 0, [&] {
+        return fmt::format(
+            "WITH found AS (DELETE FROM {0} WHERE ctid = (SELECT ctid FROM {0} LIMIT 1) "
+            "RETURNING 1) INSERT INTO {0} SELECT FROM found",
+            table.qualified);
+      });
+  Statement update_statement = prepared;
+  Params& params = pipeline_.params();
+  params.clear();
+  params.finish();
+  pipeline_.send_prepared(update_statement, {Op::update, commit_lsn, &table});
+  ApplyCounters::add(counters_.rows_updated, 1);
+  return 0;
 }
 
 std::size_t KeyedChanges::delete_row(const TargetTable& table, const pgoutput::Delete& del,

@@ -9,6 +9,9 @@
 //   through its text form, one row only (by ctid), as the server's apply worker does.
 // - One statement per relation version, operation, match and column shape (which columns
 //   are NULL or unchanged): NULLs in SET are parameters, NULLs in WHERE become IS NULL.
+// - A table without columns (CREATE TABLE t ()) under REPLICA IDENTITY FULL: a delete
+//   removes one row, an update replaces one row by an equal one, as the server's apply
+//   worker does; either must find a row.
 // - Each statement must affect exactly one row (checked by the pipeline); the key text sent
 //   with it names the row if not.
 #pragma once
@@ -45,6 +48,7 @@ class KeyedChanges {
   static void append_where(std::string& sql, const TargetTable& table, Match match,
                            const std::vector<int>& columns, pgoutput::TupleView tuple,
                            int first_param);
+  std::size_t update_empty_row(const TargetTable& table, Lsn commit_lsn);
   // key_text_ = "(a, b)=(1, x)" for `columns` of `tuple`.
   void format_key(const TargetTable& table, const std::vector<int>& columns,
                   pgoutput::TupleView tuple);

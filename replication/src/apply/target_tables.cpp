@@ -8,6 +8,8 @@
 #include <charconv>
 #include <string_view>
 
+#include "pgferry/replication/apply/target_triggers.hpp"
+#include "pgferry/replication/core/table_scope.hpp"
 #include "pipeline.hpp"
 
 namespace pgferry::replication::apply {
@@ -34,6 +36,7 @@ const TargetTable& TargetTables::map(const Relation& relation, Lsn commit_lsn) {
         "(pgferry init --schema copies the schema), or remove it from the publication",
         table.display));
   }
+  if (refuse_firing_) refuse_if_firing(table, commit_lsn);
   std::unordered_map<std::string_view, int> target_columns;
   std::vector<std::string_view> target_primary_key;
   for (int row = 0; row < result.rows(); ++row) {
@@ -104,6 +107,21 @@ const TargetTable& TargetTables::map(const Relation& relation, Lsn commit_lsn) {
   auto& slot = tables_[relation.id];
   slot = std::move(table);
   return slot;
+}
+
+void TargetTables::refuse_if_firing(const TargetTable& table, Lsn commit_lsn) {
+  auto result =
+      pipeline_.query(kTargetFiringSql, {sql_array_literal({table.qualified})}, commit_lsn);
+  if (result.rows() == 0) return;
+  TargetFiring firing{std::string(result.get(0, 1)), std::string(result.get(0, 2)),
+                      std::string(result.get(0, 3))};
+  if (!firing.fires_again()) return;
+  pipeline_.set_broken();
+  throw CheckFailed(fmt::format(
+      "target table {} has {}, which would fire again for the changes replicated from the "
+      "source (the source sends their effects too), because the target role may not set "
+      "session_replication_role = replica; fix: {}",
+      table.display, firing.describe(), target_firing_fix(replica_role_grant_)));
 }
 
 }  // namespace pgferry::replication::apply

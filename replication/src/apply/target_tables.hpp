@@ -13,6 +13,9 @@
 //   primary key, no array, composite or non-comma-delimited column types (batches travel as
 //   one text array per column). Such a table's key-preserving updates may be coalesced and
 //   applied later in the group (update_batches.hpp).
+// - Without the replica role (the target role may not set session_replication_role), a
+//   table whose user triggers or foreign-key actions would fire again for replicated
+//   changes is refused when first mapped, unless allow_target_triggers (refuse_firing()).
 // - Its queries go through the pipeline (the connection never leaves pipeline mode for
 //   them), so none may be sent while a COPY is open: the caller ends the COPY first when
 //   mapped() says a query is coming.
@@ -21,6 +24,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "pgferry/replication/apply/copy_encoding.hpp"
@@ -70,6 +74,13 @@ class TargetTables {
     if (it != tables_.end() && it->second.version == relation.version) return it->second;
     return map(relation, commit_lsn);
   }
+  // Without the replica role: table_for() throws CheckFailed for a table whose user
+  // triggers or foreign-key actions would fire again for replicated changes
+  // (target_triggers.hpp); `grant` is what would allow the replica role, for the fix.
+  void refuse_firing(std::string grant) {
+    refuse_firing_ = true;
+    replica_role_grant_ = std::move(grant);
+  }
   // False when table_for() would query the catalog.
   bool mapped(const Relation& relation) const {
     auto it = tables_.find(relation.id);
@@ -78,9 +89,12 @@ class TargetTables {
 
  private:
   const TargetTable& map(const Relation& relation, Lsn commit_lsn);
+  void refuse_if_firing(const TargetTable& table, Lsn commit_lsn);
 
   Pipeline& pipeline_;
   std::unordered_map<RelationId, TargetTable> tables_;
+  bool refuse_firing_ = false;
+  std::string replica_role_grant_;
 };
 
 }  // namespace pgferry::replication::apply
