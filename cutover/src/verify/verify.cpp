@@ -572,6 +572,8 @@ void Verifier::check_chunk(Worker& worker, TableState& table, const KeyRange& ra
   if (!hash.equal() && live_) {
     // Read again in order: the source, then the target once it has passed that position.
     hash = hash_range(worker, table, range, false);
+    std::lock_guard lock(table.mutex);
+    ++table.report.rechecked_chunks;
   }
   if (!hash.equal()) {
     {
@@ -768,8 +770,8 @@ VerifyReport Verifier::run() {
   }
   if (live_) progress_name_ = options_.name;
   hash_ = choose_hash(source, target);
-  spdlog::info("verify: mode={} hash={} jobs={} chunk_rows={} sample={}", live_ ? "live" : "once",
-               to_string(hash_), options_.jobs, options_.chunk_rows, options_.sample);
+  spdlog::debug("verify: mode={} hash={} jobs={} chunk_rows={} sample={}", live_ ? "live" : "once",
+                to_string(hash_), options_.jobs, options_.chunk_rows, options_.sample);
 
   for (auto& plan : plan_tables(source, target, options_.scope)) {
     auto state = std::make_unique<TableState>(std::move(plan), hash_);

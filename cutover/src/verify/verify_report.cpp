@@ -67,6 +67,7 @@ nlohmann::json to_json(const VerifyReport& report) {
          {"target_rows", table.target_rows},
          {"chunks", table.chunks},
          {"differing_chunks", table.differing_chunks},
+         {"rechecked_chunks", table.rechecked_chunks},
          {"missing", table.missing},
          {"extra", table.extra},
          {"different", table.different},

@@ -79,6 +79,9 @@ struct TableVerifyReport {
   std::int64_t target_rows = 0;
   std::int64_t chunks = 0;
   std::int64_t differing_chunks = 0;
+  // Live: chunks that differed on the first read and were read again in order (source,
+  // then the target past the source's position); lag shows up here, not as differences.
+  std::int64_t rechecked_chunks = 0;
   std::int64_t missing = 0;  // counts of differing keys (all, not only those kept)
   std::int64_t extra = 0;
   std::int64_t different = 0;
