@@ -1,8 +1,9 @@
 // Verify benchmark: in one run, on one pair of local clusters holding the same pgbench
 // database of --scale (the target filled by `pgferry init --schema`), time
 //   scan     both sides reading every table as COPY (SELECT * FROM t) TO STDOUT, drained
-//            by the client, one connection per side, the two sides at the same time: the
-//            floor for any comparison that reads every row's text on both sides;
+//            by the client, one connection per side, the two sides at the same time: what
+//            any comparison that reads every row's text on both sides costs at least;
+//   devnull  the same as COPY ... TO '/dev/null' on the server: its share alone (stricter);
 //   verify   `pgferry verify --once --jobs N` (each N of --jobs), which must exit 0;
 //   narrow   the same after deleting, changing and adding one pgbench_accounts row on the
 //            target, which must exit 3 naming exactly those three keys.
@@ -82,6 +83,22 @@ double scan_both(const LocalCluster& source, const LocalCluster& target, std::in
   return seconds;
 }
 
+// The server's share alone: every table written as COPY text to /dev/null by the server,
+// one connection per side, both sides at the same time (no client, no socket).
+double scan_devnull(const LocalCluster& source, const LocalCluster& target) {
+  auto scan = [](const std::string& conninfo) {
+    auto conn = repl::Connection::open(conninfo, repl::Side::none);
+    for (const auto& table : kTables) {
+      conn.exec(fmt::format("COPY (SELECT * FROM {}) TO '/dev/null'", table));
+    }
+  };
+  auto start = std::chrono::steady_clock::now();
+  std::thread other([&] { scan(target.conninfo()); });
+  scan(source.conninfo());
+  other.join();
+  return seconds_since(start);
+}
+
 struct VerifyRun {
   double seconds = 0;
   int exit_code = -1;
@@ -158,8 +175,12 @@ int main(int argc, char** argv) {
     std::int64_t bytes = 0;
     scan_both(source, target, bytes);  // warm both caches
     std::vector<double> scans;
+    std::vector<double> devnull_scans;
     std::map<int, std::vector<double>> verifies;
     for (int run = 0; run < options.runs; ++run) {
+      devnull_scans.push_back(scan_devnull(source, target));
+      std::cerr << fmt::format("  run {}: server-side scan to /dev/null {:.2f}s\n", run + 1,
+                               devnull_scans.back());
       scans.push_back(scan_both(source, target, bytes));
       std::cerr << fmt::format("  run {}: scan {:.2f}s ({} MB per side)\n", run + 1, scans.back(),
                                bytes >> 20);
@@ -197,18 +218,20 @@ int main(int argc, char** argv) {
     }
 
     double scan = median(scans);
+    double devnull = median(devnull_scans);
     fmt::print("pgbench scale {} ({} MB of COPY text per side), {} runs\n", options.scale,
                bytes >> 20, options.runs);
-    fmt::print("{:<34} {:>9} {:>9}\n", "method", "median s", "vs scan");
-    fmt::print("{:<34} {:>9.2f} {:>9}\n", "scan (COPY TO STDOUT, both sides)", scan, "1.00x");
+    fmt::print("{:<40} {:>9} {:>9} {:>12}\n", "method", "median s", "vs scan", "vs /dev/null");
+    auto line = [&](const std::string& name, double seconds) {
+      fmt::print("{:<40} {:>9.2f} {:>8.2f}x {:>11.2f}x\n", name, seconds, seconds / scan,
+                 seconds / devnull);
+    };
+    line("scan: COPY TO STDOUT drained, both sides", scan);
+    line("scan: server COPY TO '/dev/null', both", devnull);
     for (int jobs : options.jobs) {
-      double v = median(verifies[jobs]);
-      fmt::print("{:<34} {:>9.2f} {:>8.2f}x\n", fmt::format("verify --once --jobs {}", jobs), v,
-                 v / scan);
+      line(fmt::format("verify --once --jobs {}", jobs), median(verifies[jobs]));
     }
-    fmt::print("{:<34} {:>9.2f} {:>8.2f}x\n",
-               fmt::format("verify, 3 rows differ (--jobs {})", narrow_jobs), narrowed.seconds,
-               narrowed.seconds / scan);
+    line(fmt::format("verify, 3 rows differ (--jobs {})", narrow_jobs), narrowed.seconds);
   } catch (const std::exception& e) {
     std::cerr << "verify benchmark failed: " << e.what() << "\n";
     return 1;

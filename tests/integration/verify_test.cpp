@@ -143,10 +143,13 @@ TEST_F(Verify, EqualTablesPassAndEveryDifferenceIsNamed) {
   };
   for (std::vector<std::string> chunking :
        {std::vector<std::string>{}, std::vector<std::string>{"--chunk-rows", "7", "--jobs", "3"},
-        std::vector<std::string>{"--chunk-rows", "60000", "--jobs", "1"}}) {
+        std::vector<std::string>{"--chunk-rows", "60000", "--jobs", "1"},
+        std::vector<std::string>{"--hash", "md5"}}) {
     auto report = verify_json(chunking, 3);
     EXPECT_FALSE(report["equal"].get<bool>());
     EXPECT_EQ(differences(report), expected) << report.dump(2);
+    EXPECT_EQ(report["hash"],
+              chunking.size() == 2 && chunking[0] == "--hash" ? "md5" : "hashtextextended");
     EXPECT_EQ(report["differing_tables"], 5);
     for (const auto& table : report["tables"]) {
       EXPECT_EQ(

@@ -31,6 +31,7 @@ struct VerifyCliOptions {
   int catchup_timeout = 120;
   std::size_t max_keys = 1000;
   bool progress = false;
+  std::string hash = "auto";
   std::vector<std::string> tables;
   std::vector<std::string> excluded_tables;
 };
@@ -70,6 +71,7 @@ int run_verify(const CommonOptions& common, const VerifyCliOptions& cli) {
   options.recheck_rounds = cli.recheck;
   options.catchup_timeout = std::chrono::seconds(cli.catchup_timeout);
   options.max_keys = cli.max_keys;
+  options.portable_hash = cli.hash == "md5";
 
   cut::VerifyReport report;
   {
@@ -111,6 +113,10 @@ void add_verify_command(CLI::App& app, CommonOptions& common, CommandAction& act
       ->check(CLI::PositiveNumber);
   cmd->add_option("--max-keys", options->max_keys,
                   "differing keys listed per table (default 1000; all are counted)");
+  cmd->add_option("--hash", options->hash,
+                  "auto (hashtextextended when both servers agree on it) or md5 (portable, "
+                  "about 3x slower)")
+      ->check(CLI::IsMember({"auto", "md5"}));
   cmd->add_flag("--progress", options->progress, "progress line on stderr (default: on a tty)");
   add_table_scope_options(cmd, options->tables, options->excluded_tables);
   cmd->callback([&action, &common, options] {

@@ -15,7 +15,25 @@ namespace {
 
 constexpr std::string_view kIntegerTypeOids[] = {"20", "21", "23"};  // int8, int2, int4
 
+// Built-in types whose text output (with the session settings verify pins) is never empty
+// and never contains the separator \x1f: bool, bytea (hex), int8, int2, int4, oid, float4,
+// float8, money (lc_monetary C), macaddr8, cidr, macaddr, inet, date, time, timestamp,
+// timestamptz, interval, timetz, bit, varbit, numeric, uuid, pg_lsn.
+constexpr std::string_view kPlainTypeOids[] = {
+    "16",  "17",   "20",   "21",   "23",   "26",   "700",  "701",  "790",  "774",  "650",  "829",
+    "869", "1082", "1083", "1114", "1184", "1186", "1266", "1560", "1562", "1700", "2950", "3220"};
+constexpr std::string_view kSizedTypeOids[] = {"25", "1042", "1043"};  // text, bpchar, varchar
+
 }  // namespace
+
+ColumnForm column_form(std::string_view type_oid) {
+  auto in = [&](const auto& list) {
+    return std::find(std::begin(list), std::end(list), type_oid) != std::end(list);
+  };
+  if (in(kPlainTypeOids)) return ColumnForm::plain;
+  if (in(kSizedTypeOids)) return ColumnForm::sized;
+  return ColumnForm::hashed;
+}
 
 std::vector<TablePlan> plan_tables(const repl::Connection& source, const repl::Connection& target,
                                    const repl::TableScope& scope) {
@@ -37,13 +55,15 @@ std::vector<TablePlan> plan_tables(const repl::Connection& source, const repl::C
   std::string oid_array = repl::sql_array_literal(oids);
 
   auto columns = source.exec(
-      "SELECT attrelid::text, attname, format_type(atttypid, NULL) FROM pg_attribute "
+      "SELECT attrelid::text, attname, format_type(atttypid, NULL), atttypid::text "
+      "FROM pg_attribute "
       "WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped "
       "ORDER BY attrelid, attnum",
       {oid_array}, "listing the source columns");
   for (int r = 0; r < columns.rows(); ++r) {
     plans[by_oid.at(std::string(columns.get(r, 0)))].columns.push_back(
-        {std::string(columns.get(r, 1)), std::string(columns.get(r, 2))});
+        {std::string(columns.get(r, 1)), std::string(columns.get(r, 2)),
+         column_form(columns.get(r, 3))});
   }
   auto keys = source.exec(
       "SELECT i.indrelid::text, a.attname, format_type(a.atttypid, NULL), a.atttypid::text "
@@ -54,7 +74,8 @@ std::vector<TablePlan> plan_tables(const repl::Connection& source, const repl::C
   std::map<std::size_t, std::vector<std::string>> key_type_oids;
   for (int r = 0; r < keys.rows(); ++r) {
     auto index = by_oid.at(std::string(keys.get(r, 0)));
-    plans[index].key.push_back({std::string(keys.get(r, 1)), std::string(keys.get(r, 2))});
+    plans[index].key.push_back(
+        {std::string(keys.get(r, 1)), std::string(keys.get(r, 2)), column_form(keys.get(r, 3))});
     key_type_oids[index].emplace_back(keys.get(r, 3));
   }
   for (auto& [index, types] : key_type_oids) {
@@ -134,12 +155,29 @@ HashFunction choose_hash(const repl::Connection& source, const repl::Connection&
 
 TableSql::TableSql(const TablePlan& plan, HashFunction hash)
     : plan_(&plan), hash_(hash), table_(plan.qualified()) {
-  std::string row = "ROW(";
+  // concat() calls each type's output function directly (about 1.2x the cost of COPY's
+  // text output, where ROW(...)::text costs 1.6x) and skips NULLs; the forms keep the
+  // text injective: a plain value is never empty, a sized one carries its length (-1:
+  // NULL), a hashed one is digits or nothing; every column ends in \x1f.
+  std::string row = "concat(";
   for (std::size_t i = 0; i < plan.columns.size(); ++i) {
-    if (i) row += ", ";
-    row += repl::quote_ident(plan.columns[i].name);
+    auto column = repl::quote_ident(plan.columns[i].name);
+    switch (plan.columns[i].form) {
+      case ColumnForm::plain:
+        row += column;
+        break;
+      case ColumnForm::sized:
+        row += fmt::format("coalesce(octet_length({0}), -1), ':', {0}", column);
+        break;
+      case ColumnForm::hashed:
+        row += hash_of(column + "::text");
+        break;
+    }
+    row += ", E'\\x1f'";
+    if (i + 1 < plan.columns.size()) row += ", ";
   }
-  row += ")::text";
+  row += ")";
+  if (plan.columns.empty()) row = "''::text";
   row_hash_ = hash_of(row);
   for (std::size_t i = 0; i < plan.key.size(); ++i) {
     if (i) key_order_ += ", ";

@@ -20,10 +20,21 @@
 
 namespace pgferry::cutover::verify_detail {
 
+// How a column enters the row text (see row_text()).
+enum class ColumnForm {
+  plain,   // a type whose text is never empty and never holds \x1f: the text itself
+  sized,   // text, varchar, char: byte length, ':', the text
+  hashed,  // anything else (jsonb, arrays, enums, domains, ...): the hash of its text
+};
+
 struct ColumnInfo {
   std::string name;  // unquoted
   std::string type;  // format_type without typmod
+  ColumnForm form = ColumnForm::hashed;
 };
+
+// The form for a type oid.
+ColumnForm column_form(std::string_view type_oid);
 
 struct TablePlan {
   std::string schema;

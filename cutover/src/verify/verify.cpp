@@ -77,9 +77,11 @@ constexpr auto kCatchupPoll = std::chrono::milliseconds(50);
 repl::Connection open_session(const std::string& conninfo, repl::Side side) {
   auto conn = repl::Connection::open(conninfo, side);
   // On top of the formats every pgferry session pins: the settings other types' text
-  // output depends on.
-  conn.exec("SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'",
-            "pinning the verify session settings");
+  // output depends on. No parallel workers: --jobs says how many backends work per side.
+  conn.exec(
+      "SET TimeZone = 'UTC'; SET bytea_output = 'hex'; SET lc_monetary = 'C'; "
+      "SET max_parallel_workers_per_gather = 0",
+      "pinning the verify session settings");
   return conn;
 }
 
@@ -769,7 +771,7 @@ VerifyReport Verifier::run() {
       break;
   }
   if (live_) progress_name_ = options_.name;
-  hash_ = choose_hash(source, target);
+  hash_ = options_.portable_hash ? HashFunction::md5 : choose_hash(source, target);
   spdlog::debug("verify: mode={} hash={} jobs={} chunk_rows={} sample={}", live_ ? "live" : "once",
                 to_string(hash_), options_.jobs, options_.chunk_rows, options_.sample);
 

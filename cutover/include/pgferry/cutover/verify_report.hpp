@@ -11,8 +11,8 @@ namespace pgferry::cutover {
 
 // {"equal", "mode": "live"|"once", "hash", "sample", "seconds", "differing_tables",
 //  "tables": [{"schema", "name", "key": [...], "equal", "source_rows", "target_rows",
-//  "chunks", "differing_chunks", "missing", "extra", "different", "seconds", "problems": [...],
-//  "differences": [{"kind": "missing_on_target"|"extra_on_target"|"different",
+//  "chunks", "differing_chunks", "rechecked_chunks", "missing", "extra", "different", "seconds",
+//  "problems": [...], "differences": [{"kind": "missing_on_target"|"extra_on_target"|"different",
 //  "key": {"col": "text", ...}, "columns": [...], "changing"}], "differences_truncated"}]}
 nlohmann::json to_json(const VerifyReport& report);
 
