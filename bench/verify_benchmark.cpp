@@ -13,15 +13,19 @@
 #include <fmt/format.h>
 #include <libpq-fe.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -47,6 +51,33 @@ struct Options {
 
 const std::vector<std::string> kTables = {"pgbench_accounts", "pgbench_branches", "pgbench_tellers",
                                           "pgbench_history"};
+
+// CPU seconds the cluster's server processes used so far: the postmaster's own and that
+// of the backends it has reaped (a connection's backend is reaped once it closed). The
+// machine may be shared: CPU seconds compare the work, not the share of the machine.
+double server_cpu_seconds(const LocalCluster& cluster) {
+  std::ifstream pid_file(cluster.data_dir() / "postmaster.pid");
+  std::string pid;
+  std::getline(pid_file, pid);
+  std::ifstream stat_file("/proc/" + pid + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(stat_file)), std::istreambuf_iterator<char>());
+  std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+  std::vector<std::string> values((std::istream_iterator<std::string>(fields)),
+                                  std::istream_iterator<std::string>());
+  // After the command name: field 3 is values[0]; utime, stime, cutime, cstime are 14-17.
+  double ticks = 0;
+  for (int field = 14; field <= 17; ++field) ticks += std::stod(values.at(field - 3));
+  return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// CPU seconds both servers spent on `work` (backends given a moment to be reaped).
+template <typename Work>
+double server_cpu(const LocalCluster& source, const LocalCluster& target, Work&& work) {
+  double before = server_cpu_seconds(source) + server_cpu_seconds(target);
+  work();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  return server_cpu_seconds(source) + server_cpu_seconds(target) - before;
+}
 
 // Reads every table of one side as COPY text and drops it; returns the bytes read.
 std::int64_t drain_tables(const std::string& conninfo) {
@@ -143,13 +174,8 @@ int main(int argc, char** argv) {
     LocalCluster target(cluster_options);
 
     auto load_start = std::chrono::steady_clock::now();
-    int status = source.run_tool({"pgbench", "-i", "-q", "-s", std::to_string(options.scale), "-h",
-                                  source.socket_dir().string(), "-p", std::to_string(source.port()),
-                                  "-U", "postgres", "postgres"},
-                                 source.dir() / "pgbench-init.log");
-    if (status != 0) throw std::runtime_error("pgbench -i failed");
+    pgferry::bench::load_pgbench(source, options.scale);
     auto src = repl::Connection::open(source.conninfo(), repl::Side::source);
-    src.exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY");
     std::cerr << fmt::format(
         "pgbench scale {} loaded in {:.1f}s, database {}\n", options.scale,
         seconds_since(load_start),
@@ -177,22 +203,30 @@ int main(int argc, char** argv) {
     std::vector<double> scans;
     std::vector<double> devnull_scans;
     std::map<int, std::vector<double>> verifies;
+    std::map<std::string, std::vector<double>> cpu;  // server CPU seconds per method
     for (int run = 0; run < options.runs; ++run) {
-      devnull_scans.push_back(scan_devnull(source, target));
-      std::cerr << fmt::format("  run {}: server-side scan to /dev/null {:.2f}s\n", run + 1,
-                               devnull_scans.back());
-      scans.push_back(scan_both(source, target, bytes));
-      std::cerr << fmt::format("  run {}: scan {:.2f}s ({} MB per side)\n", run + 1, scans.back(),
-                               bytes >> 20);
+      cpu["devnull"].push_back(server_cpu(
+          source, target, [&] { devnull_scans.push_back(scan_devnull(source, target)); }));
+      std::cerr << fmt::format("  run {}: server-side scan to /dev/null {:.2f}s, {:.2f} CPU s\n",
+                               run + 1, devnull_scans.back(), cpu["devnull"].back());
+      cpu["scan"].push_back(
+          server_cpu(source, target, [&] { scans.push_back(scan_both(source, target, bytes)); }));
+      std::cerr << fmt::format("  run {}: scan {:.2f}s ({} MB per side), {:.2f} CPU s\n", run + 1,
+                               scans.back(), bytes >> 20, cpu["scan"].back());
       for (int jobs : options.jobs) {
-        auto result = run_verify(source, target, jobs, options.chunk_rows);
+        VerifyRun result;
+        auto key = fmt::format("verify{}", jobs);
+        cpu[key].push_back(server_cpu(source, target, [&] {
+          result = run_verify(source, target, jobs, options.chunk_rows);
+        }));
         if (result.exit_code != 0) {
           throw std::runtime_error(
               fmt::format("verify --jobs {} exited {} on equal databases", jobs, result.exit_code));
         }
         verifies[jobs].push_back(result.seconds);
-        std::cerr << fmt::format("  run {}: verify --jobs {} {:.2f}s (hash {})\n", run + 1, jobs,
-                                 result.seconds, result.report["hash"].get<std::string>());
+        std::cerr << fmt::format("  run {}: verify --jobs {} {:.2f}s, {:.2f} CPU s (hash {})\n",
+                                 run + 1, jobs, result.seconds, cpu[key].back(),
+                                 result.report["hash"].get<std::string>());
       }
     }
 
@@ -221,17 +255,23 @@ int main(int argc, char** argv) {
     double devnull = median(devnull_scans);
     fmt::print("pgbench scale {} ({} MB of COPY text per side), {} runs\n", options.scale,
                bytes >> 20, options.runs);
-    fmt::print("{:<40} {:>9} {:>9} {:>12}\n", "method", "median s", "vs scan", "vs /dev/null");
-    auto line = [&](const std::string& name, double seconds) {
-      fmt::print("{:<40} {:>9.2f} {:>8.2f}x {:>11.2f}x\n", name, seconds, seconds / scan,
-                 seconds / devnull);
+    double devnull_cpu = median(cpu["devnull"]);
+    fmt::print("{:<40} {:>9} {:>9} {:>12} {:>13} {:>13}\n", "method", "median s", "vs scan",
+               "vs /dev/null", "server CPU s", "CPU vs /dev/null");
+    auto line = [&](const std::string& name, double seconds, std::optional<double> cpu_seconds) {
+      fmt::print("{:<40} {:>9.2f} {:>8.2f}x {:>11.2f}x {:>13} {:>13}\n", name, seconds,
+                 seconds / scan, seconds / devnull,
+                 cpu_seconds ? fmt::format("{:.2f}", *cpu_seconds) : "-",
+                 cpu_seconds ? fmt::format("{:.2f}x", *cpu_seconds / devnull_cpu) : "-");
     };
-    line("scan: COPY TO STDOUT drained, both sides", scan);
-    line("scan: server COPY TO '/dev/null', both", devnull);
+    line("scan: COPY TO STDOUT drained, both sides", scan, median(cpu["scan"]));
+    line("scan: server COPY TO '/dev/null', both", devnull, devnull_cpu);
     for (int jobs : options.jobs) {
-      line(fmt::format("verify --once --jobs {}", jobs), median(verifies[jobs]));
+      line(fmt::format("verify --once --jobs {}", jobs), median(verifies[jobs]),
+           median(cpu[fmt::format("verify{}", jobs)]));
     }
-    line(fmt::format("verify, 3 rows differ (--jobs {})", narrow_jobs), narrowed.seconds);
+    line(fmt::format("verify, 3 rows differ (--jobs {})", narrow_jobs), narrowed.seconds,
+         std::nullopt);
   } catch (const std::exception& e) {
     std::cerr << "verify benchmark failed: " << e.what() << "\n";
     return 1;
