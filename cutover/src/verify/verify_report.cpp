@@ -99,7 +99,8 @@ std::string render_text(const VerifyReport& report, std::size_t keys_per_table) 
     for (const auto& problem : table.problems) out += fmt::format("  {}\n", problem);
     std::size_t shown = 0;
     for (const auto& difference : table.differences) {
-      if (shown++ == keys_per_table) break;
+      if (shown == keys_per_table) break;
+      ++shown;
       std::string columns;
       if (!difference.columns.empty()) {
         columns = fmt::format(" (columns: {})", fmt::join(difference.columns, ", "));
@@ -108,8 +109,7 @@ std::string render_text(const VerifyReport& report, std::size_t keys_per_table) 
                          format_key(table.key_columns, difference.key), columns,
                          difference.changing ? " [changing on the source]" : "");
     }
-    auto rest = table.differing_keys() -
-                static_cast<std::int64_t>(std::min(shown, table.differences.size()));
+    auto rest = table.differing_keys() - static_cast<std::int64_t>(shown);
     if (rest > 0) out += fmt::format("  ... and {} more (--json lists up to --max-keys)\n", rest);
   }
   out += fmt::format("\n{} tables, {} differ; mode {}{}, hash {}, {:.2f}s\n", report.tables.size(),
