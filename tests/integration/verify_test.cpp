@@ -95,9 +95,7 @@ TEST_F(Verify, EqualTablesPassAndEveryDifferenceIsNamed) {
       "ALTER DATABASE postgres SET datestyle = 'SQL, DMY'");
 
   for (std::vector<std::string> chunking :
-       {std::vector<std::string>{},
-        std::vector<std::string>{"--chunk-rows", "7", "--jobs", "3", "--part-blocks", "5"},
-        std::vector<std::string>{"--range-chunks", "--chunk-rows", "30"}}) {
+       {std::vector<std::string>{}, std::vector<std::string>{"--chunk-rows", "7", "--jobs", "3"}}) {
     auto report = verify_json(chunking, 0);
     EXPECT_TRUE(report["equal"].get<bool>()) << report.dump(2);
     EXPECT_EQ(report["mode"], "once");  // no progress row: one pass
@@ -144,11 +142,9 @@ TEST_F(Verify, EqualTablesPassAndEveryDifferenceIsNamed) {
       R"(public.bulk different {"id":"31337"} ["payload"])",
   };
   for (std::vector<std::string> chunking :
-       {std::vector<std::string>{},
-        std::vector<std::string>{"--chunk-rows", "7", "--jobs", "3", "--part-blocks", "5"},
+       {std::vector<std::string>{}, std::vector<std::string>{"--chunk-rows", "7", "--jobs", "3"},
         std::vector<std::string>{"--chunk-rows", "60000", "--jobs", "1"},
-        std::vector<std::string>{"--hash", "md5"},
-        std::vector<std::string>{"--range-chunks", "--chunk-rows", "30"}}) {
+        std::vector<std::string>{"--hash", "md5"}}) {
     auto report = verify_json(chunking, 3);
     EXPECT_FALSE(report["equal"].get<bool>());
     EXPECT_EQ(differences(report), expected) << report.dump(2);

@@ -32,8 +32,6 @@ struct VerifyCliOptions {
   std::size_t max_keys = 1000;
   bool progress = false;
   std::string hash = "auto";
-  bool range_chunks = false;
-  std::int64_t part_blocks = 2048;
   std::vector<std::string> tables;
   std::vector<std::string> excluded_tables;
 };
@@ -74,8 +72,6 @@ int run_verify(const CommonOptions& common, const VerifyCliOptions& cli) {
   options.catchup_timeout = std::chrono::seconds(cli.catchup_timeout);
   options.max_keys = cli.max_keys;
   options.portable_hash = cli.hash == "md5";
-  options.range_chunks = cli.range_chunks;
-  options.part_blocks = cli.part_blocks;
 
   cut::VerifyReport report;
   {
@@ -121,12 +117,6 @@ void add_verify_command(CLI::App& app, CommonOptions& common, CommandAction& act
                   "auto (hashtextextended when both servers agree on it) or md5 (portable, "
                   "about 3x slower)")
       ->check(CLI::IsMember({"auto", "md5"}));
-  cmd->add_flag("--range-chunks", options->range_chunks,
-                "integer keys too: one key-range query per chunk instead of each side scanning "
-                "its blocks in parts");
-  cmd->add_option("--part-blocks", options->part_blocks,
-                  "integer keys: smallest block range a side's scan is split into (default 2048)")
-      ->check(CLI::PositiveNumber);
   cmd->add_flag("--progress", options->progress, "progress line on stderr (default: on a tty)");
   add_table_scope_options(cmd, options->tables, options->excluded_tables);
   cmd->callback([&action, &common, options] {

@@ -281,25 +281,6 @@ std::string TableSql::rows_by_key(const std::vector<KeyValues>& keys, Params& pa
                      table_, match);
 }
 
-std::string TableSql::bucket_hash(const std::vector<std::string>& boundaries,
-                                  std::optional<std::int64_t> block_lo,
-                                  std::optional<std::int64_t> block_hi, Params& params) const {
-  params.push_back(repl::sql_array_literal(boundaries));
-  std::string bucket =
-      fmt::format("width_bucket({}, ${}::{}[])", key_order_, params.size(), plan_->key[0].type);
-  std::string where = "true";
-  if (block_lo) where += fmt::format(" AND ctid >= '({},0)'::tid", *block_lo);
-  if (block_hi) where += fmt::format(" AND ctid < '({},0)'::tid", *block_hi);
-  return fmt::format("SELECT {}, count(*), coalesce(sum({}), 0)::text FROM {} WHERE {} GROUP BY 1",
-                     bucket, row_hash_, table_, where);
-}
-
-std::string TableSql::block_count() const {
-  return fmt::format(
-      "SELECT coalesce(pg_relation_size(to_regclass({})) / current_setting('block_size')::int8, 0)",
-      repl::quote_literal(table_));
-}
-
 std::string TableSql::integer_key_bounds() const {
   return fmt::format("SELECT min({0})::text, max({0})::text FROM {1}", key_order_, table_);
 }

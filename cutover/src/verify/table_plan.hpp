@@ -90,14 +90,6 @@ class TableSql {
   // Key texts, row hash and one hash per column (NULL for a NULL value) of the rows with
   // the given keys. Columns: key..., row hash, column hashes...
   std::string rows_by_key(const std::vector<KeyValues>& keys, Params& params) const;
-  // One scan of the blocks [block_lo, block_hi) (block_hi nullopt: to the end; both
-  // nullopt: the whole table) grouping rows by chunk: width_bucket of the key over the
-  // chunk boundaries (chunk 0 below the first boundary). Columns: chunk, count, sum.
-  std::string bucket_hash(const std::vector<std::string>& boundaries,
-                          std::optional<std::int64_t> block_lo,
-                          std::optional<std::int64_t> block_hi, Params& params) const;
-  // The table's size in blocks on the side it runs on (0 when it does not exist).
-  std::string block_count() const;
   // min and max of the integer key (NULLs when empty).
   std::string integer_key_bounds() const;
   // Up to `limit` keys: random ones (TABLESAMPLE SYSTEM at `percent`) or the last by key.

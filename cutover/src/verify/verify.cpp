@@ -166,34 +166,11 @@ struct ChunkHash {
   bool equal() const { return source_rows == target_rows && source_sum == target_sum; }
 };
 
-enum class TaskKind {
-  range,   // hash one key range on both sides
-  sample,  // --sample: random and last keys
-  part,    // one side's scan of a block range, grouped by chunk (integer keys)
-};
-
 struct Task {
   std::size_t table = 0;
-  TaskKind kind = TaskKind::range;
   KeyRange range;
-  repl::Side side = repl::Side::none;  // part
-  std::optional<std::int64_t> block_lo;
-  std::optional<std::int64_t> block_hi;
+  bool sample = false;
 };
-
-// A chunk's hash sum: 64-bit hashes summed over at most 2^63 rows fit 128 bits.
-__extension__ typedef __int128 HashSum;
-
-// A numeric sum's text as an integer, for adding the parts of a chunk.
-HashSum parse_sum(std::string_view text) {
-  bool negative = !text.empty() && text[0] == '-';
-  HashSum value = 0;
-  for (char c : text.substr(negative ? 1 : 0)) {
-    if (c < '0' || c > '9') throw repl::Error(fmt::format("verify: bad hash sum \"{}\"", text));
-    value = value * 10 + (c - '0');
-  }
-  return negative ? -value : value;
-}
 
 class TaskQueue {
  public:
@@ -238,12 +215,6 @@ struct TableState {
   std::int64_t done = 0;
   bool planning_done = false;
   bool lag_noted = false;
-  // Integer keys scanned in parts: the chunk boundaries, and per side (0 source, 1 target)
-  // each chunk's row count and hash sum, added up over the parts still pending.
-  std::vector<std::string> boundaries;
-  std::vector<std::int64_t> counts[2];
-  std::vector<HashSum> sums[2];
-  int parts_pending = 0;
   Clock::time_point first_start = Clock::time_point::max();
   Clock::time_point last_end = Clock::time_point::min();
 };
@@ -261,12 +232,8 @@ class Verifier {
   VerifyReport run();
 
  private:
-  void plan_chunks(const repl::Connection& source, const repl::Connection& target);
-  void plan_table(const repl::Connection& source, const repl::Connection& target,
-                  std::size_t index);
-  void scan_part(Worker& worker, TableState& table, const Task& task);
-  void finish_parts(Worker& worker, TableState& table);
-  void resolve_chunk(Worker& worker, TableState& table, const KeyRange& range, ChunkHash hash);
+  void plan_chunks(const repl::Connection& source);
+  void plan_table(const repl::Connection& source, std::size_t index);
   void work(Worker& worker);
   void check_chunk(Worker& worker, TableState& table, const KeyRange& range);
   void check_sample(Worker& worker, TableState& table);
@@ -288,7 +255,6 @@ class Verifier {
   bool live_ = false;
   std::string progress_name_;  // the name while live, empty otherwise
   HashFunction hash_ = HashFunction::hashtextextended;
-  bool tid_range_scans_ = false;  // both servers scan ctid ranges (PostgreSQL 14+)
   std::vector<std::unique_ptr<TableState>> tables_;
   TaskQueue queue_;
   Clock::time_point start_ = Clock::now();
@@ -605,86 +571,29 @@ void Verifier::check_chunk(Worker& worker, TableState& table, const KeyRange& ra
     table.report.target_rows += hash.target_rows;
   }
   rows_done_ += hash.source_rows;
-  resolve_chunk(worker, table, range, std::move(hash));
-  std::lock_guard lock(table.mutex);
-  table.last_end = std::max(table.last_end, Clock::now());
-}
-
-void Verifier::resolve_chunk(Worker& worker, TableState& table, const KeyRange& range,
-                             ChunkHash hash) {
   if (!hash.equal() && live_) {
     // Read again in order: the source, then the target once it has passed that position.
     hash = hash_range(worker, table, range, false);
     std::lock_guard lock(table.mutex);
     ++table.report.rechecked_chunks;
   }
-  if (hash.equal()) return;
-  {
-    std::lock_guard lock(table.mutex);
-    ++table.report.differing_chunks;
-  }
-  if (table.plan.key.empty()) {
-    std::lock_guard lock(table.mutex);
-    table.report.problems.push_back(fmt::format(
-        "rows differ ({} on the source, {} on the target, row hashes differ); without a "
-        "primary key they cannot be named",
-        hash.source_rows, hash.target_rows));
-    return;
-  }
-  narrow(worker, table, range, std::max(hash.source_rows, hash.target_rows), 0);
-}
-
-void Verifier::scan_part(Worker& worker, TableState& table, const Task& task) {
-  auto started = Clock::now();
-  Params params;
-  auto sql = table.sql.bucket_hash(table.boundaries, task.block_lo, task.block_hi, params);
-  const auto& conn = task.side == repl::Side::source ? worker.source : worker.target;
-  auto result = query(conn, sql, params, fmt::format("hashing {}", table.plan.display_name()));
-  int side = task.side == repl::Side::source ? 0 : 1;
-  bool last = false;
-  {
-    std::lock_guard lock(table.mutex);
-    table.first_start = std::min(table.first_start, started);
-    for (int r = 0; r < result.rows(); ++r) {
-      auto chunk = static_cast<std::size_t>(std::stoll(std::string(result.get(r, 0))));
-      if (chunk >= table.counts[side].size()) throw repl::Error("verify: chunk out of range");
-      table.counts[side][chunk] += std::stoll(std::string(result.get(r, 1)));
-      table.sums[side][chunk] += parse_sum(result.get(r, 2));
-    }
-    last = --table.parts_pending == 0;
-  }
-  if (last) finish_parts(worker, table);
-  std::lock_guard lock(table.mutex);
-  table.last_end = std::max(table.last_end, Clock::now());
-}
-
-void Verifier::finish_parts(Worker& worker, TableState& table) {
-  // Only this worker touches the totals now: every part is in.
-  auto n = table.counts[0].size();
-  {
-    std::lock_guard lock(table.mutex);
-    table.report.chunks += static_cast<std::int64_t>(n);
-  }
-  for (std::size_t chunk = 0; chunk < n; ++chunk) {
-    check_deadline();
-    ChunkHash hash;
-    hash.source_rows = table.counts[0][chunk];
-    hash.target_rows = table.counts[1][chunk];
-    // Equal sums compare equal as text; the value itself is not shown anywhere.
-    hash.source_sum = "same";
-    hash.target_sum = table.sums[0][chunk] == table.sums[1][chunk] ? "same" : "different";
+  if (!hash.equal()) {
     {
       std::lock_guard lock(table.mutex);
-      table.report.source_rows += hash.source_rows;
-      table.report.target_rows += hash.target_rows;
+      ++table.report.differing_chunks;
     }
-    rows_done_ += hash.source_rows;
-    if (hash.equal()) continue;
-    KeyRange range;
-    if (chunk > 0) range.lo = KeyValues{table.boundaries[chunk - 1]};
-    if (chunk + 1 < n) range.hi = KeyValues{table.boundaries[chunk]};
-    resolve_chunk(worker, table, range, std::move(hash));
+    if (table.plan.key.empty()) {
+      std::lock_guard lock(table.mutex);
+      table.report.problems.push_back(fmt::format(
+          "rows differ ({} on the source, {} on the target, row hashes differ); without a "
+          "primary key they cannot be named",
+          hash.source_rows, hash.target_rows));
+    } else {
+      narrow(worker, table, range, std::max(hash.source_rows, hash.target_rows), 0);
+    }
   }
+  std::lock_guard lock(table.mutex);
+  table.last_end = std::max(table.last_end, Clock::now());
 }
 
 void Verifier::check_sample(Worker& worker, TableState& table) {
@@ -729,8 +638,7 @@ void Verifier::check_sample(Worker& worker, TableState& table) {
   table.last_end = std::max(table.last_end, Clock::now());
 }
 
-void Verifier::plan_table(const repl::Connection& source, const repl::Connection& target,
-                          std::size_t index) {
+void Verifier::plan_table(const repl::Connection& source, std::size_t index) {
   auto& table = *tables_[index];
   auto push = [&](KeyRange range, bool sample) {
     {
@@ -738,11 +646,7 @@ void Verifier::plan_table(const repl::Connection& source, const repl::Connection
       ++table.planned;
     }
     ++chunks_planned_;
-    Task task;
-    task.table = index;
-    task.kind = sample ? TaskKind::sample : TaskKind::range;
-    task.range = std::move(range);
-    queue_.push(std::move(task));
+    queue_.push(Task{index, std::move(range), sample});
   };
   if (!table.plan.problems.empty()) return;
   if (table.plan.key.empty()) {
@@ -774,42 +678,6 @@ void Verifier::plan_table(const repl::Connection& source, const repl::Connection
     auto chunks =
         std::max<long double>(1, std::ceil(estimate / static_cast<long double>(chunk_rows)));
     long double stride = std::ceil(span / chunks);
-    if (tid_range_scans_) {
-      // Each side reads the table in parts of its own blocks (sequential reads, in
-      // parallel), each part grouping its rows by chunk; the parts' sums add up per chunk.
-      for (long double boundary = min + stride; boundary <= max; boundary += stride) {
-        table.boundaries.push_back(fmt::format("{}", static_cast<long long>(boundary)));
-      }
-      auto chunks_total = table.boundaries.size() + 1;
-      std::vector<Task> parts;
-      for (const auto* conn : {&source, &target}) {
-        auto blocks = std::stoll(query(*conn, table.sql.block_count(), {}, context).scalar());
-        // Parts of at least part_blocks (16 MB), at most two per job.
-        auto count = std::clamp<std::int64_t>(
-            blocks / std::max<std::int64_t>(1, options_.part_blocks), 1, 2 * options_.jobs);
-        for (std::int64_t i = 0; i < count; ++i) {
-          Task task;
-          task.table = index;
-          task.kind = TaskKind::part;
-          task.side = conn->side();
-          if (i > 0) task.block_lo = blocks * i / count;
-          if (i + 1 < count) task.block_hi = blocks * (i + 1) / count;
-          parts.push_back(std::move(task));
-        }
-      }
-      {
-        std::lock_guard lock(table.mutex);
-        for (int side = 0; side < 2; ++side) {
-          table.counts[side].assign(chunks_total, 0);
-          table.sums[side].assign(chunks_total, 0);
-        }
-        table.parts_pending = static_cast<int>(parts.size());
-        table.planned += static_cast<std::int64_t>(parts.size());
-      }
-      chunks_planned_ += static_cast<std::int64_t>(parts.size());
-      for (auto& task : parts) queue_.push(std::move(task));
-      return;
-    }
     std::optional<KeyValues> lo;
     for (long double boundary = min + stride; boundary <= max && !stop_; boundary += stride) {
       KeyValues hi{fmt::format("{}", static_cast<long long>(boundary))};
@@ -834,9 +702,9 @@ void Verifier::plan_table(const repl::Connection& source, const repl::Connection
   push({lo, std::nullopt}, false);
 }
 
-void Verifier::plan_chunks(const repl::Connection& source, const repl::Connection& target) {
+void Verifier::plan_chunks(const repl::Connection& source) {
   for (std::size_t i = 0; i < tables_.size() && !stop_; ++i) {
-    plan_table(source, target, i);
+    plan_table(source, i);
     std::lock_guard lock(tables_[i]->mutex);
     tables_[i]->planning_done = true;
   }
@@ -847,21 +715,15 @@ void Verifier::work(Worker& worker) {
     if (stop_) break;
     check_deadline();
     auto& table = *tables_[task->table];
-    switch (task->kind) {
-      case TaskKind::sample:
-        check_sample(worker, table);
-        break;
-      case TaskKind::range:
-        check_chunk(worker, table, task->range);
-        break;
-      case TaskKind::part:
-        scan_part(worker, table, *task);
-        break;
+    if (task->sample) {
+      check_sample(worker, table);
+    } else {
+      check_chunk(worker, table, task->range);
     }
     {
       std::lock_guard lock(table.mutex);
       ++table.done;
-      if (task->kind != TaskKind::part) ++table.report.chunks;
+      ++table.report.chunks;
     }
     ++chunks_done_;
     report_progress(false);
@@ -915,8 +777,6 @@ VerifyReport Verifier::run() {
   }
   if (live_) progress_name_ = options_.name;
   hash_ = options_.portable_hash ? HashFunction::md5 : choose_hash(source, target);
-  tid_range_scans_ = !options_.range_chunks && source.server_version() >= 140000 &&
-                     target.server_version() >= 140000;
   spdlog::debug("verify: mode={} hash={} jobs={} chunk_rows={} sample={}", live_ ? "live" : "once",
                 to_string(hash_), options_.jobs, options_.chunk_rows, options_.sample);
 
@@ -940,7 +800,7 @@ VerifyReport Verifier::run() {
   std::vector<std::thread> threads;
   threads.emplace_back([&] {
     try {
-      plan_chunks(source, target);
+      plan_chunks(source);
       queue_.close();
     } catch (...) {
       fail(std::current_exception());

@@ -63,10 +63,6 @@ struct VerifyOptions {
   std::chrono::seconds catchup_timeout{120};  // live: wait for the target to pass P
   std::size_t max_keys = 1000;                // differing keys kept per table
   bool portable_hash = false;  // md5 even when both servers agree on hashtextextended
-  // Integer keys: one range query per chunk (index scans) instead of each side scanning
-  // its blocks in parts grouped by chunk (PostgreSQL 14+). For tests and comparisons.
-  bool range_chunks = false;
-  std::int64_t part_blocks = 2048;  // smallest part a side's scan is split into (16 MB)
   std::optional<std::chrono::steady_clock::time_point> deadline;  // TimedOut past it
 };
 
