@@ -66,6 +66,7 @@ void add_init_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_run_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_lag_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_sequences_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_verify_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_cutover_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_rollback_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_cleanup_command(CLI::App&, CommonOptions&, CommandAction&);

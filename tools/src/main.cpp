@@ -26,6 +26,7 @@ constexpr CommandSpec kCommands[] = {
     {"run", add_run_command},
     {"lag", add_lag_command},
     {"sequences", add_sequences_command},
+    {"verify", add_verify_command},
     {"cutover", add_cutover_command},
     {"rollback", add_rollback_command},
     {"cleanup", add_cleanup_command},
