@@ -63,13 +63,8 @@ std::map<std::string, double> run_once(const Options& options, int run_index) {
   LocalCluster target(cluster_options);
 
   auto load_start = std::chrono::steady_clock::now();
-  int status = source.run_tool({"pgbench", "-i", "-q", "-s", std::to_string(options.scale), "-h",
-                                source.socket_dir().string(), "-p", std::to_string(source.port()),
-                                "-U", "postgres", "postgres"},
-                               source.dir() / "pgbench-init.log");
-  if (status != 0) throw std::runtime_error("pgbench -i failed");
+  pgferry::bench::load_pgbench(source, options.scale);
   auto src = repl::Connection::open(source.conninfo(), repl::Side::source);
-  src.exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY");
   src.exec("CHECKPOINT");
   std::cerr << fmt::format(
       "  run {}: pgbench scale {} loaded in {:.1f}s, database {}\n", run_index + 1, options.scale,

@@ -2,7 +2,6 @@
 // /status (lagmon::AgentReporter) and the periodic sequence sync
 // (sequences::PeriodicSequenceSync) attached; SIGINT/SIGTERM ask it to stop.
 #include <atomic>
-#include <csignal>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -38,13 +37,6 @@ struct RunOptions {
   std::string metrics_listen;  // empty: no HTTP endpoint
   int sync_sequences_s = 0;    // 0: the agent does not sync sequences
 };
-
-// The running agent, for the signal handler (request_stop is async-signal-safe).
-std::atomic<repl::Agent*> g_agent{nullptr};
-
-extern "C" void on_run_stop_signal(int /*signal*/) {
-  if (auto* agent = g_agent.load()) agent->request_stop();
-}
 
 repl::AgentOptions agent_options(const CommonOptions& common, const RunOptions& options) {
   repl::AgentOptions agent;
@@ -91,13 +83,11 @@ int run_run(const CommonOptions& common, const RunOptions& options) {
   repl::AgentObservers observers({&reporter, &sequence_sync});
   repl::Agent agent(std::move(agent_opts), &observers);
 
-  g_agent.store(&agent);
-  std::signal(SIGINT, on_run_stop_signal);
-  std::signal(SIGTERM, on_run_stop_signal);
-  struct Detach {
-    ~Detach() { g_agent.store(nullptr); }
-  } detach;
-  repl::AgentResult result = agent.run();
+  repl::AgentResult result;
+  {
+    StopOnSignal stop_on_signal(agent);
+    result = agent.run();
+  }
 
   if (common.json) {
     const auto& c = result.counters;
