@@ -189,8 +189,18 @@ void copy_schema_section(std::string_view source_conninfo, std::string_view targ
   for (const auto& table : options.tables) dump.push_back("--table=" + table);
   int status = run_tool(dump, source.password, dir.file("schema.sql"), dir.file("dump.err"));
   if (status != 0) {
+    std::string error = read_file(dir.file("dump.err"));
+    if (error.find("server version mismatch") != std::string::npos) {
+      // pg_dump refuses a server newer than itself (a rollback's reverse direction, or an
+      // old client next to a new source).
+      throw ConfigError(fmt::format(
+          "{} cannot dump the source, which is newer than it: {}; point --pg-bindir at the "
+          "client tools of the source's major version or newer (tools/build-postgres.sh MAJOR "
+          "builds them)",
+          dump[0], error));
+    }
     throw SqlError(fmt::format("pg_dump --section={} of the source failed (exit {}): {}",
-                               section_name, status, read_file(dir.file("dump.err"))),
+                               section_name, status, error),
                    "", Side::source);
   }
 
