@@ -229,7 +229,42 @@ void run_crossversion_scenario(int source_major, int target_major) {
   }
   expect_tables_equal("after the workload");
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM bulk WHERE n = -1 OR id > 50000"), "0");
-  EXPECT_EQ(query_value(dst, "SELECT count(*) FROM logs"), "1");
+  EXPECT_EQ(query_value(dst, "SELECT count(*) FROM logs"), "1");  // truncate, then one row
+
+  // 2b. A large transaction aborted while `run` streams it: a top-level Stream Abort (with
+  // its abort LSN and time on a 16+ source), and on the target the live-applied part is
+  // rolled back. (17+ would not stream it at all had it aborted before being decoded.)
+  {
+    auto stream_txns = [&] {
+      return std::stoll(query_value(src,
+                                    "SELECT coalesce(sum(stream_txns), 0) FROM "
+                                    "pg_stat_replication_slots WHERE slot_name = 'xv'"));
+    };
+    long long streamed_before = stream_txns();
+    auto all = common;
+    all.insert(all.end(), {"run"});
+    PgferryProcess live(all, log);
+    auto open_txn = connect(*source);
+    open_txn.exec("BEGIN");
+    open_txn.exec(
+        "INSERT INTO bulk SELECT g, repeat('live', 50), -2 FROM generate_series(300001, 310000) g");
+    ASSERT_TRUE(
+        wait_until([&] { return stream_txns() > streamed_before; }, std::chrono::seconds(60)))
+        << "the open transaction was never streamed\n"
+        << live.log_text();
+    open_txn.exec("ROLLBACK");
+    src.exec("INSERT INTO logs (line) VALUES ('after the live abort')");
+    ASSERT_TRUE(wait_until(
+        [&] {
+          return query_value(
+                     dst, "SELECT count(*) FROM logs WHERE line = 'after the live abort'") == "1";
+        },
+        std::chrono::seconds(60)))
+        << live.log_text();
+    EXPECT_EQ(live.stop(), 0) << live.log_text();
+    EXPECT_EQ(query_value(dst, "SELECT count(*) FROM bulk WHERE n = -2"), "0");
+    expect_tables_equal("after the live abort");
+  }
 
   // 3. Exactly once across SIGKILLs.
   src.exec(kBacklog);

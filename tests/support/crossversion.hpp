@@ -26,6 +26,8 @@ std::string bindir_for_major(int major);
 //    deletes, truncate, a large transaction streamed in progress with a rolled-back savepoint,
 //    and a streamed one that aborts; `run --until`; every table equal; on a 16+ source the
 //    stream ran on protocol v4 with parallel streaming (abort LSN and time in Stream Abort);
+//    then a large transaction aborted while a live `run` streams it (a top-level Stream
+//    Abort; nothing of it stays on the target);
 // 3. a backlog of transfers plus a streamed transaction, `run --until` killed with SIGKILL
 //    three times while it applies and restarted; balances and tables equal (exactly once).
 void run_crossversion_scenario(int source_major, int target_major);
