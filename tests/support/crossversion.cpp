@@ -2,8 +2,6 @@
 #include "support/crossversion.hpp"
 
 #include <fmt/format.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -12,7 +10,6 @@
 #include <random>
 #include <regex>
 #include <stdexcept>
-#include <thread>
 
 #include "support/harness.hpp"
 
@@ -276,29 +273,10 @@ void run_crossversion_scenario(int source_major, int target_major) {
   std::mt19937 random(seed);
   SCOPED_TRACE(fmt::format("seed {} log {}", seed, log));
   auto applied = [&] { return std::stoll(query_value(dst, "SELECT count(*) FROM transfers")); };
-  int killed_mid_stream = 0;
-  long long before = applied();
-  for (int round = 0; round < 3; ++round) {
-    pid_t child = spawn_pgferry(kill_args, log);
-    ASSERT_GT(child, 0);
-    int status = 0;
-    bool exited = false;
-    wait_until(
-        [&] {
-          if (::waitpid(child, &status, WNOHANG) == child) exited = true;
-          return exited || applied() > before;
-        },
-        std::chrono::seconds(120));
-    if (!exited) {
-      std::this_thread::sleep_for(
-          std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 100)(random)));
-      ::kill(child, SIGKILL);
-      ::waitpid(child, &status, 0);
-      if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) ++killed_mid_stream;
-    }
-    before = applied();
-    EXPECT_EQ(query_value(dst, "SELECT count(*) FROM pgferry.progress WHERE name = 'xv'"), "1");
-  }
+  int killed_mid_stream = run_pgferry_with_sigkills(
+      kill_args, log, 3, applied, random, std::chrono::milliseconds(100), [&] {
+        EXPECT_EQ(query_value(dst, "SELECT count(*) FROM pgferry.progress WHERE name = 'xv'"), "1");
+      });
   EXPECT_GE(killed_mid_stream, 1);
   auto final_run = run_pgferry(kill_args);
   ASSERT_EQ(final_run.exit_code, 0) << final_run.output;
