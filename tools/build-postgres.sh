@@ -17,7 +17,8 @@
 #   programs (psql, pg_dump, pg_restore, pg_recvlogical, initdb, pg_ctl ...) and a few
 #   contrib extensions are installed. pgoutput is part of the server build.
 # - The stamp file (.pgferry-stamp) names the version and is written last: a build that
-#   failed half-way is redone from scratch on the next run.
+#   failed half-way is redone from scratch on the next run. A lock file in the cache lets
+#   one build of a major run at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,11 +41,22 @@ stamp="${prefix}/.pgferry-stamp"
 # Contrib extensions built besides the server (the tests and the demo use these).
 contrib_modules=(pg_trgm hstore citext btree_gist pg_visibility pg_stat_statements)
 
-if [[ -f "$stamp" && -x "${prefix}/bin/postgres" ]]; then
-  log "reusing $(cat "$stamp") in ${prefix}"
-  echo "${prefix}/bin"
-  exit 0
+reuse() {
+  if [[ -f "$stamp" && -x "${prefix}/bin/postgres" ]]; then
+    log "reusing $(cat "$stamp") in ${prefix}"
+    echo "${prefix}/bin"
+    exit 0
+  fi
+}
+reuse
+# One build at a time per major (two test runs may start together); the second reuses it.
+mkdir -p "$cache_root"
+exec 9>"${cache_root}/.postgresql-${major}.lock"
+if ! flock -n 9; then
+  log "another build of PostgreSQL ${major} is running; waiting for it"
+  flock 9
 fi
+reuse
 
 tools/install-deps.sh --postgres-build >&2
 
@@ -111,7 +123,6 @@ version="$(sed -nE "s/^PACKAGE_VERSION='([^']+)'.*/\1/p" "$srcdir/configure")"
 
 jobs="$(nproc)"
 rm -rf "$prefix"
-mkdir -p "$cache_root"
 log "configuring PostgreSQL ${version} for ${prefix}"
 (cd "$srcdir" && ./configure --prefix="$prefix" --without-icu --without-llvm --with-zlib --with-readline \
   --disable-nls >"$work/configure.log" 2>&1) || {

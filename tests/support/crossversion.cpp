@@ -228,6 +228,16 @@ void run_crossversion_scenario(int source_major, int target_major) {
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM bulk WHERE n = -1 OR id > 50000"), "0");
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM logs"), "1");  // truncate, then one row
 
+  // The other commands against both majors: lag answers, sequences sync leaves none behind.
+  auto lag = pgferry({"--json", "lag"});
+  EXPECT_EQ(lag.exit_code, 0) << lag.output;
+  EXPECT_NE(lag.output.find("lag_bytes"), std::string::npos) << lag.output;
+  EXPECT_EQ(pgferry({"sequences", "diff"}).exit_code, 3);  // logs' identity is behind
+  auto sync = pgferry({"sequences", "sync"});
+  EXPECT_EQ(sync.exit_code, 0) << sync.output;
+  auto diff = pgferry({"sequences", "diff"});
+  EXPECT_EQ(diff.exit_code, 0) << diff.output;
+
   // 2b. A large transaction aborted while `run` streams it: a top-level Stream Abort (with
   // its abort LSN and time on a 16+ source), and on the target the live-applied part is
   // rolled back. (17+ would not stream it at all had it aborted before being decoded.)
