@@ -742,28 +742,20 @@ class Checker {
           "ALTER SYSTEM SET wal_level = logical on the target and restart it before the "
           "cutover");
     }
-    long long slots = to_int(r.get(0, 1));
-    long long used_slots = to_int(r.get(0, 2));
-    if (used_slots + 1 > slots) {
-      add(Severity::warning, "target_max_replication_slots", "max_replication_slots",
-          fmt::format("no free replication slot on the target ({} of {} in use): the reverse "
-                      "replication that rollback uses needs 1",
-                      used_slots, slots),
-          fmt::format("ALTER SYSTEM SET max_replication_slots = {} on the target and restart "
-                      "it before the cutover",
-                      used_slots + 1));
-    }
-    long long senders = to_int(r.get(0, 3));
-    long long used_senders = to_int(r.get(0, 4));
-    if (used_senders + 1 > senders) {
-      add(Severity::warning, "target_max_wal_senders", "max_wal_senders",
-          fmt::format("no free WAL sender on the target ({} of {} in use): the reverse "
-                      "replication that rollback uses needs 1",
-                      used_senders, senders),
-          fmt::format("ALTER SYSTEM SET max_wal_senders = {} on the target and restart it "
-                      "before the cutover",
-                      used_senders + 1));
-    }
+    // One more of `setting` (in use `used` of `limit`) is needed for the reverse replication.
+    auto need_one_more = [&](const char* setting, const char* what, long long limit,
+                             long long used) {
+      if (used + 1 <= limit) return;
+      add(Severity::warning, fmt::format("target_{}", setting), setting,
+          fmt::format("no free {} on the target ({} of {} in use): the reverse replication "
+                      "that rollback uses needs 1",
+                      what, used, limit),
+          fmt::format("ALTER SYSTEM SET {} = {} on the target and restart it before the cutover",
+                      setting, used + 1));
+    };
+    need_one_more("max_replication_slots", "replication slot", to_int(r.get(0, 1)),
+                  to_int(r.get(0, 2)));
+    need_one_more("max_wal_senders", "WAL sender", to_int(r.get(0, 3)), to_int(r.get(0, 4)));
   }
 
   const Connection& source_;
