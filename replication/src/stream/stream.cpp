@@ -270,7 +270,8 @@ void ReplicationStream::start() {
   start.parallel_streaming =
       start.streaming && options_.parallel_streaming && protocol_version_ >= 4;
   start.binary = options_.binary;
-  start.messages = options_.messages;
+  // pgoutput takes the messages option from PostgreSQL 14 on (protocol v2).
+  start.messages = options_.messages && server_max >= 2;
   assembler_.emplace(sink_, options_.spool_dir, protocol_version_,
                      DecoderOptions{.parallel_streaming = start.parallel_streaming});
   connection_->start_replication(options_.slot, options_.start_lsn, start);

@@ -48,6 +48,7 @@ struct StreamOptions {
   // else changes on the source side).
   bool parallel_streaming = true;
   bool binary = false;
+  // Logical messages (pg_logical_emit_message), from a PostgreSQL 14 source on.
   bool messages = false;
   std::chrono::milliseconds status_interval{10'000};
   // While the stream is busy, wait this long between reads so that the walsender's many
