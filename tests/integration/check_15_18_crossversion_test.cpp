@@ -33,22 +33,12 @@ const char* kSchema = "CREATE TABLE accounts (id bigint PRIMARY KEY, balance num
 }  // namespace
 
 TEST(CheckCrossVersion, UpgradeAndReverseFindings) {
-  std::string bindir15, bindir18;
-  try {
-    bindir15 = bindir_for_major(15);
-    bindir18 = bindir_for_major(18);
-  } catch (const std::exception& e) {
-    FAIL() << e.what();
-  }
-  pgferry::tools::ClusterOptions options15, options18, options18_replica;
-  options15.bindir = bindir15;
-  options18.bindir = bindir18;
-  options18_replica.bindir = bindir18;
-  options18_replica.settings = {
+  pgferry::tools::ClusterOptions replica;
+  replica.settings = {
       {"wal_level", "replica"}, {"max_replication_slots", "1"}, {"max_wal_senders", "0"}};
-  auto pg15 = start_cluster(options15);
-  auto pg18 = start_cluster(options18);
-  auto pg18_replica = start_cluster(options18_replica);
+  auto pg15 = start_cluster_of_major(15);
+  auto pg18 = start_cluster_of_major(18);
+  auto pg18_replica = start_cluster_of_major(18, replica);
 
   // 15 -> 18: an extension built for 15 (contrib's isn) that the 18 build lacks; the 18
   // target with wal_level=replica and its one slot taken.

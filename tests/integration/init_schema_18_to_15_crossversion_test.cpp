@@ -7,18 +7,9 @@
 using namespace pgferry::testing;
 
 TEST(CrossVersion, InitSchemaFrom18To15) {
-  std::string bindir15, bindir18;
-  try {
-    bindir15 = bindir_for_major(15);
-    bindir18 = bindir_for_major(18);
-  } catch (const std::exception& e) {
-    FAIL() << e.what();
-  }
-  pgferry::tools::ClusterOptions options15, options18;
-  options15.bindir = bindir15;
-  options18.bindir = bindir18;
-  auto source = start_cluster(options18);
-  auto target = start_cluster(options15);
+  auto source = start_cluster_of_major(18);
+  auto target = start_cluster_of_major(15);
+  std::string bindir15 = target->bindir(), bindir18 = source->bindir();
   auto src = connect(*source);
   src.exec(R"sql(
     CREATE TYPE mood AS ENUM ('sad', 'happy');

@@ -150,23 +150,19 @@ std::string bindir_for_major(int major) {
   return value;
 }
 
+std::unique_ptr<LocalCluster> start_cluster_of_major(int major, tools::ClusterOptions options) {
+  options.bindir = bindir_for_major(major);
+  return start_cluster(std::move(options));
+}
+
 void run_crossversion_scenario(int source_major, int target_major) {
-  std::string source_bindir, target_bindir;
-  try {
-    source_bindir = bindir_for_major(source_major);
-    target_bindir = bindir_for_major(target_major);
-  } catch (const std::exception& e) {
-    FAIL() << e.what();
-  }
-  tools::ClusterOptions source_options, target_options;
-  source_options.bindir = source_bindir;
-  target_options.bindir = target_bindir;
-  auto source = start_cluster(source_options);
-  auto target = start_cluster(target_options);
+  auto source = start_cluster_of_major(source_major);
+  auto target = start_cluster_of_major(target_major);
+  std::string target_bindir = target->bindir();
   auto src = connect(*source);
   auto dst = connect(*target);
-  ASSERT_EQ(server_major(src), source_major) << source_bindir;
-  ASSERT_EQ(server_major(dst), target_major) << target_bindir;
+  ASSERT_EQ(server_major(src), source_major) << source->bindir();
+  ASSERT_EQ(server_major(dst), target_major) << target->bindir();
   SCOPED_TRACE(fmt::format("PostgreSQL {} -> {}", source_major, target_major));
 
   std::vector<std::string> common = {"--source",         source->conninfo(), "--target",

@@ -9,13 +9,21 @@
 // - One scenario, run by one test file per direction, so each direction is its own CTest test.
 #pragma once
 
+#include <memory>
 #include <string>
+
+#include "pgferry/tools/local_cluster.hpp"
 
 namespace pgferry::testing {
 
 // The bin directory for PostgreSQL `major`; throws std::runtime_error naming the variable
 // and tools/build-postgres.sh when it is not configured or holds another version.
 std::string bindir_for_major(int major);
+
+// A started cluster of PostgreSQL `major` (its bindir from bindir_for_major(), so it throws
+// the same message when that is not configured; the test then fails with it).
+std::unique_ptr<tools::LocalCluster> start_cluster_of_major(int major,
+                                                            tools::ClusterOptions options = {});
 
 // The whole check, between a fresh `source_major` source and `target_major` target, driven
 // through the pgferry binary:
