@@ -50,7 +50,8 @@ reuse() {
 }
 reuse
 # One build at a time per major (two test runs may start together); the second reuses it.
-mkdir -p "$cache_root"
+mkdir -p "$cache_root" 2>/dev/null && [[ -w "$cache_root" ]] ||
+  die "cannot write to the cache directory ${cache_root}: run as root, or set PGFERRY_PG_CACHE to a writable directory"
 exec 9>"${cache_root}/.postgresql-${major}.lock"
 if ! flock -n 9; then
   log "another build of PostgreSQL ${major} is running; waiting for it"
