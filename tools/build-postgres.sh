@@ -50,8 +50,9 @@ reuse() {
 }
 reuse
 # One build at a time per major (two test runs may start together); the second reuses it.
-mkdir -p "$cache_root" 2>/dev/null && [[ -w "$cache_root" ]] ||
+if ! mkdir -p "$cache_root" 2>/dev/null || [[ ! -w "$cache_root" ]]; then
   die "cannot write to the cache directory ${cache_root}: run as root, or set PGFERRY_PG_CACHE to a writable directory"
+fi
 exec 9>"${cache_root}/.postgresql-${major}.lock"
 if ! flock -n 9; then
   log "another build of PostgreSQL ${major} is running; waiting for it"
@@ -62,6 +63,7 @@ reuse
 tools/install-deps.sh --postgres-build >&2
 
 # The archive address: the apt source that serves this release's own suite.
+# shellcheck source=/dev/null
 codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
 [[ -n "$codename" ]] || die "no VERSION_CODENAME in /etc/os-release: cannot tell which apt source is the Debian archive"
 archive_uri() {
@@ -91,7 +93,7 @@ uri="$(archive_uri | head -n 1)"
 [[ -n "$uri" ]] || die "no apt source for suite '${codename}' in /etc/apt/sources.list or /etc/apt/sources.list.d/*.sources: add the Debian archive there"
 log "PostgreSQL ${major}: source package postgresql-${major} from suite ${suite} of the system's Debian archive"
 
-work="$(mktemp -d /tmp/pgferry-build-pg${major}.XXXXXX)"
+work="$(mktemp -d "/tmp/pgferry-build-pg${major}.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/apt/lists/partial" "$work/apt/cache/archives/partial" "$work/apt/sources.list.d" \
   "$work/apt/preferences.d" "$work/src"
