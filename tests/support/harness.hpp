@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -54,6 +55,15 @@ CommandResult run_pgferry(const std::vector<std::string>& args);
 // Starts the pgferry binary with `args` in the background, stdout and stderr appended to
 // `log`. Returns the child's pid (wait for it with waitpid).
 pid_t spawn_pgferry(const std::vector<std::string>& args, const std::string& log);
+
+// Exactly-once drills: starts `pgferry args` (output appended to `log`) `rounds` times; each
+// time, once `applied()` grows (or the process exits by itself), waits a random 0 ..
+// `max_delay` and kills it with SIGKILL; `after_round` runs after each. Returns how many
+// kills hit a running process.
+int run_pgferry_with_sigkills(const std::vector<std::string>& args, const std::string& log,
+                              int rounds, const std::function<long long()>& applied,
+                              std::mt19937& random, std::chrono::milliseconds max_delay,
+                              const std::function<void()>& after_round = {});
 
 // A pgferry child process (stopped with SIGTERM, then SIGKILL, when it goes away) whose
 // output goes to `log`.
