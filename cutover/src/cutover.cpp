@@ -46,6 +46,10 @@ constexpr std::string_view kHistoryDdl =
     "  reason text,"
     "  report jsonb)";
 
+std::string lock_key(std::string_view name) {
+  return fmt::format("pgferry.cutover.{}", name);
+}
+
 std::string new_cutover_id() {
   std::random_device device;
   auto now = std::chrono::system_clock::now().time_since_epoch();
@@ -81,7 +85,7 @@ std::optional<HistoryRow> latest_history(const repl::Connection& conn, std::stri
   auto result = conn.exec(
       fmt::format("SELECT id, operation, state, new_slot_lsn::text FROM pgferry.cutover_history "
                   "WHERE name = $1 {} ORDER BY started_at DESC, id DESC LIMIT 1",
-                  completed_only ? "AND state = 'completed'" : ""),
+                  completed_only ? "AND state IN ('completed', 'switched')" : ""),
       {name}, "reading pgferry.cutover_history");
   if (result.rows() == 0) return std::nullopt;
   HistoryRow row{std::string(result.get(0, 0)), std::string(result.get(0, 1)),
@@ -112,20 +116,24 @@ void write_progress(const repl::Connection& conn, std::string_view name, Lsn lsn
       {name, lsn.to_string()}, "writing the progress record of the new direction");
 }
 
-// Drops slot `name` once no walsender uses it; ends the one that still does after `grace`.
-bool drop_slot(const repl::Connection& conn, std::string_view name, milliseconds grace) {
-  auto deadline = Clock::now() + grace;
+// Drops slot `name`. While a walsender uses it: waits, and ends that walsender after
+// `terminate_after`; without it, leaves an active slot alone and returns false.
+bool drop_slot(const repl::Connection& conn, std::string_view name,
+               std::optional<milliseconds> terminate_after) {
+  auto deadline = Clock::now() + terminate_after.value_or(0ms);
   while (true) {
     auto slot =
         conn.exec("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", {name});
     if (slot.rows() == 0) return false;
     if (slot.is_null(0, 0)) {
       try {
-        conn.exec("SELECT pg_drop_replication_slot($1)", {name}, "dropping the old slot");
+        conn.exec("SELECT pg_drop_replication_slot($1)", {name}, "dropping a slot");
         return true;
       } catch (const repl::SqlError& e) {
         if (e.sqlstate() != "55006") throw;  // became active again in between: retry
       }
+    } else if (!terminate_after) {
+      return false;
     } else if (Clock::now() >= deadline) {
       conn.exec("SELECT pg_terminate_backend($1::int)", {slot.get(0, 0)});
     }
@@ -256,7 +264,18 @@ CutoverReport Cutover::run() {
   from_conn_ = repl::Connection::open(from_.conninfo, from_.side);
   to_conn_ = repl::Connection::open(to_.conninfo, to_.side);
   history_conn_ = repl::Connection::open(options_.target_conninfo, repl::Side::target);
+  for (const auto* conn : {&from_conn_, &to_conn_, &history_conn_}) {
+    conn->exec("SET client_min_messages = warning");
+  }
   history_conn_.exec(kHistoryDdl, "creating pgferry.cutover_history");
+  // One cutover or rollback of a name at a time; the follower reads a free lock next to a
+  // `running` row as "that cutover died".
+  if (history_conn_.exec("SELECT pg_try_advisory_lock(hashtext($1))", {lock_key(options_.name)})
+          .scalar() != "t") {
+    throw repl::ConfigError(fmt::format(
+        "another cutover or rollback of '{}' is running (it holds its lock on the target)",
+        options_.name));
+  }
 
   if (!recover_and_check_direction()) {
     report_.ok = true;
@@ -306,7 +325,7 @@ bool Cutover::recover_and_check_direction() {
       const std::string& idle_side =
           direction == Direction::forward ? options_.target_conninfo : options_.source_conninfo;
       auto conn = repl::Connection::open(idle_side, repl::Side::none);
-      bool dropped = drop_slot(conn, options_.name, 0ms);
+      bool dropped = drop_slot(conn, options_.name, std::nullopt);
       history_conn_.exec(
           "UPDATE pgferry.cutover_history SET state = 'aborted', finished_at = now(), reason = "
           "'found unfinished by the next run' WHERE id = $1",
@@ -415,7 +434,10 @@ void Cutover::preconditions(Clock::time_point deadline) {
         "REPLICATION");
   }
   if (settings.get(0, 3) != "0") {
-    drop_slot(to_conn_, options_.name, 0ms);
+    if (!drop_slot(to_conn_, options_.name, std::nullopt)) {
+      throw repl::CheckFailed(fmt::format(
+          "slot '{}' on the new primary is in use: stop whatever streams from it", options_.name));
+    }
     report_.notes.push_back("dropped a stale slot of the same name on the new primary");
   }
   tables_ = published_tables(from_conn_, options_.publication_name());
@@ -677,9 +699,18 @@ std::optional<std::string> cutover_state(const repl::Connection& original_target
                                          std::string_view id) {
   if (!history_exists(original_target)) return std::nullopt;
   auto result =
-      original_target.exec("SELECT state FROM pgferry.cutover_history WHERE id = $1", {id});
+      original_target.exec("SELECT state, name FROM pgferry.cutover_history WHERE id = $1", {id});
   if (result.rows() == 0) return std::nullopt;
-  return std::string(result.get(0, 0));
+  std::string state(result.get(0, 0));
+  if (state == "running") {
+    // Running only while its process holds the lock.
+    auto key = lock_key(result.get(0, 1));
+    if (original_target.exec("SELECT pg_try_advisory_lock(hashtext($1))", {key}).scalar() == "t") {
+      original_target.exec("SELECT pg_advisory_unlock(hashtext($1))", {key});
+      return std::string("dead");
+    }
+  }
+  return state;
 }
 
 void prepare_direction(const std::string& source_conninfo, const std::string& target_conninfo,
@@ -687,12 +718,13 @@ void prepare_direction(const std::string& source_conninfo, const std::string& ta
   auto target = repl::Connection::open(target_conninfo, repl::Side::target);
   auto last = latest_history(target, name, true);
   if (!last || !last->new_slot_lsn) return;
-  if (last->operation == "cutover") {
-    auto source = repl::Connection::open(source_conninfo, repl::Side::source);
-    write_progress(source, name, *last->new_slot_lsn);
-  } else {
-    write_progress(target, name, *last->new_slot_lsn);
-  }
+  auto source = repl::Connection::open(source_conninfo, repl::Side::source);
+  const auto& old_primary = last->operation == "cutover" ? source : target;
+  write_progress(old_primary, name, *last->new_slot_lsn);
+  // A cutover that died after its switch left the old direction's slot: drop it once no
+  // cutover runs (the last row is this one) and nobody streams from it.
+  auto any = latest_history(target, name, false);
+  if (any && any->id == last->id) drop_slot(old_primary, name, std::nullopt);
 }
 
 nlohmann::json CutoverReport::to_json() const {
