@@ -230,6 +230,8 @@ void lift_fence(const FenceSpec& spec) {
     }
     case FenceKind::read_only: {
       auto conn = repl::Connection::open(spec.server_conninfo, repl::Side::source);
+      // A new session starts read-only under the fence itself.
+      conn.exec("SET default_transaction_read_only = off");
       conn.exec(
           "DO $$BEGIN EXECUTE format('ALTER DATABASE %I RESET default_transaction_read_only', "
           "current_database()); END$$",
