@@ -2,10 +2,13 @@
 #include "pgferry/lagmon/sample.hpp"
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <climits>
+#include <thread>
 
 #include "pgferry/replication/apply/copy_encoding.hpp"
+#include "pgferry/replication/core/error.hpp"
 #include "pgferry/replication/core/ids.hpp"
 
 namespace pgferry::lagmon {
@@ -156,6 +159,30 @@ LagSample LagSampler::sample() {
   sample_source(sample);
   sample.taken_at = Clock::now();
   return sample;
+}
+
+void LagWatch::run(const Handler& on_sample) {
+  auto stopped = [this] { return stop_requested_.load(std::memory_order_relaxed); };
+  std::optional<LagSample> previous;
+  for (long n = 0; !stopped() && (count_ == 0 || n < count_); ++n) {
+    auto started = std::chrono::steady_clock::now();
+    try {
+      auto sample = sampler_->sample();
+      std::optional<LagTrend> lag_trend;
+      if (previous) lag_trend = trend(*previous, sample);
+      on_sample(sample, lag_trend);
+      previous = sample;
+    } catch (const replication::ConnectionError& e) {
+      // Keep watching through a restart of either server; say what is wrong.
+      spdlog::warn("{}", e.what());
+      previous.reset();
+    }
+    auto next =
+        started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(interval_);
+    while (!stopped() && std::chrono::steady_clock::now() < next) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
 }
 
 }  // namespace pgferry::lagmon

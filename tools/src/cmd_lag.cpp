@@ -1,11 +1,9 @@
-// `pgferry lag`: how far the target is behind the source, in bytes — once, or --watch.
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
+// `pgferry lag`: how far the target is behind the source, in bytes — one sample, or
+// --watch (lagmon::LagWatch) redrawn in place on a terminal, a line a sample otherwise.
 #include <unistd.h>
 
 #include <csignal>
 #include <iostream>
-#include <thread>
 
 #include "cli.hpp"
 #include "pgferry/lagmon/render.hpp"
@@ -15,9 +13,9 @@ namespace pgferry::tools {
 
 namespace {
 
-volatile std::sig_atomic_t g_stop = 0;
+lagmon::LagWatch* g_running_watch = nullptr;
 extern "C" void on_stop_signal(int) {
-  g_stop = 1;
+  if (g_running_watch != nullptr) g_running_watch->request_stop();
 }
 
 struct LagOptions {
@@ -37,39 +35,25 @@ int lag_command(const CommonOptions& common, const LagOptions& options) {
     return 0;
   }
 
+  lagmon::LagWatch watch(sampler, std::chrono::duration<double>(options.watch_seconds),
+                         options.count);
+  g_running_watch = &watch;
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   bool terminal = ::isatty(STDOUT_FILENO) && !common.json;
-  std::optional<lagmon::LagSample> previous;
-  auto interval = std::chrono::duration<double>(options.watch_seconds);
-  for (long n = 0; !g_stop && (options.count == 0 || n < options.count); ++n) {
-    auto started = std::chrono::steady_clock::now();
-    try {
-      auto sample = sampler.sample();
-      std::optional<lagmon::LagTrend> trend;
-      if (previous) trend = lagmon::trend(*previous, sample);
-      if (common.json) {
-        std::cout << lagmon::render_json(sample, trend).dump() << std::endl;
-      } else if (terminal) {
-        // Redraw in place: home the cursor and clear the screen.
-        std::cout << "\x1b[H\x1b[2J"
-                  << "pgferry lag — " << common.name << " (every " << options.watch_seconds
-                  << "s, Ctrl-C to stop)\n\n"
-                  << lagmon::render_text(sample, trend) << std::flush;
-      } else {
-        std::cout << lagmon::render_line(sample, trend) << std::endl;
-      }
-      previous = sample;
-    } catch (const replication::ConnectionError& e) {
-      // Keep watching through a restart of either server; say what is wrong.
-      spdlog::warn("{}", e.what());
-      previous.reset();
+  watch.run([&](const lagmon::LagSample& sample, const std::optional<lagmon::LagTrend>& trend) {
+    if (common.json) {
+      std::cout << lagmon::render_json(sample, trend).dump() << std::endl;
+    } else if (terminal) {
+      // Redraw in place: home the cursor and clear the screen.
+      std::cout << "\x1b[H\x1b[2J"
+                << "pgferry lag — " << common.name << " (every " << options.watch_seconds
+                << "s, Ctrl-C to stop)\n\n"
+                << lagmon::render_text(sample, trend) << std::flush;
+    } else {
+      std::cout << lagmon::render_line(sample, trend) << std::endl;
     }
-    auto next = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(interval);
-    while (!g_stop && std::chrono::steady_clock::now() < next) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-  }
+  });
   return 0;
 }
 

@@ -595,4 +595,19 @@ void drop_copy_progress(const Connection& target, std::string_view name) {
   }
 }
 
+std::vector<CopyInFlight> copies_in_flight(const Connection& target) {
+  auto rows = target.exec(
+      "SELECT n.nspname || '.' || c.relname, sum(p.tuples_processed), "
+      "sum(p.bytes_processed) FROM pg_stat_progress_copy p "
+      "JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace "
+      "WHERE p.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+      "AND p.command = 'COPY FROM' GROUP BY 1");
+  std::vector<CopyInFlight> copies;
+  for (int i = 0; i < rows.rows(); ++i) {
+    copies.push_back({std::string(rows.get(i, 0)), std::stoll(std::string(rows.get(i, 1))),
+                      std::stoll(std::string(rows.get(i, 2)))});
+  }
+  return copies;
+}
+
 }  // namespace pgferry::replication

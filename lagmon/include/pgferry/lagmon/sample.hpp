@@ -10,8 +10,10 @@
 // growing with WAL written by other databases or by checkpoints.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -79,6 +81,26 @@ class LagSampler {
   std::string name_;
   replication::Connection source_;
   replication::Connection target_;
+};
+
+// `pgferry lag --watch`: a sample every interval, each with its trend against the previous
+// one. A sample that fails with ConnectionError (a server restarting) is logged and the
+// watch goes on; the next sample has no trend.
+class LagWatch {
+ public:
+  using Handler = std::function<void(const LagSample&, const std::optional<LagTrend>&)>;
+  // `count`: stop after this many samples (0: until request_stop()).
+  LagWatch(LagSampler& sampler, std::chrono::duration<double> interval, long count = 0)
+      : sampler_(&sampler), interval_(interval), count_(count) {}
+  void run(const Handler& on_sample);
+  // Thread- and async-signal-safe.
+  void request_stop() noexcept { stop_requested_.store(true, std::memory_order_relaxed); }
+
+ private:
+  LagSampler* sampler_;
+  std::chrono::duration<double> interval_;
+  long count_;
+  std::atomic<bool> stop_requested_{false};
 };
 
 // Parses a PostgreSQL timestamptz text in ISO style ("2026-11-21 06:14:45.123456+00").

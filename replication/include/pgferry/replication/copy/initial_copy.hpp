@@ -127,4 +127,14 @@ CopyReport copy_tables(std::string_view source_conninfo, std::string_view target
 // Removes the copy record and copy origin of `name` (for cleanup); the tables' rows stay.
 void drop_copy_progress(const Connection& target, std::string_view name);
 
+// A COPY FROM running on the target now, summed per table: what a progress display adds
+// to the finished ranges while a range is in flight.
+struct CopyInFlight {
+  std::string table;  // schema.name
+  std::int64_t rows = 0;
+  std::int64_t bytes = 0;
+};
+// The COPY FROM commands in the target's current database (pg_stat_progress_copy).
+std::vector<CopyInFlight> copies_in_flight(const Connection& target);
+
 }  // namespace pgferry::replication
