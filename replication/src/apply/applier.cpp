@@ -61,6 +61,7 @@
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "pgferry/replication/apply/copy_encoding.hpp"
@@ -1619,7 +1620,7 @@ void Applier::begin_transaction(const TransactionBegin& begin) {
   // Its commit record lies before what is applied: the whole transaction is on the target.
   // (Unknown while a streamed transaction is applied as it streams: the walsender streams
   // only transactions that commit after the position it was started from.)
-  s.skipping_ = begin.final_lsn.is_valid() && begin.final_lsn < s.applied_lsn_;
+  s.skipping_ = halted() || (begin.final_lsn.is_valid() && begin.final_lsn < s.applied_lsn_);
   if (s.skipping_) {
     spdlog::debug("skipping applied transaction xid={} lsn={}", begin.xid.value, begin.final_lsn);
     return;
@@ -1682,6 +1683,11 @@ void Applier::commit_transaction(const TransactionCommit& commit) {
     throw Error(fmt::format("commit of xid={} without a begin", commit.xid.value));
   }
   s.in_source_txn_ = false;
+  auto fence = std::exchange(noted_fence_, std::nullopt);
+  if (halted()) {
+    s.skipping_ = false;
+    return;
+  }
   if (!s.current_.final_lsn.is_valid() && commit.end_lsn <= s.applied_lsn_) {
     // Applied as it streamed, but its commit lies within what the target has: the
     // walsender never streams such a transaction; refuse rather than apply it twice.
@@ -1708,9 +1714,24 @@ void Applier::commit_transaction(const TransactionCommit& commit) {
   s.applied_lsn_ = std::max(s.applied_lsn_, commit.end_lsn);
   ++s.group_transactions_;
   s.counters_.transactions_applied.fetch_add(1, std::memory_order_relaxed);
-  if (s.group_rows_ >= s.options_.group_max_rows || s.group_bytes_ >= s.options_.group_max_bytes ||
+  if (fence || s.group_rows_ >= s.options_.group_max_rows ||
+      s.group_bytes_ >= s.options_.group_max_bytes ||
       Clock::now() - s.group_started_ >= s.options_.group_max_delay) {
     s.commit_group();
+  }
+  if (fence) {
+    fence->end_lsn = commit.end_lsn;
+    spdlog::info("fence id={} lsn={} committed end_lsn={}", fence->id, fence->message_lsn,
+                 fence->end_lsn);
+    fence_ = std::move(fence);
+  }
+}
+
+void Applier::message(const pgoutput::LogicalMessage& message) {
+  auto& s = *impl_;
+  if (s.options_.fence_name.empty() || !s.in_source_txn_ || s.skipping_) return;
+  if (auto id = fence_id_for(message, s.options_.fence_name)) {
+    noted_fence_ = Fence{std::move(*id), message.lsn, Lsn::invalid()};
   }
 }
 
@@ -1726,6 +1747,7 @@ void Applier::idle(Lsn wal_end) {
     s.refresh_durable(Lsn::invalid(),
                       Lsn::from_string(result.get(0, 0), "pg_current_wal_flush_lsn"));
   }
+  if (halted()) return;  // the progress row stays at the fence
   if (wal_end <= s.applied_lsn_) {
     if (s.pending_idle_ <= s.applied_lsn_) s.pending_idle_ = Lsn::invalid();
     return;
@@ -1774,7 +1796,7 @@ void Applier::flush() {
 ChangeSink* Applier::begin_streamed(const TransactionBegin& begin) {
   auto& s = *impl_;
   s.check_usable();
-  if (s.options_.streamed_conninfo.empty() || s.in_source_txn_) return nullptr;
+  if (s.options_.streamed_conninfo.empty() || s.in_source_txn_ || halted()) return nullptr;
   flush();
   if (!s.streamed_) {
     ApplierOptions options = s.options_;
@@ -1814,6 +1836,7 @@ void Applier::streamed_committed() {
   auto& s = *impl_;
   s.check_usable();
   s.fold_streamed();
+  if (s.streamed_ && s.streamed_->fence_) fence_ = s.streamed_->fence_;
 }
 
 void Applier::abort_streamed() {
@@ -1890,6 +1913,13 @@ bool Applier::in_source_transaction() const {
 }
 bool Applier::group_open() const {
   return impl_->group_open_;
+}
+std::optional<Fence> Applier::fence() const {
+  if (fence_ && durable_lsn() >= fence_->end_lsn) return fence_;
+  return std::nullopt;
+}
+bool Applier::halted() const {
+  return fence_ && impl_->options_.stop_at_fence;
 }
 
 ApplierCounters Applier::counters() const {

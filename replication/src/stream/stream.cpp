@@ -268,7 +268,8 @@ void ReplicationStream::start() {
   start.publications = options_.publications;
   start.streaming = options_.streaming && protocol_version_ >= 2;
   start.binary = options_.binary;
-  start.messages = options_.messages;
+  // pgoutput takes the messages option from PostgreSQL 14 on (protocol v2).
+  start.messages = options_.messages && server_max >= 2;
   assembler_.emplace(sink_, options_.spool_dir, protocol_version_);
   connection_->start_replication(options_.slot, options_.start_lsn, start);
   received_lsn_ = std::max(received_lsn_, options_.start_lsn);

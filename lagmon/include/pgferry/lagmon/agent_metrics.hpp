@@ -1,5 +1,5 @@
 // The agent's metrics and status: what `pgferry run --metrics-listen ADDR` serves.
-// The run loop updates these between polls; the HTTP thread renders them.
+// AgentReporter (agent_reporter.hpp) updates these between polls; the HTTP thread renders them.
 #pragma once
 
 #include <memory>

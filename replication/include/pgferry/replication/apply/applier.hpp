@@ -25,8 +25,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "pgferry/replication/apply/fence.hpp"
 #include "pgferry/replication/core/lsn.hpp"
 #include "pgferry/replication/core/pg.hpp"
 #include "pgferry/replication/decode/change_sink.hpp"
@@ -63,6 +65,13 @@ struct ApplierOptions {
   std::string streamed_conninfo;
   // False only for that second applier, which works under the first one's advisory lock.
   bool take_lock = true;
+  // A fence for this name (fence.hpp) commits the group at its transaction's commit at
+  // once; empty: fences are ignored.
+  std::string fence_name;
+  // Once that fence is committed, apply nothing more: later transactions and keepalives are
+  // ignored (nothing past the fence reaches the target or the progress row), the caller
+  // stops, and the next applier resumes right after the fence.
+  bool stop_at_fence = false;
 };
 
 struct ApplierCounters {
@@ -93,6 +102,7 @@ class Applier final : public ChangeSink {
   void update(const Relation& relation, const pgoutput::Update& update) override;
   void delete_rows(const Relation& relation, const pgoutput::Delete& del) override;
   void truncate(std::span<const Relation* const> relations, std::uint8_t flags) override;
+  void message(const pgoutput::LogicalMessage& message) override;
   void commit_transaction(const TransactionCommit& commit) override;
   void idle(Lsn wal_end) override;
   // A streamed transaction applied as it streams (see change_sink.hpp), by a second applier
@@ -125,10 +135,17 @@ class Applier final : public ChangeSink {
   // Safe to call from another thread. A streamed transaction's changes count once it
   // committed (after the next flush() or tick()).
   ApplierCounters counters() const;
+  // The fence (options.fence_name) whose transaction is committed and durable, if any.
+  std::optional<Fence> fence() const;
 
  private:
+  // With stop_at_fence, after the fence: everything is ignored.
+  bool halted() const;
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  std::optional<Fence> noted_fence_;  // in the open source transaction
+  std::optional<Fence> fence_;        // committed
 };
 
 }  // namespace pgferry::replication

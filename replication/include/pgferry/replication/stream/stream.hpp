@@ -44,6 +44,7 @@ struct StreamOptions {
   // Stream in-progress transactions (protocol v2+; ignored on v1).
   bool streaming = true;
   bool binary = false;
+  // Logical messages (pg_logical_emit_message), from a PostgreSQL 14 source on.
   bool messages = false;
   std::chrono::milliseconds status_interval{10'000};
   // While the stream is busy, wait this long between reads so that the walsender's many
