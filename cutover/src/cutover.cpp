@@ -177,6 +177,7 @@ class Cutover {
   void engage_fence(Clock::time_point deadline);
   void mark_and_drain(Clock::time_point deadline);
   void sequences_and_verify(Clock::time_point deadline);
+  void prepare_new_direction(Clock::time_point deadline);
   void new_direction(Clock::time_point deadline);
   void switch_traffic(Clock::time_point deadline);
   void lift(Clock::time_point deadline);
@@ -291,6 +292,8 @@ CutoverReport Cutover::run() {
   std::string current_step = "preconditions";
   try {
     step("preconditions", 30s, [&](auto deadline) { preconditions(deadline); });
+    current_step = "prepare";
+    step("prepare", 10s, [&](auto deadline) { prepare_new_direction(deadline); });
     current_step = "fence";
     step("fence", options_.fence_timeout + 1500ms, [&](auto deadline) { engage_fence(deadline); });
     current_step = "mark";
@@ -470,8 +473,6 @@ void Cutover::mark_and_drain(Clock::time_point deadline) {
   auto lsn = from_conn_.exec("SELECT pg_logical_emit_message(true, 'pgferry', $1)::text",
                              {message.dump()}, "writing the fence message");
   report_.fence_lsn = repl::Lsn::from_string(lsn.scalar(), "fence LSN");
-  history_conn_.exec("UPDATE pgferry.cutover_history SET fence_lsn = $2::pg_lsn WHERE id = $1",
-                     {report_.id, report_.fence_lsn.to_string()});
   // Tight poll of the progress row: one indexed read every millisecond.
   auto wait_start = Clock::now();
   while (true) {
@@ -511,9 +512,30 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
       report_.notes.push_back(fmt::format("verify: {} is large, not counted", table));
       continue;
     }
+    // Both sides count at the same time.
     auto count = fmt::format("SELECT count(*) FROM {}", table);
-    auto old_rows = from_conn_.exec(count).scalar();
-    auto new_rows = to_conn_.exec(count).scalar();
+    for (const auto* conn : {&from_conn_, &to_conn_}) {
+      if (PQsendQuery(conn->native(), count.c_str()) != 1) {
+        repl::throw_pg_error(conn->native(), nullptr, conn->side(), "verify: counting rows");
+      }
+    }
+    // Read both answers before checking either, so neither connection stays busy.
+    auto answer = [](const repl::Connection& conn) {
+      PGresult* result = PQgetResult(conn.native());
+      while (PGresult* rest = PQgetResult(conn.native())) PQclear(rest);
+      return result;
+    };
+    repl::Result old_result(answer(from_conn_));
+    repl::Result new_result(answer(to_conn_));
+    for (const auto& [conn, result] :
+         {std::pair{&from_conn_, &old_result}, std::pair{&to_conn_, &new_result}}) {
+      if (!*result || result->status() != PGRES_TUPLES_OK) {
+        repl::throw_pg_error(conn->native(), result->native(), conn->side(),
+                             "verify: counting rows");
+      }
+    }
+    auto old_rows = old_result.scalar();
+    auto new_rows = new_result.scalar();
     if (old_rows != new_rows) {
       throw repl::CutoverAborted(
           fmt::format("verify: {} has {} rows on the old primary and {} on the new one", table,
@@ -525,7 +547,7 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
   to_conn_.exec("SET statement_timeout = 0");
 }
 
-void Cutover::new_direction(Clock::time_point deadline) {
+void Cutover::prepare_new_direction(Clock::time_point deadline) {
   set_statement_timeout(to_conn_, deadline);
   std::string publication = repl::quote_ident(options_.publication_name());
   std::string list =
@@ -540,8 +562,16 @@ void Cutover::new_direction(Clock::time_point deadline) {
       to_conn_.exec("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
                     {options_.name}, "creating the slot of the new direction");
   slot_created_ = true;
-  report_.new_slot_lsn = repl::Lsn::from_string(slot.scalar(), "slot LSN");
+  report_.notes.push_back(fmt::format("new slot created at {}", slot.scalar()));
   to_conn_.exec("SET statement_timeout = 0");
+}
+
+void Cutover::new_direction(Clock::time_point /*deadline*/) {
+  // The new primary's WAL position once the agent committed the fence: everything before it
+  // came from the old primary (the agent's writes); the new direction starts here, so none
+  // of it travels back (the slot skips transactions that commit before the start).
+  report_.new_slot_lsn = repl::Lsn::from_string(
+      to_conn_.exec("SELECT pg_current_wal_lsn()::text").scalar(), "new primary WAL position");
 }
 
 std::vector<std::pair<std::string, std::string>> Cutover::switch_env(const Side& side,

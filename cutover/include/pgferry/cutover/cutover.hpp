@@ -17,8 +17,12 @@
 //   window ends) and the old direction's slot is dropped, so it holds no WAL and nothing
 //   travels back; the progress record of the new direction is written on the old primary at
 //   the new slot's position.
-// - The new direction's slot is created while writes are fenced, after the agent committed
-//   the fence, so the new primary's first application write is after the slot's start.
+// - The new direction's slot is created just before the fence (creating a logical slot
+//   waits for the transactions running on that server, which must not happen inside the
+//   window). The new direction starts at the new primary's WAL position read once the agent
+//   committed the fence: the agent's own writes all lie before it and are skipped (a slot
+//   skips what commits before the requested start), so nothing travels back; the first
+//   application write on the new primary comes after it.
 // - Publications: the new sending side gets a publication FOR TABLE of the tables the old
 //   one replicated, never FOR ALL TABLES, which would carry the pgferry schema (progress and
 //   history) across.
