@@ -5,8 +5,8 @@
 //   pgferry  N cutovers and N rollbacks, the agent (`pgferry run`) following the direction.
 //   hand     N switches each way with PostgreSQL's own subscriptions, as a careful script
 //            does it: PAUSE, bump a marker row on the old primary and wait until the
-//            subscription applied it, setval, create the way-back slot, rewrite [databases], RELOAD,
-//            RESUME; then (outside the window) the way-back subscription.
+//            subscription applied it, setval, create the way-back slot, rewrite [databases],
+//            RELOAD, RESUME; then (outside the window) the way-back subscription.
 // Load: --clients threads, each starting a transaction (an update of its previous row and an
 // insert) every clients/--rate seconds on a fixed schedule; a transaction's latency counts
 // from its scheduled start, so time spent queued behind a fence is included (as pgbench -R
@@ -65,7 +65,8 @@ struct Sample {
 class FixedRateLoad {
  public:
   FixedRateLoad(std::string conninfo, int clients, int rate)
-      : conninfo_(std::move(conninfo)), clients_(clients),
+      : conninfo_(std::move(conninfo)),
+        clients_(clients),
         interval_(std::chrono::microseconds(1'000'000LL * clients / rate)) {}
   ~FixedRateLoad() { stop(); }
   void start() {
@@ -135,10 +136,10 @@ class FixedRateLoad {
 struct Run {
   std::string method;
   std::string direction;
-  double window_ms = 0;                      // fence to unfence, by the tool or the script
-  double client_max_ms = 0;                  // longest client latency while it ran
+  double window_ms = 0;      // fence to unfence, by the tool or the script
+  double client_max_ms = 0;  // longest client latency while it ran
   int client_errors = 0;
-  std::map<std::string, double> steps_ms;    // pgferry's steps
+  std::map<std::string, double> steps_ms;  // pgferry's steps
 };
 
 std::string capture(const std::vector<std::string>& argv, int& status) {
@@ -155,7 +156,8 @@ std::string capture(const std::vector<std::string>& argv, int& status) {
 
 nlohmann::json json_of(const std::string& output) {
   auto start = output.find("{\n");
-  return start == std::string::npos ? nlohmann::json() : nlohmann::json::parse(output.substr(start));
+  return start == std::string::npos ? nlohmann::json()
+                                    : nlohmann::json::parse(output.substr(start));
 }
 
 struct Pair {
@@ -185,8 +187,9 @@ void wait_for(const std::function<bool()>& condition, std::chrono::seconds timeo
 
 std::vector<Run> bench_pgferry(const Options& options) {
   Pair pair;
-  std::vector<std::string> common = {PGFERRY_BINARY, "--source", pair.source->conninfo(),
-                                     "--target", pair.target->conninfo(), "--name", "ferry"};
+  std::vector<std::string> common = {
+      PGFERRY_BINARY, "--source", pair.source->conninfo(), "--target", pair.target->conninfo(),
+      "--name",       "ferry"};
   auto with = [&](std::vector<std::string> args) {
     auto all = common;
     all.insert(all.end(), args.begin(), args.end());
@@ -237,8 +240,8 @@ Run hand_switch(Pair& pair, FixedRateLoad& load, LocalCluster& from, LocalCluste
                 const std::string& sub, const std::string& back_sub, const char* direction) {
   auto from_conn = repl::Connection::open(from.conninfo(), repl::Side::none);
   auto to_conn = repl::Connection::open(to.conninfo(), repl::Side::none);
-  auto admin = repl::Connection::open(pair.bouncer->admin_conninfo(), repl::Side::none,
-                                      {{"options", ""}});
+  auto admin =
+      repl::Connection::open(pair.bouncer->admin_conninfo(), repl::Side::none, {{"options", ""}});
   std::string path = pair.bouncer->config_file().string();
   std::ifstream in(path);
   std::stringstream text;
@@ -257,7 +260,8 @@ Run hand_switch(Pair& pair, FixedRateLoad& load, LocalCluster& from, LocalCluste
            "the subscription to apply the marker");
   auto last = from_conn.exec("SELECT last_value FROM ledger_id_seq").scalar();
   to_conn.exec(fmt::format("SELECT setval('ledger_id_seq', {} + 1000)", last));
-  to_conn.exec(fmt::format("SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", back_sub));
+  to_conn.exec(
+      fmt::format("SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", back_sub));
   std::string entry = fmt::format("{} = host={} port={} dbname=postgres", pair.bouncer->database(),
                                   to.socket_dir().string(), to.port());
   std::ofstream(path, std::ios::trunc)
@@ -277,9 +281,12 @@ Run hand_switch(Pair& pair, FixedRateLoad& load, LocalCluster& from, LocalCluste
   auto end = Clock::now();
   std::this_thread::sleep_for(300ms);
   auto [worst, errors] = load.worst(start, end);
-  Run run{"hand", direction,
+  Run run{"hand",
+          direction,
           std::chrono::duration<double, std::milli>(unfenced - fenced).count(),
-          static_cast<double>(worst.count()) / 1000, errors, {}};
+          static_cast<double>(worst.count()) / 1000,
+          errors,
+          {}};
   std::cerr << fmt::format("hand {} window {:.1f} ms, client max {:.1f} ms\n", direction,
                            run.window_ms, run.client_max_ms);
   return run;
@@ -289,8 +296,9 @@ std::vector<Run> bench_hand(const Options& options) {
   Pair pair;
   for (auto* c : {pair.source.get(), pair.target.get()}) {
     repl::Connection::open(c->conninfo(), repl::Side::none)
-        .exec("CREATE TABLE hand_marker (id int PRIMARY KEY, n int NOT NULL); INSERT INTO "
-              "hand_marker VALUES (1, 0); CREATE PUBLICATION hand FOR TABLE ledger, hand_marker");
+        .exec(
+            "CREATE TABLE hand_marker (id int PRIMARY KEY, n int NOT NULL); INSERT INTO "
+            "hand_marker VALUES (1, 0); CREATE PUBLICATION hand FOR TABLE ledger, hand_marker");
   }
   repl::Connection::open(pair.target->conninfo(), repl::Side::none)
       .exec(fmt::format("CREATE SUBSCRIPTION to_target CONNECTION 'host={} port={} "
@@ -302,11 +310,11 @@ std::vector<Run> bench_hand(const Options& options) {
   std::vector<Run> runs;
   for (int i = 0; i < options.runs; ++i) {
     std::this_thread::sleep_for(1500ms);
-    runs.push_back(hand_switch(pair, load, *pair.source, *pair.target, "to_target", "to_source",
-                               "cutover"));
+    runs.push_back(
+        hand_switch(pair, load, *pair.source, *pair.target, "to_target", "to_source", "cutover"));
     std::this_thread::sleep_for(1500ms);
-    runs.push_back(hand_switch(pair, load, *pair.target, *pair.source, "to_source", "to_target",
-                               "rollback"));
+    runs.push_back(
+        hand_switch(pair, load, *pair.target, *pair.source, "to_source", "to_target", "rollback"));
   }
   load.stop();
   return runs;
@@ -315,8 +323,8 @@ std::vector<Run> bench_hand(const Options& options) {
 void print_table(const std::vector<Run>& runs) {
   std::map<std::string, std::vector<const Run*>> groups;
   for (const auto& run : runs) groups[run.method + " " + run.direction].push_back(&run);
-  fmt::print("\n{:<18} {:>3} {:>13} {:>11} {:>15} {:>13} {:>7}\n", "method", "n",
-             "window med ms", "window max", "client max med", "client max", "errors");
+  fmt::print("\n{:<18} {:>3} {:>13} {:>11} {:>15} {:>13} {:>7}\n", "method", "n", "window med ms",
+             "window max", "client max med", "client max", "errors");
   for (const auto& [name, group] : groups) {
     std::vector<double> windows, clients;
     double window_max = 0, client_max = 0;
@@ -342,13 +350,14 @@ void print_table(const std::vector<Run>& runs) {
   if (windows.empty()) return;
   fmt::print("\npgferry steps (median ms; share of the median window {:.1f} ms)\n",
              median(windows));
-  for (const char* step : {"preconditions", "fence", "mark", "sequences", "reverse", "switch",
-                           "unfence"}) {
+  for (const char* step :
+       {"preconditions", "prepare", "fence", "mark", "sequences", "reverse", "switch", "unfence"}) {
     if (!steps.count(step)) continue;
     double m = median(steps[step]);
-    bool inside = std::string(step) != "preconditions";
-    fmt::print("  {:<14} {:>9.1f} ms {}\n", step, m,
-               inside ? fmt::format("{:>5.0f} %", 100 * m / median(windows)) : "(before the fence)");
+    bool inside = std::string(step) != "preconditions" && std::string(step) != "prepare";
+    fmt::print(
+        "  {:<14} {:>9.1f} ms {}\n", step, m,
+        inside ? fmt::format("{:>5.0f} %", 100 * m / median(windows)) : "(before the fence)");
   }
 }
 

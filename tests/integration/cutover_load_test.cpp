@@ -4,9 +4,9 @@
 // later writes were first written on the target, the target's sequence continues without a
 // collision (no client error), and the agent (`pgferry run`, still the same process) now
 // replicates target → source. Then the rollback under the same load: the same checks on the
-// source, and the agent replicates source → target again.
+// source, and the agent replicates source → target again; a cutover again after that. A
+// second cutover in a row finds nothing to do.
 #include <chrono>
-#include <iostream>
 
 #include "support/cutover_fixture.hpp"
 
@@ -63,9 +63,12 @@ TEST_F(CutoverLoad, CutoverThenRollbackLoseNothingAndDuplicateNothing) {
   ASSERT_EQ(cutover.exit_code, 0) << cutover.output << agent_->log_text();
   auto report = report_of(cutover);
   RecordProperty("cutover_report", report.dump());
-  std::cout << cutover.output;
   EXPECT_TRUE(report.value("ok", false)) << cutover.output;
   EXPECT_TRUE(report["window_ms"].is_number()) << cutover.output;
+  // A second cutover finds nothing to do.
+  auto again = run_pgferry(switch_args("cutover"));
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("nothing to do"), std::string::npos) << again.output;
   ASSERT_TRUE(load.wait_for_more(200));
   load.stop();
 
@@ -105,9 +108,21 @@ TEST_F(CutoverLoad, CutoverThenRollbackLoseNothingAndDuplicateNothing) {
   ASSERT_TRUE(agent_streaming(*source_)) << agent_->log_text();
   ASSERT_TRUE(caught_up(*source_, *target_)) << agent_->log_text();
 
-  // The history on the target tells both.
+  // And a cutover again after the rollback.
+  load.start();
+  ASSERT_TRUE(load.wait_for_more(100));
+  auto second = run_pgferry(switch_args("cutover"));
+  ASSERT_EQ(second.exit_code, 0) << second.output << agent_->log_text();
+  ASSERT_TRUE(load.wait_for_more(100));
+  load.stop();
+  EXPECT_EQ(load.errors(), std::vector<std::string>{});
+  EXPECT_EQ(load.check_on(connect(*target_)), std::vector<std::string>{});
+  ASSERT_TRUE(agent_streaming(*target_)) << agent_->log_text();
+  ASSERT_TRUE(caught_up(*target_, *source_)) << agent_->log_text();
+
+  // The history on the target tells all three.
   EXPECT_EQ(query_value(target,
                         "SELECT string_agg(operation || ':' || state, ',' ORDER BY "
                         "started_at) FROM pgferry.cutover_history"),
-            "cutover:completed,rollback:completed");
+            "cutover:completed,rollback:completed,cutover:completed");
 }

@@ -1,7 +1,8 @@
 // The read-only fence, for setups without a pooler: the cutover sets the source database
 // read-only, ends the application's sessions, drains, and switches with --switch-command;
 // afterwards the read-only setting is gone. An abort (failing switch command) leaves the
-// source writable and the target without a new slot.
+// source writable and the target without a new slot. `--fence none` (writes already stopped)
+// cuts over as well.
 #include "support/cutover_fixture.hpp"
 
 using namespace pgferry::testing;
@@ -45,4 +46,15 @@ TEST_F(CutoverReadOnly, AbortLeavesTheSourceWritable) {
   EXPECT_EQ(query_value(connect(*target_),
                         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry'"),
             "0");
+}
+
+TEST_F(CutoverReadOnly, FenceNoneWhenWritesAreAlreadyStopped) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  connect(*source_).exec("INSERT INTO ledger (client, seq) VALUES (98, 1)");
+  auto result = run_pgferry(
+      with_common({"cutover", "--json", "--fence", "none", "--switch-command", "true"}));
+  ASSERT_EQ(result.exit_code, 0) << result.output << agent_->log_text();
+  EXPECT_EQ(report_of(result).value("fence", ""), "none");
+  EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 98"), "1");
+  ASSERT_TRUE(agent_streaming(*target_)) << agent_->log_text();
 }
