@@ -49,7 +49,11 @@ class AgentFence : public ClusterPairTest {
 
   // Runs an agent in a thread until it returns; `during` runs meanwhile on this thread.
   repl::AgentResult run_agent(const std::function<void(repl::Agent&)>& during) {
-    repl::Agent agent(options());
+    return run_agent(options(), during);
+  }
+  repl::AgentResult run_agent(const repl::AgentOptions& agent_options,
+                              const std::function<void(repl::Agent&)>& during) {
+    repl::Agent agent(agent_options);
     repl::AgentResult result;
     std::exception_ptr error;
     std::atomic<bool> returned{false};
@@ -153,6 +157,24 @@ TEST_F(AgentFence, StopsAtItsFenceOnly) {
   EXPECT_EQ(target_count(), "6200");
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM items WHERE id > 7000"), "0");
   EXPECT_EQ(query_value(dst, "SELECT count(*) FROM items WHERE v = 'after'"), "10");
+
+  // With synchronous_commit off the fence's commit counts once the target flushed it (the
+  // agent learns that at the next keepalive); the rows behind it stay behind.
+  auto async = options();
+  async.applier.synchronous_commit = "off";
+  std::string third_fence_lsn;
+  auto third = run_agent(async, [&](repl::Agent&) {
+    ASSERT_TRUE(wait_until([&] { return target_count() == "6300"; }, 60s));
+    auto s = connect(source());
+    third_fence_lsn = query_value(s, emit(true, "cut-3", kName));
+    s.exec(insert_sql(7101, 7200));
+  });
+  ASSERT_EQ(third.outcome, repl::AgentOutcome::fenced);
+  ASSERT_TRUE(third.fence.has_value());
+  EXPECT_EQ(third.fence->id, "cut-3");
+  EXPECT_EQ(third.fence->message_lsn.to_string(), third_fence_lsn);
+  EXPECT_EQ(progress(), third.fence->end_lsn.to_string());
+  EXPECT_EQ(target_count(), "6300");
 
   // And a run up to the source's current position applies the rest.
   auto o = options();

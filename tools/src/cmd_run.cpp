@@ -44,7 +44,7 @@ struct RunOptions {
 // The running agent, for the signal handler (request_stop is async-signal-safe).
 std::atomic<cutover::Follower*> g_agent{nullptr};
 
-void on_run_stop_signal(int /*signal*/) {
+extern "C" void on_run_stop_signal(int /*signal*/) {
   if (auto* agent = g_agent.load()) agent->request_stop();
 }
 

@@ -16,6 +16,11 @@
 //   applies nothing after it (what the same poll delivered past it is ignored, never
 //   committed, and the progress row stays at the fence); once that commit is durable the
 //   session confirms it to the source and returns. The next run resumes right after it.
+//   A connection lost between that commit and the agent seeing it durable (synchronous_commit
+//   off, or the source gone in the same poll) would make the next session resume past the
+//   fence without seeing it: the agent keeps the fence and, when the progress row it
+//   resumes from has reached the fence's end, returns `fenced` at once (the slot is then
+//   confirmed by the next run).
 // - A ConnectionError from either side tears down both the stream and the applier (the open
 //   target transaction dies with its connection) and starts over from the progress record,
 //   with exponential backoff (200 ms doubling to 30 s). Anything else ends run().
@@ -77,6 +82,10 @@ void AgentObservers::finished(const AgentResult& result) {
 
 struct Agent::Session {
   AgentResult result;
+  // A fence an earlier session's applier committed: if the session ended (lost connection)
+  // before it saw the commit durable, the next one resumes past it and never sees it again,
+  // so it checks the progress row against it instead.
+  std::optional<Fence> committed_fence;
 };
 
 Agent::Agent(AgentOptions options, AgentObserver* observer)
@@ -161,6 +170,11 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
   Applier applier(Connection::open(options_.target_conninfo, Side::target), applier_options());
   result.resumed_from = applier.resume_lsn();
   result.applied = applier.durable_lsn();
+  if (options_.stop_at_fence && session.committed_fence &&
+      applier.durable_lsn() >= session.committed_fence->end_lsn) {
+    result.fence = session.committed_fence;
+    return AgentOutcome::fenced;
+  }
   const auto& until = options_.until;
   if (until && applier.durable_lsn() >= *until) return AgentOutcome::reached_until;
 
@@ -212,22 +226,29 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
     // Nothing more for a short while: the source is quiet, commit what is applied now
     // rather than at the group's time bound (which only paces a busy stream).
     Lsn received_before = stream.received_lsn();
-    bool alive = stream.poll(applier.group_open() ? kQuietCommit : 100ms);
-    if (stream.received_lsn() == received_before) {
-      applier.flush();
-    } else {
-      applier.tick();
+    bool alive = false;
+    try {
+      alive = stream.poll(applier.group_open() ? kQuietCommit : 100ms);
+      if (stream.received_lsn() == received_before) {
+        applier.flush();
+      } else {
+        applier.tick();
+      }
+    } catch (const ConnectionError&) {
+      if (applier.fence()) session.committed_fence = applier.fence();
+      throw;
     }
     stream.confirm(applier.durable_lsn());
     result.applied = applier.durable_lsn();
     snapshot();
     observer_->update(progress);
 
-    if (options_.stop_at_fence) {
-      if (auto fence = applier.fence()) {
-        result.fence = std::move(fence);
-        spdlog::info("run slot={} fence id={} lsn={} end_lsn={} applied", options_.name,
-                     result.fence->id, result.fence->message_lsn, result.fence->end_lsn);
+    if (const auto& fence = applier.fence(); fence && options_.stop_at_fence) {
+      session.committed_fence = fence;
+      if (applier.durable_lsn() >= fence->end_lsn) {
+        result.fence = fence;
+        spdlog::info("run slot={} fence id={} lsn={} end_lsn={} applied", options_.name, fence->id,
+                     fence->message_lsn, fence->end_lsn);
         return finish(AgentOutcome::fenced);
       }
     }

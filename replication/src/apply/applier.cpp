@@ -1714,16 +1714,21 @@ void Applier::commit_transaction(const TransactionCommit& commit) {
   s.applied_lsn_ = std::max(s.applied_lsn_, commit.end_lsn);
   ++s.group_transactions_;
   s.counters_.transactions_applied.fetch_add(1, std::memory_order_relaxed);
-  if (fence || s.group_rows_ >= s.options_.group_max_rows ||
+  bool fenced = fence.has_value();
+  if (fenced) {
+    // Noted before the commit: if it fails in doubt, the caller still knows which progress
+    // row means the fence is on the target.
+    fence->end_lsn = commit.end_lsn;
+    fence_ = std::move(fence);
+  }
+  if (fenced || s.group_rows_ >= s.options_.group_max_rows ||
       s.group_bytes_ >= s.options_.group_max_bytes ||
       Clock::now() - s.group_started_ >= s.options_.group_max_delay) {
     s.commit_group();
   }
-  if (fence) {
-    fence->end_lsn = commit.end_lsn;
-    spdlog::info("fence id={} lsn={} committed end_lsn={}", fence->id, fence->message_lsn,
-                 fence->end_lsn);
-    fence_ = std::move(fence);
+  if (fenced) {
+    spdlog::info("fence id={} lsn={} committed end_lsn={}", fence_->id, fence_->message_lsn,
+                 fence_->end_lsn);
   }
 }
 
@@ -1913,10 +1918,6 @@ bool Applier::in_source_transaction() const {
 }
 bool Applier::group_open() const {
   return impl_->group_open_;
-}
-std::optional<Fence> Applier::fence() const {
-  if (fence_ && durable_lsn() >= fence_->end_lsn) return fence_;
-  return std::nullopt;
 }
 bool Applier::halted() const {
   return fence_ && impl_->options_.stop_at_fence;

@@ -135,8 +135,10 @@ class Applier final : public ChangeSink {
   // Safe to call from another thread. A streamed transaction's changes count once it
   // committed (after the next flush() or tick()).
   ApplierCounters counters() const;
-  // The fence (options.fence_name) whose transaction is committed and durable, if any.
-  std::optional<Fence> fence() const;
+  // The fence (options.fence_name) whose transaction this applier committed (or was
+  // committing when it threw), if any; it is on the target once durable_lsn() or, after an
+  // error, the progress row reaches its end_lsn.
+  const std::optional<Fence>& fence() const { return fence_; }
 
  private:
   // With stop_at_fence, after the fence: everything is ignored.
