@@ -130,7 +130,8 @@ bool drop_slot(const repl::Connection& conn, std::string_view name,
         conn.exec("SELECT pg_drop_replication_slot($1)", {name}, "dropping a slot");
         return true;
       } catch (const repl::SqlError& e) {
-        if (e.sqlstate() != "55006") throw;  // became active again in between: retry
+        if (e.sqlstate() == "42704") return false;  // dropped by someone else in between
+        if (e.sqlstate() != "55006") throw;         // became active again in between: retry
       }
     } else if (!terminate_after) {
       return false;
