@@ -270,6 +270,12 @@ void ReplicationStream::start() {
   start.binary = options_.binary;
   // pgoutput takes the messages option from PostgreSQL 14 on (protocol v2).
   start.messages = options_.messages && server_max >= 2;
+  if (options_.messages && !start.messages) {
+    spdlog::warn(
+        "streaming slot={}: the source (before PostgreSQL 14) cannot send logical messages, so "
+        "a cutover fence is not seen in the stream; the cutover falls back to the WAL position",
+        options_.slot);
+  }
   assembler_.emplace(sink_, options_.spool_dir, protocol_version_);
   connection_->start_replication(options_.slot, options_.start_lsn, start);
   received_lsn_ = std::max(received_lsn_, options_.start_lsn);
