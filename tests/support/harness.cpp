@@ -30,6 +30,11 @@ std::unique_ptr<LocalCluster> start_cluster(tools::ClusterOptions options) {
   return std::make_unique<LocalCluster>(std::move(options));
 }
 
+std::unique_ptr<tools::LocalPgBouncer> start_pgbouncer(const LocalCluster& server,
+                                                       tools::PgBouncerOptions options) {
+  return std::make_unique<tools::LocalPgBouncer>(server, std::move(options));
+}
+
 void ClusterPairTest::SetUpTestSuite() {
   source_ = start_cluster();
   target_ = start_cluster();

@@ -15,6 +15,7 @@
 
 #include "pgferry/replication/core/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
+#include "pgferry/tools/local_pgbouncer.hpp"
 
 namespace pgferry::testing {
 
@@ -22,6 +23,10 @@ using tools::LocalCluster;
 
 // Starts a cluster for a test (temp dir pgferry-test-*, free port, wal_level=logical).
 std::unique_ptr<LocalCluster> start_cluster(tools::ClusterOptions options = {});
+
+// Starts a PgBouncer (transaction pooling, admin user `pgbouncer`) in front of `server`.
+std::unique_ptr<tools::LocalPgBouncer> start_pgbouncer(const LocalCluster& server,
+                                                       tools::PgBouncerOptions options = {});
 
 // A fixture with a source and a target cluster, started once per test suite.
 class ClusterPairTest : public ::testing::Test {
