@@ -1,6 +1,8 @@
-// `pgferry run [--until LSN]`: the agent (replication/agent/agent.hpp) with /metrics and
-// /status (lagmon::AgentReporter) and the periodic sequence sync
-// (sequences::PeriodicSequenceSync) attached; SIGINT/SIGTERM ask it to stop.
+// `pgferry run [--until LSN]`: the agent (replication/agent/agent.hpp), run by
+// cutover::Follower in the direction the cutover history says (source to target, or back
+// after a cutover), with /metrics and /status (lagmon::AgentReporter) and the periodic
+// sequence sync (sequences::PeriodicSequenceSync, per direction) attached; SIGINT/SIGTERM
+// ask it to stop.
 #include <atomic>
 #include <iostream>
 #include <memory>
@@ -8,6 +10,7 @@
 #include <optional>
 
 #include "cli.hpp"
+#include "pgferry/cutover/follower.hpp"
 #include "pgferry/lagmon/agent_reporter.hpp"
 #include "pgferry/replication/agent/agent.hpp"
 #include "pgferry/replication/core/error.hpp"
@@ -76,12 +79,22 @@ const char* outcome_name(repl::AgentOutcome outcome) {
 int run_run(const CommonOptions& common, const RunOptions& options) {
   auto agent_opts = agent_options(common, options);  // usage errors first
   lagmon::AgentReporter reporter(common.name, common.publication_name(), options.metrics_listen);
-  sequences::PeriodicSequenceSync sequence_sync(
-      common.source_conninfo(), common.target_conninfo(), common.name,
-      std::chrono::seconds(options.sync_sequences_s),
-      [&reporter](const std::exception&) { reporter.count_error(); });
-  repl::AgentObservers observers({&reporter, &sequence_sync});
-  repl::Agent agent(std::move(agent_opts), &observers);
+  // Per direction (the follower swaps source and target after a cutover): the sequence sync
+  // goes the way the agent replicates.
+  std::unique_ptr<sequences::PeriodicSequenceSync> sequence_sync;
+  std::unique_ptr<repl::AgentObservers> observers;
+  auto observer_for = [&](const repl::AgentOptions& direction) -> repl::AgentObserver* {
+    sequence_sync = std::make_unique<sequences::PeriodicSequenceSync>(
+        direction.source_conninfo, direction.target_conninfo, common.name,
+        std::chrono::seconds(options.sync_sequences_s),
+        [&reporter](const std::exception&) { reporter.count_error(); });
+    observers = std::make_unique<repl::AgentObservers>(
+        std::vector<repl::AgentObserver*>{&reporter, sequence_sync.get()});
+    return observers.get();
+  };
+  cutover::FollowOptions follow;
+  follow.agent = std::move(agent_opts);
+  cutover::Follower agent(std::move(follow), observer_for);
 
   repl::AgentResult result;
   {
