@@ -653,9 +653,10 @@ const TargetTable& Applier::Impl::table_for(const Relation& relation) {
   if (result.rows() == 0 || result.get(0, 0) != "t") {
     broken_ = true;
     throw Error(fmt::format(
-        "the target has no table {}, which the source publishes: create it on the target "
-        "(pgferry init --schema copies the schema), or remove it from the publication",
-        table.display));
+        "the target has no table {}, which the source publishes (source transaction "
+        "commit_lsn={}): create it on the target (pgferry init --schema copies the schema), or "
+        "remove it from the publication",
+        table.display, current_.final_lsn));
   }
   std::unordered_map<std::string_view, int> target_columns;
   std::vector<std::string_view> target_primary_key;
@@ -670,11 +671,12 @@ const TargetTable& Applier::Impl::table_for(const Relation& relation) {
     if (found == target_columns.end()) {
       broken_ = true;
       throw Error(fmt::format(
-          "the target table {} has no column \"{}\" ({}.{}), which the source sends: add the "
+          "the target table {} has no column \"{}\" ({}.{}), which the source sends (source "
+          "transaction commit_lsn={}): add the "
           "column on the target (ALTER TABLE {} ADD COLUMN {} <type as on the source>), then "
           "restart",
-          table.display, column.name, table.display, column.name, table.qualified,
-          quote_ident(column.name)));
+          table.display, column.name, table.display, column.name, current_.final_lsn,
+          table.qualified, quote_ident(column.name)));
     }
     table.columns.push_back(quote_ident(column.name));
     table.types.emplace_back(result.get(found->second, 2));
