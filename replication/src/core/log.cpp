@@ -7,7 +7,10 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <fstream>
 #include <memory>
 #include <string>
 
@@ -64,12 +67,38 @@ class JsonFormatter final : public spdlog::formatter {
 
 }  // namespace
 
-void setup_logging(LogFormat format, std::string_view level) {
+namespace {
+
+spdlog::level::level_enum parse_level(std::string_view level) {
   auto parsed = spdlog::level::from_str(std::string(level));
   if (parsed == spdlog::level::off && level != "off") {
     throw ConfigError(fmt::format(
         "--log-level: unknown level \"{}\"; use trace, debug, info, warn, error or off", level));
   }
+  return parsed;
+}
+
+}  // namespace
+
+void set_log_level(std::string_view level) {
+  spdlog::set_level(parse_level(level));
+}
+
+std::string read_log_level_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::string level;
+  if (!in || !(in >> level)) {
+    throw ConfigError(
+        fmt::format("--log-level-file {}: {}; write a level (trace, debug, info, "
+                    "warn, error or off) into it",
+                    path.string(), in ? "empty" : std::strerror(errno)));
+  }
+  parse_level(level);
+  return level;
+}
+
+void setup_logging(LogFormat format, std::string_view level) {
+  auto parsed = parse_level(level);
   auto sink = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   auto logger = std::make_shared<spdlog::logger>("pgferry", std::move(sink));
   if (format == LogFormat::json) {

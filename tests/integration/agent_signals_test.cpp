@@ -1,0 +1,75 @@
+// `pgferry run` and its signals: SIGHUP re-reads the log level from --log-level-file (debug
+// lines appear only after it), an unreadable level file keeps the level, and SIGINT commits,
+// confirms to the slot what the target holds and exits 0.
+#include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "support/harness.hpp"
+
+namespace repl = pgferry::replication;
+using namespace pgferry::testing;
+
+class AgentSignals : public ClusterPairTest {};
+
+TEST_F(AgentSignals, SighupReloadsTheLogLevelAndSigintExitsZero) {
+  const char* schema = "CREATE TABLE signal_items (id int PRIMARY KEY, v text)";
+  connect(source()).exec(schema);
+  connect(target()).exec(schema);
+  std::vector<std::string> common = {
+      "--source", source().conninfo(), "--target", target().conninfo(), "--name", "signals"};
+  auto init_args = common;
+  init_args.insert(init_args.end(), {"init", "--no-data"});
+  ASSERT_EQ(run_pgferry(init_args).exit_code, 0);
+
+  std::string level_file = fmt::format("/tmp/pgferry-signals-level-{}", ::getpid());
+  auto write_level = [&](const std::string& level) { std::ofstream(level_file) << level << "\n"; };
+  write_level("info");
+  auto run_args = common;
+  run_args.insert(run_args.end(), {"run", "--log-level-file", level_file});
+  PgferryProcess agent(run_args, fmt::format("/tmp/pgferry-signals-{}.log", ::getpid()));
+  SCOPED_TRACE("log " + agent.log());
+  auto target_count = [&] {
+    return query_value(connect(target()), "SELECT count(*) FROM signal_items");
+  };
+  auto src = connect(source());
+
+  src.exec("INSERT INTO signal_items VALUES (1, 'a')");
+  ASSERT_TRUE(wait_until([&] { return target_count() == "1"; }));
+  EXPECT_EQ(agent.log_text().find("committed group"), std::string::npos) << agent.log_text();
+
+  write_level("debug");
+  ::kill(agent.pid(), SIGHUP);
+  ASSERT_TRUE(wait_until([&] {
+    return agent.log_text().find("log level=debug from") != std::string::npos;
+  })) << agent.log_text();
+  src.exec("INSERT INTO signal_items VALUES (2, 'b')");
+  ASSERT_TRUE(wait_until([&] { return target_count() == "2"; }));
+  ASSERT_TRUE(wait_until([&] {
+    return agent.log_text().find("committed group") != std::string::npos;
+  })) << agent.log_text();
+
+  // A bad level is reported and the level kept; the agent keeps running.
+  write_level("loud");
+  ::kill(agent.pid(), SIGHUP);
+  ASSERT_TRUE(wait_until([&] {
+    return agent.log_text().find("log level kept at debug") != std::string::npos;
+  })) << agent.log_text();
+  ASSERT_FALSE(agent.exited());
+
+  src.exec("INSERT INTO signal_items VALUES (3, 'c')");
+  ASSERT_TRUE(wait_until([&] { return target_count() == "3"; }));
+  ::kill(agent.pid(), SIGINT);
+  ASSERT_TRUE(wait_until([&] { return agent.exited(); }, std::chrono::seconds(60)));
+  EXPECT_EQ(agent.exit_code(), 0) << agent.log_text();
+  // The final status update confirmed exactly what the target holds.
+  std::string applied = query_value(
+      connect(target()), "SELECT applied_lsn::text FROM pgferry.progress WHERE name = 'signals'");
+  EXPECT_EQ(query_value(src,
+                        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE "
+                        "slot_name = 'signals'"),
+            applied);
+  ::unlink(level_file.c_str());
+}
