@@ -10,6 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
   postgresql postgresql-contrib postgresql-client pgbouncer
   procps util-linux
+  python3-yaml systemd
 )
 
 missing=()
