@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace pgferry::replication {
 
@@ -20,6 +22,10 @@ void set_log_level(std::string_view level);
 // The level written in `path` (its first word, e.g. "debug\n"), for `run --log-level-file`
 // re-read on SIGHUP; ConfigError naming the file when it cannot be read or names no level.
 std::string read_log_level_file(const std::filesystem::path& path);
+
+// The key=value fields of a log message's event part (before the first ": "), in order;
+// `key="quoted value"` is unquoted. The JSON log format writes them as "fields".
+std::vector<std::pair<std::string, std::string>> log_fields(std::string_view message);
 
 // Escapes a string for inclusion in a JSON string literal.
 void append_json_escaped(std::string& out, std::string_view text);
