@@ -29,6 +29,9 @@ TEST(Retry, TransientErrorsAreRetried) {
   }
   EXPECT_EQ(sql("40P01").reason, "deadlock");
   EXPECT_EQ(sql("57P01").reason, "administrator shutdown or pg_terminate_backend");
+  // libpq's own failure (no SQLSTATE), seen in pipeline mode when the server went away.
+  EXPECT_TRUE(
+      sql("", "target while applying BEGIN: server closed the connection unexpectedly").retry);
   // A lost connection is retried whatever its SQLSTATE says.
   EXPECT_TRUE(repl::classify_error(repl::ConnectionError("gone", "", Side::source)).retry);
   EXPECT_TRUE(repl::classify_error(repl::ConnectionError("gone", "XX000", Side::target)).retry);

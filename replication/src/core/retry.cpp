@@ -27,6 +27,9 @@ ErrorVerdict classify_sqlstate(const PgError& e) {
   std::string_view state = e.sqlstate();
   std::string_view what = e.what();
   if (state.starts_with("08")) return retry("connection lost");
+  // No SQLSTATE: libpq's own failure, not the server's answer ("server closed the connection
+  // unexpectedly" can arrive while libpq still calls the connection OK, in pipeline mode).
+  if (state.empty()) return retry("connection lost (no SQLSTATE)");
   if (state == "57P01") return retry("administrator shutdown or pg_terminate_backend");
   if (state == "57P02") return retry("server crash shutdown");
   if (state == "57P03") return retry("server starting up or in recovery");
@@ -90,7 +93,7 @@ ErrorVerdict classify_sqlstate(const PgError& e) {
                 "the slot lost WAL it needs (max_slot_wal_keep_size): run `pgferry cleanup` and "
                 "`pgferry init` again, and raise max_slot_wal_keep_size");
   }
-  return stop(state.empty() ? "error" : fmt::format("SQLSTATE {}", state), {});
+  return stop(fmt::format("SQLSTATE {}", state), {});
 }
 
 }  // namespace

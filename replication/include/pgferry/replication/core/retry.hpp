@@ -5,11 +5,12 @@
 // NOTES
 // - Retry: connection loss and the server going away (08xxx, 57P01 admin shutdown, which is
 //   also what pg_terminate_backend sends, 57P02 crash shutdown, 57P03 starting up or in
-//   recovery, 57P05 idle session timeout), a cancelled statement (57014), concurrency
-//   failures (40001 serialization, 40P01 deadlock, 55P03 lock timeout), too many connections
-//   (53300) and the slot held by another process (55006: the walsender of a previous run
-//   may outlive it for a moment). A retry replays from the progress record, so nothing is
-//   applied twice.
+//   recovery, 57P05 idle session timeout; a PgError without SQLSTATE is libpq's own failure,
+//   e.g. "server closed the connection unexpectedly" in pipeline mode), a cancelled statement
+//   (57014), concurrency failures (40001 serialization, 40P01 deadlock, 55P03 lock timeout), too
+//   many connections (53300) and the slot held by another process (55006: the walsender of a
+//   previous run may outlive it for a moment). A retry replays from the progress record, so nothing
+//   is applied twice.
 // - Stop: anything the same input would hit again: a missing table, column, slot or
 //   publication, a type mismatch or bad value (22xxx), a constraint the target has and the
 //   source has not (23xxx), a permission error (42501), a read-only target (25006), a
