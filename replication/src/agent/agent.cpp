@@ -182,8 +182,15 @@ AgentResult Agent::run() {
         throw;
       }
       auto wait = backoff.next();
-      spdlog::warn("run slot={} lsn={} retry reason=\"{}\" in_ms={}: {}", options_.name,
-                   session.result.applied, verdict.reason, wait.count(), e.what());
+      std::string hint;
+      if (verdict.reason == "lock timeout" && options_.streaming && !options_.spool_streamed) {
+        hint =
+            " (if this repeats: the target has triggers, foreign keys or unique indexes that "
+            "the source does not have, and a transaction applied while a large one streams "
+            "waits for it; rerun with --spool-streamed)";
+      }
+      spdlog::warn("run slot={} lsn={} retry reason=\"{}\" in_ms={}: {}{}", options_.name,
+                   session.result.applied, verdict.reason, wait.count(), e.what(), hint);
       auto wake = Clock::now() + wait;
       while (Clock::now() < wake && !stop_requested()) std::this_thread::sleep_for(20ms);
       if (stop_requested()) return done(AgentOutcome::stopped);
@@ -229,8 +236,8 @@ void Agent::check_source(Lsn progress) const {
                    "55000", Side::source);
   }
   if (source
-          .exec("SELECT 1 FROM pg_publication WHERE pubname = $1",
-                {Param(options_.publication)}, "reading the publication")
+          .exec("SELECT 1 FROM pg_publication WHERE pubname = $1", {Param(options_.publication)},
+                "reading the publication")
           .rows() == 0) {
     throw SqlError(
         fmt::format("source: publication \"{}\" does not exist (dropped?)", options_.publication),
