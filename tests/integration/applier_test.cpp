@@ -281,6 +281,38 @@ TEST_F(ApplierTest, ReplicaIdentityFullWithAndWithoutPrimaryKey) {
             "{\"x\": 1},{\"x\": 2}");
 }
 
+TEST_F(ApplierTest, TableWithoutColumns) {
+  sql_->exec(
+      "CREATE TABLE no_cols (); INSERT INTO no_cols SELECT FROM generate_series(1, 3);"
+      "CREATE TABLE no_cols_empty ()");
+  auto relation = make_relation(30, "public", "no_cols", {}, 'f');
+  auto empty = make_relation(31, "public", "no_cols_empty", {}, 'f');
+  auto a = applier();
+  Source source(*a);
+  source.transaction([&] {
+    for (int i = 0; i < 20; ++i) source.insert(relation, {});  // past copy_min_rows
+    source.update(relation, 'O', {}, {});                      // replaces one row by an equal one
+    source.remove(relation, 'O', {});
+    source.remove(relation, 'O', {});
+  });
+  a->flush();
+  EXPECT_EQ(value("SELECT count(*) FROM no_cols"), "21");
+  EXPECT_EQ(a->counters().rows_inserted, 20u);
+  EXPECT_EQ(a->counters().rows_updated, 1u);
+  EXPECT_EQ(a->counters().rows_deleted, 2u);
+  // An update must find its row, as any update.
+  Lsn before = progress();
+  try {
+    source.transaction([&] { source.update(empty, 'O', {}, {}); });
+    a->flush();
+    FAIL() << "no error";
+  } catch (const repl::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("public.no_cols_empty"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(progress(), before);
+  EXPECT_EQ(value("SELECT count(*) FROM no_cols_empty"), "0");
+}
+
 TEST_F(ApplierTest, TruncateWithRestartIdentityAndCascade) {
   sql_->exec(
       "CREATE TABLE parent (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);"
@@ -349,13 +381,16 @@ TEST_F(ApplierTest, UpdateOfMissingRowStopsWithCommitLsnRelationAndKey) {
 TEST_F(ApplierTest, CoalescedUpdatesEndAsTheLastTupleAndTriggersSeeEveryChange) {
   sql_->exec("CREATE TABLE acc (id int PRIMARY KEY, bal int, note text)");
   sql_->exec("CREATE TABLE hist (id int PRIMARY KEY, v text)");
-  // A table with a trigger is never coalesced: the trigger sees every update, in order.
+  // A table with a trigger is never coalesced: the trigger sees every update, in order. (It
+  // is declared ENABLE ALWAYS: the apply session runs as a replica, where ordinary
+  // triggers do not fire.)
   sql_->exec("CREATE TABLE audited (id int PRIMARY KEY, v text)");
   sql_->exec("CREATE TABLE audit_log (n serial PRIMARY KEY, v text)");
   sql_->exec(
       "CREATE FUNCTION log_v() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO "
       "audit_log (v) VALUES (NEW.v); RETURN NEW; END $$");
   sql_->exec("CREATE TRIGGER log_v AFTER UPDATE ON audited FOR EACH ROW EXECUTE FUNCTION log_v()");
+  sql_->exec("ALTER TABLE audited ENABLE ALWAYS TRIGGER log_v");
   auto acc = make_relation(20, "public", "acc", {{"id", true}, {"bal", false}, {"note", false}});
   auto hist = make_relation(21, "public", "hist", {{"id", true}, {"v", false}});
   auto audited = make_relation(22, "public", "audited", {{"id", true}, {"v", false}});

@@ -49,6 +49,13 @@ std::string query_value(const replication::Connection& conn, std::string_view sq
   return conn.exec(sql).scalar();
 }
 
+std::vector<std::string> PgferryPair::args(const std::vector<std::string>& command) const {
+  std::vector<std::string> all = {"--source",      source_conninfo, "--target",
+                                  target_conninfo, "--name",        name};
+  all.insert(all.end(), command.begin(), command.end());
+  return all;
+}
+
 bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {

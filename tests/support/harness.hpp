@@ -67,6 +67,18 @@ class PgferryProcess : public tools::ChildProcess {
   std::string log_;
 };
 
+// pgferry for one source/target pair: --source, --target and --name come before the
+// command's own arguments.
+struct PgferryPair {
+  std::string source_conninfo;
+  std::string target_conninfo;
+  std::string name;
+  std::vector<std::string> args(const std::vector<std::string>& command) const;
+  CommandResult run(const std::vector<std::string>& command) const {
+    return run_pgferry(args(command));
+  }
+};
+
 // A text fingerprint of a table's rows (ordered by `order_by`), to compare source and target.
 std::string table_fingerprint(const replication::Connection& conn, std::string_view table,
                               std::string_view order_by);

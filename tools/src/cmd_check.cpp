@@ -20,6 +20,7 @@ struct CheckCommandOptions {
   std::vector<std::string> tables;
   std::vector<std::string> excluded_tables;
   bool allow_nonempty = false;
+  bool allow_target_triggers = false;
 };
 
 int run_check(const CommonOptions& common, const CheckCommandOptions& options) {
@@ -36,6 +37,7 @@ int run_check(const CommonOptions& common, const CheckCommandOptions& options) {
   check_options.publication = common.publication_name();
   check_options.target_data =
       options.allow_nonempty ? repl::TargetData::may_have_rows : repl::TargetData::must_be_empty;
+  check_options.allow_target_triggers = options.allow_target_triggers;
   auto report = repl::run_checks(source, target, scope, check_options);
 
   if (common.json) {
@@ -59,6 +61,9 @@ void add_check_command(CLI::App& app, CommonOptions& common, CommandAction& acti
   cmd->add_flag("--allow-nonempty", options->allow_nonempty,
                 "a target table with rows is a warning, not fatal (for run alone or init "
                 "--no-data)");
+  cmd->add_flag("--allow-target-triggers", options->allow_target_triggers,
+                "accept that target triggers and foreign-key actions fire for replicated changes "
+                "when the target role may not set session_replication_role (see README)");
   cmd->callback([&action, &common, options] {
     action = [&common, options] { return run_check(common, *options); };
   });

@@ -261,6 +261,9 @@ void add_init_command(CLI::App& app, CommonOptions& common, CommandAction& actio
                   "none")
       ->check(CLI::IsMember({"auto", "tty", "log", "none"}))
       ->capture_default_str();
+  cmd->add_flag("--allow-target-triggers", init.allow_target_triggers,
+                "accept that target triggers and foreign-key actions fire for replicated changes "
+                "when the target role may not set session_replication_role (see README)");
   cmd->callback([&action, &common, options] {
     action = [&common, options] { return init_command(common, *options); };
   });

@@ -39,6 +39,7 @@ struct RunOptions {
   bool no_streaming = false;
   bool spool_streamed = false;
   int lock_timeout_s = static_cast<int>(repl::ApplierOptions{}.lock_timeout.count());
+  bool allow_target_triggers = false;
   int reconnect_timeout_s = 600;
   std::string metrics_listen;  // empty: no HTTP endpoint
   int sync_sequences_s = 0;    // 0: the agent does not sync sequences
@@ -104,6 +105,7 @@ repl::AgentOptions agent_options(const CommonOptions& common, const RunOptions& 
   agent.applier.copy_min_rows = options.copy_min_rows;
   agent.applier.synchronous_commit = options.synchronous_commit;
   agent.applier.lock_timeout = std::chrono::seconds(options.lock_timeout_s);
+  agent.applier.allow_target_triggers = options.allow_target_triggers;
   agent.status_interval = std::chrono::milliseconds(options.status_interval_ms);
   if (options.protocol_version > 0) agent.protocol_version = options.protocol_version;
   agent.streaming = !options.no_streaming;
@@ -203,6 +205,9 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
   cmd->add_flag("--spool-streamed", options->spool_streamed,
                 "apply a streamed transaction only at its commit, from the spool (default: as "
                 "it streams, on a second target connection, when no other one streams)");
+  cmd->add_flag("--allow-target-triggers", options->allow_target_triggers,
+                "accept that target triggers and foreign-key actions fire for replicated changes "
+                "when the target role may not set session_replication_role (see README)");
   cmd->add_option("--lock-timeout", options->lock_timeout_s,
                   "seconds to wait for another run of the same --name to let go of the target, "
                   "and for a row lock while a streamed transaction is applied as it streams")

@@ -66,6 +66,8 @@
 
 #include "pgferry/replication/apply/copy_encoding.hpp"
 #include "pgferry/replication/apply/progress.hpp"
+#include "pgferry/replication/apply/target_triggers.hpp"
+#include "pgferry/replication/core/table_scope.hpp"
 
 namespace pgferry::replication {
 
@@ -195,6 +197,9 @@ struct Applier::Impl {
 
   // --- catalog and statements --------------------------------------------------------------
   const TargetTable& table_for(const Relation& relation);
+  // Without the replica role: CheckFailed if user triggers or foreign-key actions of the
+  // table would fire again for replicated changes (see target_triggers.hpp).
+  void refuse_if_firing(const TargetTable& table);
   const Statement& statement(std::string_view sql_key, int params,
                              const std::function<std::string()>& build_sql);
 
@@ -224,6 +229,7 @@ struct Applier::Impl {
   void flush_batches();
   void check_batch_result(const Pending& pending, const Result& result);
   void apply_delete(const Relation& relation, const pgoutput::Delete& del);
+  void apply_empty_row_update(const TargetTable& table);
   Match choose_match(const TargetTable& table, char old_kind, TupleView old_tuple) const;
   std::vector<int> match_columns(const TargetTable& table, Match match, char old_kind) const;
   void check_tuple(const Relation& relation, TupleView tuple, std::string_view what) const;
@@ -246,6 +252,7 @@ struct Applier::Impl {
   Connection conn_;
   PGconn* pg_;
   ApplierOptions options_;
+  std::string replica_role_grant_;  // what allows the replica role (for error messages)
   bool async_commit_ = false;
 
   Lsn resume_lsn_;
@@ -407,6 +414,17 @@ Applier::Impl::Impl(Connection target, ApplierOptions opts)
 
   conn_.exec(fmt::format("SET synchronous_commit = {}", quote_literal(options_.synchronous_commit)),
              "setting synchronous_commit");
+  auto access = conn_.set_replica_role();
+  replica_role_grant_ = access.grant_statement();
+  if (access.allowed) {
+    spdlog::debug("apply session_replication_role=replica");
+  } else if (options_.take_lock) {
+    spdlog::warn(
+        "apply session_replication_role=origin: the target role may not set it, so target "
+        "triggers and foreign-key actions fire for replicated changes{}",
+        options_.allow_target_triggers ? " (accepted: --allow-target-triggers)"
+                                       : "; a table with them is refused");
+  }
   // One applier per name: a second one would apply every change twice.
   if (options_.take_lock) {
     conn_.exec(fmt::format("SET lock_timeout = '{}s'", options_.lock_timeout.count()));
@@ -658,6 +676,7 @@ const TargetTable& Applier::Impl::table_for(const Relation& relation) {
         "remove it from the publication",
         table.display, current_.final_lsn));
   }
+  if (!conn_.replica_role() && !options_.allow_target_triggers) refuse_if_firing(table);
   std::unordered_map<std::string_view, int> target_columns;
   std::vector<std::string_view> target_primary_key;
   for (int row = 0; row < result.rows(); ++row) {
@@ -729,6 +748,20 @@ const TargetTable& Applier::Impl::table_for(const Relation& relation) {
   auto& slot = tables_[relation.id];
   slot = std::move(table);
   return slot;
+}
+
+void Applier::Impl::refuse_if_firing(const TargetTable& table) {
+  auto result = pipeline_query(kTargetFiringSql, {sql_array_literal({table.qualified})});
+  if (result.rows() == 0) return;
+  TargetFiring firing{std::string(result.get(0, 1)), std::string(result.get(0, 2)),
+                      std::string(result.get(0, 3))};
+  if (!firing.fires_again()) return;
+  broken_ = true;
+  throw CheckFailed(fmt::format(
+      "target table {} has {}, which would fire again for the changes replicated from the "
+      "source (the source sends their effects too), because the target role may not set "
+      "session_replication_role = replica; fix: {}",
+      table.display, firing.describe(), target_firing_fix(replica_role_grant_)));
 }
 
 const Statement& Applier::Impl::statement(std::string_view sql_key, int params,
@@ -960,7 +993,9 @@ void Applier::Impl::buffer_insert(const Relation& relation, const pgoutput::Inse
   ++run_.rows;
   ++group_rows_;
   group_bytes_ += bytes;
-  if (!run_.copying && run_.rows >= options_.copy_min_rows) start_copy();
+  // A table without columns has no COPY column list to name (COPY would expect the
+  // target's columns): its rows go as INSERT ... DEFAULT VALUES.
+  if (!run_.copying && run_.rows >= options_.copy_min_rows && run_.columns > 0) start_copy();
   if (run_.copying && copy_buffer_.size() >= kCopyChunk) send_copy_buffer();
   if (run_.copy_bytes >= options_.copy_max_bytes) flush_insert_run();
 }
@@ -974,6 +1009,10 @@ void Applier::Impl::flush_insert_run() {
     statement_key_.clear();
     std::string key = fmt::format("I/{}/{}", table.id.value, table.version);
     const auto& prepared = statement(key, static_cast<int>(run_.columns), [&] {
+      // CREATE TABLE t (): every row is the same empty row, as the server's apply worker
+      // inserts it (every target column gets its default).
+      if (table.columns.empty())
+        return fmt::format("INSERT INTO {} DEFAULT VALUES", table.qualified);
       std::string sql = fmt::format("INSERT INTO {} (", table.qualified);
       for (std::size_t i = 0; i < table.columns.size(); ++i) {
         if (i) sql += ", ";
@@ -1250,12 +1289,17 @@ void Applier::Impl::apply_update(const Relation& relation, const pgoutput::Updat
   TupleView old_tuple = update.old_kind != 0 ? update.old_tuple : update.new_tuple;
   Match match = choose_match(table, update.old_kind, old_tuple);
   std::vector<int> where = match_columns(table, match, update.old_kind);
-  if (where.empty()) {
+  // REPLICA IDENTITY FULL of a table without columns matches any row (WHERE true).
+  if (where.empty() && match != Match::full) {
     broken_ = true;
     throw Error(fmt::format(
         "UPDATE of {} has no replica identity key to find the row by: give the source table a "
         "primary key or REPLICA IDENTITY FULL",
         table.display));
+  }
+  if (table.columns.empty()) {
+    apply_empty_row_update(table);
+    return;
   }
 
   // SET: every column the new tuple carries as a value; without an old tuple the key did not
@@ -1566,13 +1610,33 @@ void Applier::Impl::check_batch_result(const Pending& pending, const Result& res
       describe(pending), affected, pending.rows, detail));
 }
 
+void Applier::Impl::apply_empty_row_update(const TargetTable& table) {
+  // An UPDATE of a table without columns changes nothing in its row, and SQL has no UPDATE
+  // without a SET: one row is replaced by an equal one (the server's apply worker writes a
+  // new version of the one row it finds). It must find one, as any update.
+  const auto& prepared = statement(fmt::format("U0/{}/{}", table.id.value, table.version), 0, [&] {
+    return fmt::format(
+        "WITH found AS (DELETE FROM {0} WHERE ctid = (SELECT ctid FROM {0} LIMIT 1) "
+        "RETURNING 1) INSERT INTO {0} SELECT FROM found",
+        table.qualified);
+  });
+  Statement update_statement = prepared;
+  clear_params();
+  finish_params();
+  send_prepared(update_statement, Op::update, &table, {});
+  ++group_rows_;
+  counters_.rows_updated.fetch_add(1, std::memory_order_relaxed);
+}
+
 void Applier::Impl::apply_delete(const Relation& relation, const pgoutput::Delete& del) {
   flush_batches();
   check_tuple(relation, del.old_tuple, "DELETE");
   const TargetTable& table = table_for(relation);
   Match match = choose_match(table, del.old_kind, del.old_tuple);
   std::vector<int> where = match_columns(table, match, del.old_kind);
-  if (where.empty()) {
+  // REPLICA IDENTITY FULL of a table without columns matches any row (WHERE true): one
+  // row goes, as the server's apply worker finds one (RelationFindReplTupleSeq).
+  if (where.empty() && match != Match::full) {
     broken_ = true;
     throw Error(fmt::format(
         "DELETE from {} has no replica identity key to find the row by: give the source table "

@@ -10,6 +10,8 @@
 #include <set>
 #include <sstream>
 
+#include "pgferry/replication/apply/target_triggers.hpp"
+
 namespace pgferry::replication {
 
 std::string_view to_string(Severity severity) {
@@ -270,7 +272,9 @@ class Checker {
         "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid "
         "               AND i.indisreplident), "
         "       coalesce(s.n_tup_upd + s.n_tup_del, 0), "
-        "       has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE') "
+        "       has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'), "
+        "       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid "
+        "               AND a.attnum > 0 AND NOT a.attisdropped) "
         "FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
         "WHERE c.oid = ANY($1::oid[])",
         {oid_array(tables)}, "reading the source tables' keys and privileges");
@@ -306,7 +310,19 @@ class Checker {
       bool has_pk = to_bool(r.get(i, 2));
       bool has_identity_index = to_bool(r.get(i, 3));
       long long updates_deletes = to_int(r.get(i, 4));
-      if (identity == 'n') {
+      bool has_columns = to_bool(r.get(i, 7));
+      if (!has_columns && identity == 'f') {
+        // CREATE TABLE t (): its rows are all alike, so matching any one of them is exact.
+        add(Severity::info, "no_columns", object,
+            "a table without columns (REPLICA IDENTITY FULL): its rows are all alike, so a "
+            "replicated DELETE removes any one of them, as PostgreSQL's subscriber does",
+            "none");
+      } else if (!has_columns && identity != 'n') {
+        add(Severity::fatal, "no_primary_key", object,
+            "a table without columns has no key: its DELETEs cannot be replicated",
+            fmt::format("ALTER TABLE {} REPLICA IDENTITY FULL, or --exclude-table {}", name,
+                        object));
+      } else if (identity == 'n') {
         add(updates_deletes > 0 ? Severity::fatal : Severity::warning, "replica_identity_nothing",
             object,
             updates_deletes > 0
@@ -351,6 +367,7 @@ class Checker {
         "reading the target role's privileges");
     target_role_ = std::string(r.get(0, 0));
     target_superuser_ = to_bool(r.get(0, 1));
+    replica_role_ = replica_role_access(target_);
     bool schema_exists = to_bool(r.get(0, 3));
     if (!target_superuser_) {
       if (!schema_exists && !to_bool(r.get(0, 2))) {
@@ -452,16 +469,61 @@ class Checker {
             "no primary key on the target: every replicated UPDATE and DELETE scans the table",
             fmt::format("ALTER TABLE {} ADD PRIMARY KEY (...) on the target", name));
       }
-      if (t.has_foreign_keys && !target_superuser_ && !fk_warned) {
+      if (t.has_foreign_keys && !replica_role_.allowed && !fk_warned) {
         fk_warned = true;
         add(Severity::warning, "target_foreign_keys", object,
-            "foreign keys on the target, and the target role is not a superuser: the "
-            "parallel initial copy cannot defer them (session_replication_role) and may "
+            "foreign keys on the target, and the target role may not set "
+            "session_replication_role: the parallel initial copy cannot defer them and may "
             "load a referencing row before its referenced row",
-            "drop the target's foreign keys before init and re-create them after the copy, "
-            "or run init as a superuser on the target");
+            fmt::format("as an administrator on the target: {} or drop the target's foreign "
+                        "keys before init and re-create them after the copy",
+                        replica_role_.grant_statement()));
       }
       if (t.can_select) check_target_empty(object, name);
+    }
+    check_target_firing(tables, found);
+  }
+
+  // User triggers and foreign-key actions that would fire again for replicated changes,
+  // when the target role may not set session_replication_role = replica.
+  void check_target_firing(const std::vector<const TableInfo*>& tables,
+                           const std::vector<std::optional<TargetTable>>& found) {
+    if (replica_role_.allowed) return;
+    std::vector<std::string> names;
+    std::vector<const TableInfo*> present;
+    for (std::size_t k = 0; k < tables.size(); ++k) {
+      if (!found[k]) continue;
+      names.push_back(tables[k]->qualified_name());
+      present.push_back(tables[k]);
+    }
+    if (names.empty()) return;
+    Result r = target_.exec(kTargetFiringSql, {sql_array_literal(names)},
+                            "listing the target tables' triggers and foreign-key actions");
+    std::string fix = target_firing_fix(replica_role_.grant_statement());
+    for (int i = 0; i < r.rows(); ++i) {
+      const TableInfo& table = *present[static_cast<std::size_t>(to_int(r.get(i, 0)) - 1)];
+      TargetFiring firing{std::string(r.get(i, 1)), std::string(r.get(i, 2)),
+                          std::string(r.get(i, 3))};
+      if (firing.fires_again()) {
+        add(options_.allow_target_triggers ? Severity::warning : Severity::fatal, "target_triggers",
+            table.display_name(),
+            fmt::format(
+                "{} on the target would fire again for replicated changes (the source "
+                "sends their effects too: duplicated rows, or a cascaded change that "
+                "then finds its row gone and stops replication); the target role "
+                "\"{}\" may not set session_replication_role = replica{}",
+                firing.describe(), replica_role_.role,
+                options_.allow_target_triggers ? " (accepted: --allow-target-triggers)" : ""),
+            fix);
+      }
+      if (!firing.replica_triggers.empty()) {
+        add(Severity::warning, "target_replica_triggers", table.display_name(),
+            fmt::format("triggers {} are declared ENABLE REPLICA: they fire under PostgreSQL's "
+                        "subscriber but not here, since the target role \"{}\" may not set "
+                        "session_replication_role = replica",
+                        firing.replica_triggers, replica_role_.role),
+            fmt::format("as an administrator on the target: {}", replica_role_.grant_statement()));
+      }
     }
   }
 
@@ -661,6 +723,7 @@ class Checker {
   CheckReport report_;
   std::string source_role_, target_role_;
   bool source_superuser_ = false, target_superuser_ = false, publication_exists_ = false;
+  ReplicaRoleAccess replica_role_;
   std::set<std::string> copied_;
 };
 

@@ -371,6 +371,7 @@ InitResult Init::run_with_data() {
   check_options.name = name;
   check_options.publication = publication;
   check_options.target_data = applied ? TargetData::may_have_rows : TargetData::must_be_empty;
+  check_options.allow_target_triggers = options_.allow_target_triggers;
   result.check = run_checks(source, target, scope, check_options);
   std::erase_if(result.check.findings, [&](const Finding& f) {
     return options_.schema && f.code == "target_table_missing";

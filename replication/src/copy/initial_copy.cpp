@@ -103,11 +103,14 @@ void plan_columns(const Connection& source, const Connection& target, TablePlan&
       "WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped "
       "AND a.attgenerated = '' ORDER BY a.attnum",
       {std::to_string(table.oid.value)}, "reading a source table's columns");
+  // One row per column; one row of NULLs for a table without columns; none if missing.
   Result tgt = target.exec(
       "SELECT a.attname, format_type(a.atttypid, a.atttypmod), "
       "       t.typsend <> 0 AND t.typreceive <> 0 "
-      "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-      "WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+      "FROM (SELECT to_regclass($1)::oid AS oid) r "
+      "LEFT JOIN (pg_attribute a JOIN pg_type t ON t.oid = a.atttypid) "
+      "       ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped "
+      "WHERE r.oid IS NOT NULL",
       {table.qualified_name()}, "reading a target table's columns");
   if (tgt.rows() == 0) {
     throw CheckFailed(
@@ -117,6 +120,7 @@ void plan_columns(const Connection& source, const Connection& target, TablePlan&
   }
   std::map<std::string, std::pair<std::string, bool>, std::less<>> target_columns;
   for (int i = 0; i < tgt.rows(); ++i) {
+    if (tgt.is_null(i, 0)) continue;
     target_columns[std::string(tgt.get(i, 0))] = {std::string(tgt.get(i, 1)), tgt.get(i, 2) == "t"};
   }
   plan.binary = true;
@@ -136,8 +140,12 @@ void plan_columns(const Connection& source, const Connection& target, TablePlan&
     if (!plan.column_list.empty()) plan.column_list += ", ";
     plan.column_list += quote_ident(name);
   }
-  if (plan.column_list.empty()) {
-    throw CheckFailed(fmt::format("table {} has no columns to copy", plan.display));
+  if (plan.column_list.empty() && !target_columns.empty()) {
+    // COPY names no columns then, so it would expect the target's: nothing to name.
+    throw CheckFailed(fmt::format(
+        "table {} has no columns on the source but {} on the target: the initial copy cannot "
+        "carry its rows; drop the target's extra columns or --exclude-table {}",
+        plan.display, target_columns.size(), plan.display));
   }
 }
 
@@ -406,12 +414,8 @@ class Copier {
       source.exec(fmt::format("SET TRANSACTION SNAPSHOT {}", quote_literal(snapshot_)),
                   fmt::format("importing snapshot {}", snapshot_));
       auto target = open_target();
-      bool triggers_disabled = true;
-      try {
-        target.exec("SET session_replication_role = replica");
-      } catch (const SqlError&) {
-        triggers_disabled = false;  // not a superuser: triggers and FKs stay on
-      }
+      // Not allowed (preflight said so): triggers and foreign keys stay on.
+      bool triggers_disabled = target.set_replica_role().allowed;
       {
         std::lock_guard lock(mutex_);
         report_.triggers_disabled = triggers_disabled;
@@ -467,8 +471,11 @@ class Copier {
     std::string copy_out =
         fmt::format("COPY (SELECT {} FROM ONLY {}{}) TO STDOUT (FORMAT {})", plan.column_list,
                     plan.info->qualified_name(), where, format);
-    std::string copy_in = fmt::format("COPY {} ({}) FROM STDIN (FORMAT {})",
-                                      plan.info->qualified_name(), plan.column_list, format);
+    // A table without columns (CREATE TABLE t ()): COPY with no column list, each row a
+    // tuple of zero fields.
+    std::string copy_in =
+        fmt::format("COPY {}{} FROM STDIN (FORMAT {})", plan.info->qualified_name(),
+                    plan.column_list.empty() ? "" : " (" + plan.column_list + ")", format);
     std::string context = fmt::format("copying {} blocks {}..{}", plan.display, range.start,
                                       range.end ? std::to_string(*range.end) : "end");
 

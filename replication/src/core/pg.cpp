@@ -160,6 +160,50 @@ Result Connection::exec(std::string_view sql, std::span<const Param> params,
                context);
 }
 
+std::string ReplicaRoleAccess::grant_statement() const {
+  if (server_version > 0 && server_version < 150000) {
+    return fmt::format("ALTER ROLE {} SUPERUSER;", quote_ident(role));
+  }
+  return fmt::format("GRANT SET ON PARAMETER session_replication_role TO {};", quote_ident(role));
+}
+
+ReplicaRoleAccess replica_role_access(const Connection& conn) {
+  ReplicaRoleAccess access;
+  access.server_version = conn.server_version();
+  // has_parameter_privilege() exists from PostgreSQL 15 on (so do parameter grants).
+  std::string granted = access.server_version >= 150000
+                            ? "has_parameter_privilege('session_replication_role', 'SET')"
+                            : "false";
+  Result r = conn.exec(fmt::format("SELECT current_user, r.rolsuper, {} FROM pg_roles r "
+                                   "WHERE r.rolname = current_user",
+                                   granted),
+                       "reading whether the role may set session_replication_role");
+  access.role = std::string(r.get(0, 0));
+  access.superuser = r.get(0, 1) == "t";
+  access.granted = r.get(0, 2) == "t";
+  access.allowed = access.superuser || access.granted;
+  if (!access.allowed && PQtransactionStatus(conn.native()) == PQTRANS_IDLE) {
+    // A managed service may allow its admin role to set it without a catalog grant: try,
+    // in a transaction that is rolled back (SET LOCAL), so nothing stays changed.
+    try {
+      conn.exec("BEGIN; SET LOCAL session_replication_role = replica; ROLLBACK");
+      access.allowed = true;
+    } catch (const SqlError&) {
+      conn.exec("ROLLBACK");
+    }
+  }
+  return access;
+}
+
+ReplicaRoleAccess Connection::set_replica_role() {
+  auto access = replica_role_access(*this);
+  if (access.allowed && !replica_role_) {
+    exec("SET session_replication_role = replica", "setting session_replication_role");
+    replica_role_ = true;
+  }
+  return access;
+}
+
 Transaction::Transaction(const Connection& conn, std::string_view begin_sql) : conn_(&conn) {
   conn_->exec(begin_sql, "beginning a transaction");
 }

@@ -12,6 +12,9 @@
 //  - Key-preserving full-row updates of plain tables (no triggers, foreign keys or extra
 //    unique indexes) are coalesced per key within the group and sent as one set-based
 //    UPDATE per table.
+//  - The session runs with session_replication_role = replica when the role may set it, as
+//    PostgreSQL's own apply worker does; otherwise a table with user triggers or foreign-key
+//    actions is refused unless allow_target_triggers.
 //  - On start the progress row is read; a transaction that ends at or before it is skipped.
 //  - An UPDATE or DELETE that matches no row, and any error from the target, stops the applier
 //    with an error naming the source commit LSN, the relation and the key.
@@ -65,6 +68,11 @@ struct ApplierOptions {
   std::string streamed_conninfo;
   // False only for that second applier, which works under the first one's advisory lock.
   bool take_lock = true;
+  // The target session runs with session_replication_role = replica when its role may set
+  // it (Connection::set_replica_role), so user triggers and foreign-key actions do not
+  // fire for replicated changes. When it may not, a table with such triggers or actions
+  // (apply/target_triggers.hpp) is refused with CheckFailed, unless this is set.
+  bool allow_target_triggers = false;
   // A fence for this name (fence.hpp) commits the group at its transaction's commit at
   // once; empty: fences are ignored.
   std::string fence_name;

@@ -16,6 +16,13 @@
 //   duplicate its rows); TargetData::may_have_rows turns it into a warning for `run`
 //   alone or `init --no-data`. Tables the initial copy has already (partly) copied under
 //   this --name are expected to hold rows and are reported as info.
+// - Triggers: the apply sessions (run, and the initial copy) use
+//   session_replication_role = replica when the target role may set it, as PostgreSQL's
+//   subscriber does. When it may not, each target table with user triggers (ENABLE) or
+//   foreign keys with actions referencing it is fatal (they would fire again for changes
+//   whose effects the source sends too), with the GRANT that allows the role, unless
+//   allow_target_triggers; ENABLE REPLICA triggers, which then would not fire, are a
+//   warning. See apply/target_triggers.hpp.
 // - Extensions: installed on the source but not available on the target is fatal (an
 //   operator must install the package on the target server); available but not yet
 //   created is a warning; an older version on the target is info.
@@ -56,6 +63,9 @@ struct CheckOptions {
   // The publication `init` creates (--publication, default the name).
   std::string publication = "pgferry";
   TargetData target_data = TargetData::must_be_empty;
+  // --allow-target-triggers: user triggers and foreign-key actions that would fire again on
+  // the target (the role may not set session_replication_role) are warnings, not fatal.
+  bool allow_target_triggers = false;
 };
 
 struct CheckReport {

@@ -71,6 +71,9 @@ struct InitOptions {
   std::string pg_bindir;                     // pg_dump and psql for `schema`
   std::string maintenance_work_mem = "1GB";  // post-data session; "0" or "": the server's
   int copy_attempts = 3;                     // copy attempts within one run
+  // Target triggers and foreign-key actions that would fire again are warnings in the
+  // preflight, not fatal (check/preflight.hpp).
+  bool allow_target_triggers = false;
 };
 
 // Told what init does, for a progress display. Every method has an empty default.

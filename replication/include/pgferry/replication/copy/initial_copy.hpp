@@ -41,8 +41,11 @@
 //   invite a vacuum of a table still being loaded) and no DDL changes them mid-copy.
 // - Target session: synchronous_commit=off (safe: a range and its mark are lost together
 //   or kept together), statement_timeout=0, and session_replication_role=replica when
-//   the role may set it (superuser), so triggers and foreign keys do not fire during the
-//   copy, as in PostgreSQL's own table synchronization.
+//   the role may set it (Connection::set_replica_role: superuser or a parameter grant),
+//   so triggers and foreign keys do not fire during the copy, as in PostgreSQL's own
+//   table synchronization.
+// - A table without columns is copied with no column list (rows of zero fields); one
+//   whose target has columns the source lacks cannot be (CheckFailed names it).
 // - A table without a progress row must be empty on the target; otherwise copy_tables()
 //   throws CheckFailed before copying anything.
 #pragma once

@@ -60,6 +60,20 @@ using Param = std::optional<std::string_view>;
 inline constexpr std::string_view kCanonicalFormatOptions =
     "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3";
 
+// Whether the session's role may set session_replication_role: a superuser; on PostgreSQL
+// 15+ a role granted SET ON PARAMETER session_replication_role; or a role the server lets
+// set it otherwise (the admin roles of managed services, found by trying SET LOCAL in a
+// transaction that is rolled back).
+struct ReplicaRoleAccess {
+  std::string role;  // current_user
+  bool superuser = false;
+  bool granted = false;  // has_parameter_privilege(..., 'SET'), PostgreSQL 15+
+  bool allowed = false;
+  int server_version = 0;
+  // The statement an administrator runs to allow it (a superuser before PostgreSQL 15).
+  std::string grant_statement() const;
+};
+
 class Connection {
  public:
   // Connects (blocking). `extra` keywords override those of `conninfo`, e.g.
@@ -77,6 +91,16 @@ class Connection {
               std::string_view context = {}) const;
   Result exec(std::string_view sql, std::span<const Param> params,
               std::string_view context = {}) const;
+
+  // Makes this a session that applies replicated changes as PostgreSQL's own subscriber
+  // does: session_replication_role = replica (user triggers, foreign-key checks and
+  // actions do not fire; triggers declared ENABLE REPLICA or ENABLE ALWAYS do), when the
+  // role may set it (see replica_role_access). Decided up front, never by failing later.
+  // Idempotent; returns what was found (allowed: the session now runs as a replica).
+  // Every other session setting is pinned in open().
+  ReplicaRoleAccess set_replica_role();
+  // Whether set_replica_role() put the session in the replica role.
+  bool replica_role() const { return replica_role_; }
 
   // Throws the typed error for `result` unless its status is one of the successful ones.
   // Takes ownership of `result`.
@@ -96,7 +120,10 @@ class Connection {
   std::unique_ptr<PGconn, Deleter> conn_;
   Side side_ = Side::none;
   std::string redacted_;
+  bool replica_role_ = false;
 };
+
+ReplicaRoleAccess replica_role_access(const Connection& conn);
 
 // Throws ConnectionError or SqlError for a failed command. `result` may be null (then the
 // connection's error message is used). Connection loss and SQLSTATE classes 08 and 57P0x
