@@ -48,14 +48,9 @@ TEST_F(AgentChaos, EveryTableEqualAfterFaults) {
   connect(source()).exec(
       "CREATE SEQUENCE chaos_seq; INSERT INTO chaos_b SELECT g, 0 FROM generate_series(1, 100) g");
   connect(target()).exec("INSERT INTO chaos_b SELECT g, 0 FROM generate_series(1, 100) g");
-  std::vector<std::string> common = {
-      "--source", source().conninfo(), "--target", target().conninfo(), "--name", "chaos"};
-  auto init_args = common;
-  init_args.insert(init_args.end(), {"init", "--no-data"});
-  ASSERT_EQ(run_pgferry(init_args).exit_code, 0);
-  auto run_args = common;
-  run_args.insert(run_args.end(),
-                  {"run", "--status-interval-ms", "200", "--reconnect-timeout", "600"});
+  PgferryPair ferry{source().conninfo(), target().conninfo(), "chaos"};
+  ASSERT_EQ(ferry.run({"init", "--no-data"}).exit_code, 0);
+  auto run_args = ferry.args({"run", "--status-interval-ms", "200"});
   std::string log_base = fmt::format("/tmp/pgferry-chaos-{}", ::getpid());
   int agent_runs = 0;
   auto start_agent = [&] {

@@ -34,13 +34,6 @@ std::string password_conninfo(LocalCluster& cluster) {
                      cluster.port(), kPassword);
 }
 
-int terminate(const repl::Connection& conn, std::string_view where) {
-  return std::stoi(
-      query_value(conn, fmt::format("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                    "WHERE pid <> pg_backend_pid() AND {}",
-                                    where)));
-}
-
 }  // namespace
 
 TEST_F(AgentLogSecrets, NoPasswordInAnyLogLine) {
@@ -89,10 +82,10 @@ TEST_F(AgentLogSecrets, NoPasswordInAnyLogLine) {
           std::chrono::seconds(120));
     };
     ASSERT_TRUE(write_and_wait());
-    ASSERT_GT(terminate(connect(source()), "backend_type = 'walsender'"), 0);
+    ASSERT_GT(terminate_backends(connect(source()), "backend_type = 'walsender'"), 0);
     ASSERT_TRUE(write_and_wait());
-    ASSERT_TRUE(
-        wait_until([&] { return terminate(connect(target()), "usename = 'ferry_pw'") > 0; }));
+    ASSERT_TRUE(wait_until(
+        [&] { return terminate_backends(connect(target()), "usename = 'ferry_pw'") > 0; }));
     ASSERT_TRUE(write_and_wait());
     target().restart();
     ASSERT_TRUE(write_and_wait());

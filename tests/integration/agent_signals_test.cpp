@@ -18,18 +18,14 @@ TEST_F(AgentSignals, SighupReloadsTheLogLevelAndSigintExitsZero) {
   const char* schema = "CREATE TABLE signal_items (id int PRIMARY KEY, v text)";
   connect(source()).exec(schema);
   connect(target()).exec(schema);
-  std::vector<std::string> common = {
-      "--source", source().conninfo(), "--target", target().conninfo(), "--name", "signals"};
-  auto init_args = common;
-  init_args.insert(init_args.end(), {"init", "--no-data"});
-  ASSERT_EQ(run_pgferry(init_args).exit_code, 0);
+  PgferryPair ferry{source().conninfo(), target().conninfo(), "signals"};
+  ASSERT_EQ(ferry.run({"init", "--no-data"}).exit_code, 0);
 
   std::string level_file = fmt::format("/tmp/pgferry-signals-level-{}", ::getpid());
   auto write_level = [&](const std::string& level) { std::ofstream(level_file) << level << "\n"; };
   write_level("info");
-  auto run_args = common;
-  run_args.insert(run_args.end(), {"run", "--log-level-file", level_file});
-  PgferryProcess agent(run_args, fmt::format("/tmp/pgferry-signals-{}.log", ::getpid()));
+  PgferryProcess agent(ferry.args({"run", "--log-level-file", level_file}),
+                       fmt::format("/tmp/pgferry-signals-{}.log", ::getpid()));
   SCOPED_TRACE("log " + agent.log());
   auto target_count = [&] {
     return query_value(connect(target()), "SELECT count(*) FROM signal_items");

@@ -14,31 +14,14 @@ using namespace pgferry::testing;
 
 class AgentTerminatedSessions : public ClusterPairTest {};
 
-namespace {
-
-// Terminates the sessions `where` selects (other than our own); returns how many.
-int terminate(const repl::Connection& conn, std::string_view where) {
-  return std::stoi(
-      query_value(conn, fmt::format("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                    "WHERE pid <> pg_backend_pid() AND {}",
-                                    where)));
-}
-
-}  // namespace
-
 TEST_F(AgentTerminatedSessions, ApplyAndWalsenderTerminationsAreRetried) {
   const char* schema = "CREATE TABLE items (id int PRIMARY KEY, v text, n int)";
   connect(source()).exec(schema);
   connect(target()).exec(schema);
-  std::vector<std::string> common = {
-      "--source", source().conninfo(), "--target", target().conninfo(), "--name", "terminated"};
-  auto init_args = common;
-  init_args.insert(init_args.end(), {"init", "--no-data"});
-  ASSERT_EQ(run_pgferry(init_args).exit_code, 0);
-
-  auto run_args = common;
-  run_args.insert(run_args.end(), {"run", "--status-interval-ms", "200"});
-  PgferryProcess agent(run_args, fmt::format("/tmp/pgferry-terminated-{}.log", ::getpid()));
+  PgferryPair ferry{source().conninfo(), target().conninfo(), "terminated"};
+  ASSERT_EQ(ferry.run({"init", "--no-data"}).exit_code, 0);
+  PgferryProcess agent(ferry.args({"run", "--status-interval-ms", "200"}),
+                       fmt::format("/tmp/pgferry-terminated-{}.log", ::getpid()));
   SCOPED_TRACE("log " + agent.log());
 
   int next_id = 1;
@@ -68,9 +51,10 @@ TEST_F(AgentTerminatedSessions, ApplyAndWalsenderTerminationsAreRetried) {
     // The apply session(s): client backends named pgferry on the target.
     ASSERT_TRUE(wait_until(
         [&] {
-          int n = terminate(connect(target()),
-                            "application_name = 'pgferry' AND backend_type = 'client backend' "
-                            "AND datname IS NOT NULL");
+          int n =
+              terminate_backends(connect(target()),
+                                 "application_name = 'pgferry' AND backend_type = 'client backend' "
+                                 "AND datname IS NOT NULL");
           apply_terminated += n;
           return n > 0;
         },
@@ -78,7 +62,7 @@ TEST_F(AgentTerminatedSessions, ApplyAndWalsenderTerminationsAreRetried) {
     write_batch();
     ASSERT_TRUE(wait_until(
         [&] {
-          int n = terminate(connect(source()), "backend_type = 'walsender'");
+          int n = terminate_backends(connect(source()), "backend_type = 'walsender'");
           walsender_terminated += n;
           return n > 0;
         },
