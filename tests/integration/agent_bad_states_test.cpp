@@ -175,3 +175,33 @@ TEST_F(AgentBadStates, MissingTableStopsNamingTableLsnAndFix) {
   src.exec("DROP TABLE missing_items");
   cleanup(common);
 }
+
+TEST_F(AgentBadStates, InvalidatedSlotStops) {
+  auto common = init("invalidated", "invalidated_items");
+  auto src = connect(source());
+  src.exec("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
+  src.exec("SELECT pg_reload_conf()");
+  // More WAL than the slot may keep, then a checkpoint: the slot loses what it needs.
+  bool lost = wait_until(
+      [&] {
+        src.exec(
+            "INSERT INTO invalidated_items SELECT g, repeat('x', 500) FROM "
+            "generate_series(1, 20000) g ON CONFLICT (id) DO UPDATE SET v = excluded.v");
+        src.exec("SELECT pg_switch_wal()");
+        src.exec("CHECKPOINT");
+        return query_value(src,
+                           "SELECT wal_status FROM pg_replication_slots WHERE slot_name = "
+                           "'invalidated'") == "lost";
+      },
+      std::chrono::seconds(60));
+  src.exec("ALTER SYSTEM RESET max_slot_wal_keep_size");
+  src.exec("SELECT pg_reload_conf()");
+  ASSERT_TRUE(lost);
+  auto result = run_pgferry(with(common, {"run"}));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_TRUE(has(result.output, "replication slot \"invalidated\" is invalidated"))
+      << result.output;
+  EXPECT_TRUE(has(result.output, "fix: the slot lost WAL it needs")) << result.output;
+  EXPECT_EQ(count(target(), "invalidated_items"), "0");
+  cleanup(common);
+}
