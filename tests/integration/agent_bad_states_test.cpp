@@ -2,7 +2,8 @@
 // names the object and the fix, with nothing applied twice: the slot held by another
 // process (its pid and application_name), the slot dropped, the publication dropped while
 // streaming, a restored target (progress record behind the slot, or past the source's WAL
-// end), a target gone read-only, and a table missing on the target (the source commit LSN).
+// end), a target gone read-only, a table missing on the target (the source commit LSN) and
+// a slot invalidated by max_slot_wal_keep_size.
 #include <fmt/format.h>
 #include <unistd.h>
 

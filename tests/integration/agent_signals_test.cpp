@@ -1,6 +1,7 @@
 // `pgferry run` and its signals: SIGHUP re-reads the log level from --log-level-file (debug
-// lines appear only after it), an unreadable level file keeps the level, and SIGINT commits,
-// confirms to the slot what the target holds and exits 0.
+// lines appear only after it), an unreadable level file keeps the level, SIGINT commits,
+// confirms to the slot what the target holds and exits 0, and SIGTERM while the target is
+// down (the agent retrying) exits 0 too.
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
@@ -68,4 +69,19 @@ TEST_F(AgentSignals, SighupReloadsTheLogLevelAndSigintExitsZero) {
                         "slot_name = 'signals'"),
             applied);
   ::unlink(level_file.c_str());
+
+  // SIGTERM while the target is down (the agent retrying) also exits 0.
+  PgferryProcess again(ferry.args({"run"}), agent.log() + ".2");
+  src.exec("INSERT INTO signal_items VALUES (4, 'd')");
+  ASSERT_TRUE(wait_until([&] { return target_count() == "4"; }));
+  target().stop("fast");
+  bool retrying =
+      wait_until([&] { return again.log_text().find("retry reason=") != std::string::npos; });
+  ::kill(again.pid(), SIGTERM);
+  bool exited = wait_until([&] { return again.exited(); }, std::chrono::seconds(60));
+  target().start();
+  ASSERT_TRUE(retrying) << again.log_text();
+  ASSERT_TRUE(exited) << again.log_text();
+  EXPECT_EQ(again.exit_code(), 0) << again.log_text();
+  EXPECT_EQ(target_count(), "4");
 }

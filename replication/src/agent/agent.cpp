@@ -41,7 +41,10 @@
 //   . progress > the source's WAL end means the source is not the server the target followed
 //     (restored or replaced): stop, or every new transaction up to there would be skipped.
 // - request_stop(): commit the open group if no source transaction is half-way, send a final
-//   status update, return `stopped`. It only sets an atomic, so a signal handler may call it.
+//   status update, return `stopped`. A retryable error after the request (a server went away
+//   while stopping) also returns `stopped`: the open target transaction rolled back with its
+//   connection, and the next run resumes from the progress record. It only sets an atomic, so a
+//   signal handler may call it.
 #include "pgferry/replication/agent/agent.hpp"
 
 #include <fmt/format.h>
@@ -166,7 +169,13 @@ AgentResult Agent::run() {
         }
         throw;
       }
-      if (stop_requested()) throw;
+      if (stop_requested()) {
+        // Asked to stop while a server went away: the open target transaction is rolled back
+        // with its connection and the progress record stays the truth; stopping is done.
+        spdlog::warn("run slot={} lsn={} stopping on request after reason=\"{}\": {}",
+                     options_.name, session.result.applied, verdict.reason, e.what());
+        return done(AgentOutcome::stopped);
+      }
       observer_->session_lost(e.what());
       auto now = Clock::now();
       if (connected) {
