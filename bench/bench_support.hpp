@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "pgferry/replication/core/pg.hpp"
+#include "pgferry/tools/local_cluster.hpp"
 
 namespace pgferry::bench {
 
@@ -43,6 +44,18 @@ inline std::string table_digest(const replication::Connection& conn, const std::
                         "FROM {} t",
                         table))
       .scalar();
+}
+
+// pgbench -i -q -s `scale` into the cluster's postgres database, plus a primary key on
+// pgbench_history (pgferry refuses tables without one). Throws when pgbench fails.
+inline void load_pgbench(tools::LocalCluster& cluster, int scale) {
+  int status = cluster.run_tool(
+      {"pgbench", "-i", "-q", "-s", std::to_string(scale), "-h", cluster.socket_dir().string(),
+       "-p", std::to_string(cluster.port()), "-U", "postgres", "postgres"},
+      cluster.dir() / "pgbench-init.log");
+  if (status != 0) throw std::runtime_error("pgbench -i failed");
+  replication::Connection::open(cluster.conninfo(), replication::Side::none)
+      .exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY");
 }
 
 }  // namespace pgferry::bench

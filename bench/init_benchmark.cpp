@@ -41,6 +41,10 @@ struct Options {
   int runs = 1;
   int jobs = 4;
   std::vector<std::string> methods = {"native", "pgferry", "pgferry-precreated"};
+  // PostgreSQL bin directories of the two clusters (empty: the default one), so that a run
+  // can time an upgrade pair such as 15 -> 18 (tools/build-postgres.sh 18 prints one).
+  std::string source_bindir;
+  std::string target_bindir;
 };
 
 const std::vector<std::string> kTables = {"pgbench_accounts", "pgbench_branches", "pgbench_tellers",
@@ -59,17 +63,14 @@ void create_schema(LocalCluster& cluster, const std::string& dbname) {
 std::map<std::string, double> run_once(const Options& options, int run_index) {
   pgferry::tools::ClusterOptions cluster_options;
   cluster_options.prefix = "pgferry-bench-";
+  cluster_options.bindir = options.source_bindir;
   LocalCluster source(cluster_options);
+  cluster_options.bindir = options.target_bindir;
   LocalCluster target(cluster_options);
 
   auto load_start = std::chrono::steady_clock::now();
-  int status = source.run_tool({"pgbench", "-i", "-q", "-s", std::to_string(options.scale), "-h",
-                                source.socket_dir().string(), "-p", std::to_string(source.port()),
-                                "-U", "postgres", "postgres"},
-                               source.dir() / "pgbench-init.log");
-  if (status != 0) throw std::runtime_error("pgbench -i failed");
+  pgferry::bench::load_pgbench(source, options.scale);
   auto src = repl::Connection::open(source.conninfo(), repl::Side::source);
-  src.exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY");
   src.exec("CHECKPOINT");
   std::cerr << fmt::format(
       "  run {}: pgbench scale {} loaded in {:.1f}s, database {}\n", run_index + 1, options.scale,
@@ -152,6 +153,10 @@ int main(int argc, char** argv) {
   app.add_option("--methods", options.methods, "native, pgferry, pgferry-precreated")
       ->delimiter(',')
       ->capture_default_str();
+  app.add_option("--source-bindir", options.source_bindir,
+                 "the source cluster's PostgreSQL bin directory (default: pg_config --bindir)");
+  app.add_option("--target-bindir", options.target_bindir,
+                 "the target cluster's PostgreSQL bin directory (default: pg_config --bindir)");
   CLI11_PARSE(app, argc, argv);
   pgferry::tools::stop_all_on_signal();
   try {

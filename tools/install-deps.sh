@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian package that pgferry's build, tests, benchmarks and demo need.
 # Idempotent, and fast when everything is already there (no apt-get update then).
+# Usage: tools/install-deps.sh [--postgres-build]
+#   --postgres-build: also what tools/build-postgres.sh needs to build PostgreSQL from source.
 set -euo pipefail
 
 packages=(
@@ -12,6 +14,12 @@ packages=(
   procps util-linux
   python3-yaml systemd
 )
+if [[ "${1:-}" == "--postgres-build" ]]; then
+  packages+=(dpkg-dev bison flex libreadline-dev zlib1g-dev xz-utils bzip2 make gcc)
+elif [[ $# -gt 0 ]]; then
+  echo "install-deps: unknown option '$1' (the only one is --postgres-build)" >&2
+  exit 2
+fi
 
 missing=()
 for package in "${packages[@]}"; do

@@ -2,11 +2,36 @@
 # Builds pgferry and runs its test suite: unit tests, then integration tests against real
 # PostgreSQL clusters. Usage: tools/test.sh [ctest args...]   e.g. tools/test.sh -L unit
 # Environment: BUILD_DIR (default build), PGFERRY_SANITIZE=ON, PGFERRY_FUZZ_SECONDS (default 60;
-# 0 skips the fuzz run).
+# 0 skips the fuzz run), PGFERRY_PG_CACHE (where tools/build-postgres.sh keeps PostgreSQL 17
+# and 18), PGFERRY_PG17_BINDIR / PGFERRY_PG18_BINDIR (use these builds instead).
+# The cross-version tests (label crossversion) need PostgreSQL 17 and 18: a full run (no
+# arguments) or one naming crossversion builds them first when the cache lacks them
+# (tools/build-postgres.sh, ~10 minutes each on 2 cores) and exports their bin directories.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tools/install-deps.sh
+
+not_run=()
+ctest_exclude=()
+if [[ $# -eq 0 || "$*" == *crossversion* ]]; then
+  for major in 17 18; do
+    variable="PGFERRY_PG${major}_BINDIR"
+    if [[ -z "${!variable:-}" ]]; then
+      if bindir="$(tools/build-postgres.sh "$major" | tail -n 1)" && [[ -x "$bindir/postgres" ]]; then
+        export "${variable}=${bindir}"
+      else
+        # Announced as not run (here and at the end), never counted as passed.
+        echo "test.sh: PostgreSQL ${major} could not be built (see above): the tests that need it are NOT RUN" >&2
+        # Test files name the majors they use: *_<major>_*crossversion_test.cpp.
+        not_run+=("the crossversion tests that need PostgreSQL ${major}")
+        ctest_exclude+=("_${major}_.*crossversion")
+        continue
+      fi
+    fi
+    echo "test.sh: ${variable}=${!variable}" >&2
+  done
+fi
 
 build_dir="${BUILD_DIR:-build}"
 generator=()
@@ -19,7 +44,11 @@ cmake --build "$build_dir" --parallel "$(nproc)"
 
 status=0
 trap 'tools/stop-stray-clusters.sh' EXIT
-(cd "$build_dir" && ctest --output-on-failure --parallel 2 "$@") || status=$?
+exclude=()
+if ((${#ctest_exclude[@]} > 0)); then
+  exclude=(-E "$(IFS='|'; echo "${ctest_exclude[*]}")")
+fi
+(cd "$build_dir" && ctest --output-on-failure --parallel 2 "${exclude[@]}" "$@") || status=$?
 
 if [[ -x tools/fuzz.sh && $# -eq 0 ]]; then
   tools/fuzz.sh "${PGFERRY_FUZZ_SECONDS:-60}" || status=$?
@@ -32,4 +61,5 @@ if pgrep -u postgres -f 'pgferry-test-' >/dev/null 2>&1; then
   pgrep -a -u postgres -f 'pgferry-test-' >&2 || true
   status=1
 fi
+for item in "${not_run[@]}"; do echo "test.sh: NOT RUN: ${item}" >&2; done
 exit $status

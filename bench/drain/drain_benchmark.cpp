@@ -46,6 +46,10 @@ struct Options {
   long rows = 0;  // 0: the workload's default size
   std::vector<std::string> methods = {"floor", "native", "pgferry"};
   bool streaming = false;
+  // PostgreSQL bin directories of the two clusters (empty: the default one), so that a run
+  // can time an upgrade pair such as 15 -> 18 (tools/build-postgres.sh 18 prints one).
+  std::string source_bindir;
+  std::string target_bindir;
 };
 
 struct Workload {
@@ -139,7 +143,9 @@ struct RunResult {
 RunResult run_once(const Options& options, const Workload& workload, int run_index) {
   pgferry::tools::ClusterOptions cluster_options;
   cluster_options.prefix = "pgferry-bench-";
+  cluster_options.bindir = options.source_bindir;
   LocalCluster source(cluster_options);
+  cluster_options.bindir = options.target_bindir;
   LocalCluster target(cluster_options);
   prepare_database(workload, source, "postgres");
   prepare_database(workload, target, "t_native");
@@ -261,6 +267,10 @@ int main(int argc, char** argv) {
   app.add_option("--streaming", streaming, "the native subscription's streaming")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
+  app.add_option("--source-bindir", options.source_bindir,
+                 "the source cluster's PostgreSQL bin directory (default: pg_config --bindir)");
+  app.add_option("--target-bindir", options.target_bindir,
+                 "the target cluster's PostgreSQL bin directory (default: pg_config --bindir)");
   CLI11_PARSE(app, argc, argv);
   options.streaming = streaming == "on";
   pgferry::tools::stop_all_on_signal();

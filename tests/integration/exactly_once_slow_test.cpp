@@ -87,31 +87,12 @@ TEST_F(ExactlyOnce, SurvivesTenSigkillsWithoutLossOrDuplication) {
   SCOPED_TRACE(fmt::format("seed {} log {}", seed, log));
 
   auto applied = [&] { return std::stoll(query_value(dst, "SELECT count(*) FROM transfers")); };
-  int killed_mid_stream = 0;
-  long long before = applied();
-  for (int round = 0; round < 10; ++round) {
-    pid_t child = spawn_pgferry(run_args, log);
-    ASSERT_GT(child, 0);
-    // Wait until this run applied something (or finished), then kill at a random moment.
-    int status = 0;
-    bool exited = false;
-    wait_until(
-        [&] {
-          if (::waitpid(child, &status, WNOHANG) == child) exited = true;
-          return exited || applied() > before;
-        },
-        std::chrono::seconds(120));
-    if (!exited) {
-      std::this_thread::sleep_for(
-          std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 150)(random)));
-      ::kill(child, SIGKILL);
-      ::waitpid(child, &status, 0);
-      if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) ++killed_mid_stream;
-    }
-    before = applied();
-    // Whatever was committed, the progress row says exactly where it ends.
-    EXPECT_EQ(query_value(dst, "SELECT count(*) FROM pgferry.progress WHERE name = 'once'"), "1");
-  }
+  // Whatever was committed, the progress row says exactly where it ends.
+  int killed_mid_stream = run_pgferry_with_sigkills(
+      run_args, log, 10, applied, random, std::chrono::milliseconds(150), [&] {
+        EXPECT_EQ(query_value(dst, "SELECT count(*) FROM pgferry.progress WHERE name = 'once'"),
+                  "1");
+      });
   EXPECT_GE(killed_mid_stream, 1);
 
   auto final_run = run_pgferry(run_args);

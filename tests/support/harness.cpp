@@ -30,6 +30,11 @@ std::unique_ptr<LocalCluster> start_cluster(tools::ClusterOptions options) {
   return std::make_unique<LocalCluster>(std::move(options));
 }
 
+std::unique_ptr<tools::LocalPgBouncer> start_pgbouncer(const LocalCluster& server,
+                                                       tools::PgBouncerOptions options) {
+  return std::make_unique<tools::LocalPgBouncer>(server, std::move(options));
+}
+
 void ClusterPairTest::SetUpTestSuite() {
   source_ = start_cluster();
   target_ = start_cluster();
@@ -81,6 +86,35 @@ CommandResult run_pgferry(const std::vector<std::string>& args) {
 
 pid_t spawn_pgferry(const std::vector<std::string>& args, const std::string& log) {
   return tools::spawn_process(pgferry_argv(args), log);
+}
+
+int run_pgferry_with_sigkills(const std::vector<std::string>& args, const std::string& log,
+                              int rounds, const std::function<long long()>& applied,
+                              std::mt19937& random, std::chrono::milliseconds max_delay,
+                              const std::function<void()>& after_round) {
+  int killed_mid_stream = 0;
+  long long before = applied();
+  for (int round = 0; round < rounds; ++round) {
+    pid_t child = spawn_pgferry(args, log);
+    int status = 0;
+    bool exited = false;
+    wait_until(
+        [&] {
+          if (::waitpid(child, &status, WNOHANG) == child) exited = true;
+          return exited || applied() > before;
+        },
+        std::chrono::seconds(120));
+    if (!exited) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(
+          std::uniform_int_distribution<long long>(0, max_delay.count())(random)));
+      ::kill(child, SIGKILL);
+      ::waitpid(child, &status, 0);
+      if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) ++killed_mid_stream;
+    }
+    before = applied();
+    if (after_round) after_round();
+  }
+  return killed_mid_stream;
 }
 
 PgferryProcess::PgferryProcess(const std::vector<std::string>& args, std::string log)

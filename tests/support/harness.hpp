@@ -8,12 +8,14 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "pgferry/replication/core/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
+#include "pgferry/tools/local_pgbouncer.hpp"
 
 namespace pgferry::testing {
 
@@ -21,6 +23,10 @@ using tools::LocalCluster;
 
 // Starts a cluster for a test (temp dir pgferry-test-*, free port, wal_level=logical).
 std::unique_ptr<LocalCluster> start_cluster(tools::ClusterOptions options = {});
+
+// Starts a PgBouncer (transaction pooling, admin user `pgbouncer`) in front of `server`.
+std::unique_ptr<tools::LocalPgBouncer> start_pgbouncer(const LocalCluster& server,
+                                                       tools::PgBouncerOptions options = {});
 
 // A fixture with a source and a target cluster, started once per test suite.
 class ClusterPairTest : public ::testing::Test {
@@ -54,6 +60,15 @@ CommandResult run_pgferry(const std::vector<std::string>& args);
 // Starts the pgferry binary with `args` in the background, stdout and stderr appended to
 // `log`. Returns the child's pid (wait for it with waitpid).
 pid_t spawn_pgferry(const std::vector<std::string>& args, const std::string& log);
+
+// Exactly-once drills: starts `pgferry args` (output appended to `log`) `rounds` times; each
+// time, once `applied()` grows (or the process exits by itself), waits a random 0 ..
+// `max_delay` and kills it with SIGKILL; `after_round` runs after each. Returns how many
+// kills hit a running process.
+int run_pgferry_with_sigkills(const std::vector<std::string>& args, const std::string& log,
+                              int rounds, const std::function<long long()>& applied,
+                              std::mt19937& random, std::chrono::milliseconds max_delay,
+                              const std::function<void()>& after_round = {});
 
 // A pgferry child process (stopped with SIGTERM, then SIGKILL, when it goes away) whose
 // output goes to `log`.

@@ -40,6 +40,24 @@ struct CommandSpec {
 void add_table_scope_options(CLI::App* command, std::vector<std::string>& tables,
                              std::vector<std::string>& excluded_tables);
 
+// While alive, SIGINT and SIGTERM call `stoppable.request_stop()` (every library class that
+// has it only sets an atomic, so that is async-signal-safe); restores the default handlers
+// when it goes. One at a time.
+class StopOnSignal {
+ public:
+  template <typename T>
+  explicit StopOnSignal(T& stoppable)
+      : StopOnSignal(&stoppable, [](void* p) { static_cast<T*>(p)->request_stop(); }) {}
+  ~StopOnSignal();
+  StopOnSignal(const StopOnSignal&) = delete;
+  StopOnSignal& operator=(const StopOnSignal&) = delete;
+  // The signal that arrived while one was installed (0: none).
+  static int received();
+
+ private:
+  StopOnSignal(void* target, void (*stop)(void*));
+};
+
 // Prints that `command` is not built yet and returns 1: a subcommand must not pretend.
 int not_built_yet(std::string_view command);
 
@@ -48,6 +66,7 @@ void add_init_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_run_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_lag_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_sequences_command(CLI::App&, CommonOptions&, CommandAction&);
+void add_verify_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_cutover_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_rollback_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_cleanup_command(CLI::App&, CommonOptions&, CommandAction&);

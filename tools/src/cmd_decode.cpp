@@ -3,7 +3,6 @@
 // (what is the source sending?) and for writing fixtures (the hidden --capture FILE saves
 // every XLogData payload as it came off the wire). The slot is not advanced unless
 // --confirm is given.
-#include <csignal>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -16,11 +15,6 @@ namespace pgferry::tools {
 namespace {
 
 namespace repl = pgferry::replication;
-
-repl::SlotReader* g_running_reader = nullptr;
-extern "C" void on_decode_stop_signal(int) {
-  if (g_running_reader != nullptr) g_running_reader->request_stop();
-}
 
 struct DecodeOptions {
   repl::SlotReaderOptions reader;
@@ -37,9 +31,7 @@ int decode_command(const CommonOptions& common, DecodeOptions options) {
   options.reader.streaming = !options.no_streaming;
 
   repl::SlotReader reader(options.reader);
-  g_running_reader = &reader;
-  std::signal(SIGINT, on_decode_stop_signal);
-  std::signal(SIGTERM, on_decode_stop_signal);
+  StopOnSignal stop_on_signal(reader);
   repl::MessageRenderer renderer;
   reader.run([&](repl::Lsn lsn, const repl::pgoutput::Message& message) {
     auto rendered = renderer.render(lsn, message);

@@ -7,7 +7,6 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
-#include <csignal>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -32,13 +31,6 @@ struct InitCommandOptions {
   std::string progress = "auto";  // auto | tty | log | none
 };
 
-volatile std::sig_atomic_t g_init_stop_signal = 0;
-repl::Init* g_running_init = nullptr;
-extern "C" void on_init_stop_signal(int signal) {
-  g_init_stop_signal = signal;
-  if (g_running_init != nullptr) g_running_init->request_stop();
-}
-
 const char* created_or_exists(bool created) {
   return created ? "created" : "exists";
 }
@@ -62,8 +54,7 @@ int print_stopped(const repl::InitResult& result) {
   for (const auto& t : result.copy.tables) ranges += t.ranges;
   std::cerr << fmt::format(
       "init: interrupted (signal {}); {} of {} ranges done. Re-run init to resume.\n",
-      static_cast<int>(g_init_stop_signal), result.copy.ranges_copied + result.copy.ranges_skipped,
-      ranges);
+      StopOnSignal::received(), result.copy.ranges_copied + result.copy.ranges_skipped, ranges);
   return static_cast<int>(repl::ExitCode::error);
 }
 
@@ -192,22 +183,11 @@ int init_command(const CommonOptions& common, InitCommandOptions options) {
                                             options.progress != "none");
   repl::Init init(options.init, display.get());
 
-  g_init_stop_signal = 0;
-  g_running_init = &init;
-  std::signal(SIGINT, on_init_stop_signal);
-  std::signal(SIGTERM, on_init_stop_signal);
   repl::InitResult result;
-  try {
+  {
+    StopOnSignal stop_on_signal(init);
     result = init.run();
-  } catch (...) {
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
-    g_running_init = nullptr;
-    throw;
   }
-  std::signal(SIGINT, SIG_DFL);
-  std::signal(SIGTERM, SIG_DFL);
-  g_running_init = nullptr;
 
   switch (result.outcome) {
     case repl::InitOutcome::refused:

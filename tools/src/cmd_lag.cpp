@@ -2,7 +2,6 @@
 // --watch (lagmon::LagWatch) redrawn in place on a terminal, a line a sample otherwise.
 #include <unistd.h>
 
-#include <csignal>
 #include <iostream>
 
 #include "cli.hpp"
@@ -12,11 +11,6 @@
 namespace pgferry::tools {
 
 namespace {
-
-lagmon::LagWatch* g_running_watch = nullptr;
-extern "C" void on_stop_signal(int) {
-  if (g_running_watch != nullptr) g_running_watch->request_stop();
-}
 
 struct LagOptions {
   double watch_seconds = 0;  // 0: one sample
@@ -37,9 +31,7 @@ int lag_command(const CommonOptions& common, const LagOptions& options) {
 
   lagmon::LagWatch watch(sampler, std::chrono::duration<double>(options.watch_seconds),
                          options.count);
-  g_running_watch = &watch;
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
+  StopOnSignal stop_on_signal(watch);
   bool terminal = ::isatty(STDOUT_FILENO) && !common.json;
   watch.run([&](const lagmon::LagSample& sample, const std::optional<lagmon::LagTrend>& trend) {
     if (common.json) {

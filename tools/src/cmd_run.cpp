@@ -1,9 +1,10 @@
-// `pgferry run [--until LSN]`: the agent (replication/agent/agent.hpp) with /metrics and
-// /status (lagmon::AgentReporter) and the periodic sequence sync
-// (sequences::PeriodicSequenceSync) attached; SIGINT/SIGTERM ask it to stop (it commits or
-// rolls back the open target transaction, sends a final status update and exits 0); SIGHUP
-// re-reads the log level from --log-level-file, or without one toggles between --log-level
-// and debug (applied at the agent's next poll).
+// `pgferry run [--until LSN]`: the agent (replication/agent/agent.hpp), run by
+// cutover::Follower in the direction the cutover history says (source to target, or back
+// after a cutover), with /metrics and /status (lagmon::AgentReporter) and the periodic
+// sequence sync (sequences::PeriodicSequenceSync, per direction) attached; SIGINT/SIGTERM
+// ask it to stop (it commits or rolls back the open target transaction, sends a final status
+// update and exits 0); SIGHUP re-reads the log level from --log-level-file, or without one
+// toggles between --log-level and debug (applied at the agent's next poll).
 #include <spdlog/spdlog.h>
 
 #include <atomic>
@@ -14,6 +15,7 @@
 #include <optional>
 
 #include "cli.hpp"
+#include "pgferry/cutover/follower.hpp"
 #include "pgferry/lagmon/agent_reporter.hpp"
 #include "pgferry/replication/agent/agent.hpp"
 #include "pgferry/replication/core/error.hpp"
@@ -45,13 +47,6 @@ struct RunOptions {
   int sync_sequences_s = 0;    // 0: the agent does not sync sequences
   std::string log_level_file;  // empty: SIGHUP toggles debug
 };
-
-// The running agent, for the signal handler (request_stop is async-signal-safe).
-std::atomic<repl::Agent*> g_agent{nullptr};
-
-extern "C" void on_run_stop_signal(int /*signal*/) {
-  if (auto* agent = g_agent.load()) agent->request_stop();
-}
 
 std::atomic<bool> g_reload_log_level{false};
 
@@ -130,22 +125,33 @@ const char* outcome_name(repl::AgentOutcome outcome) {
 int run_run(const CommonOptions& common, const RunOptions& options) {
   auto agent_opts = agent_options(common, options);  // usage errors first
   lagmon::AgentReporter reporter(common.name, common.publication_name(), options.metrics_listen);
-  sequences::PeriodicSequenceSync sequence_sync(
-      common.source_conninfo(), common.target_conninfo(), common.name,
-      std::chrono::seconds(options.sync_sequences_s),
-      [&reporter](const std::exception&) { reporter.count_error(); });
   LogLevelReload reload(common.log_level, options.log_level_file);
-  repl::AgentObservers observers({&reporter, &sequence_sync, &reload});
-  repl::Agent agent(std::move(agent_opts), &observers);
+  // Per direction (the follower swaps source and target after a cutover): the sequence sync
+  // goes the way the agent replicates.
+  std::unique_ptr<sequences::PeriodicSequenceSync> sequence_sync;
+  std::unique_ptr<repl::AgentObservers> observers;
+  auto observer_for = [&](const repl::AgentOptions& direction) -> repl::AgentObserver* {
+    sequence_sync = std::make_unique<sequences::PeriodicSequenceSync>(
+        direction.source_conninfo, direction.target_conninfo, common.name,
+        std::chrono::seconds(options.sync_sequences_s),
+        [&reporter](const std::exception&) { reporter.count_error(); });
+    observers = std::make_unique<repl::AgentObservers>(
+        std::vector<repl::AgentObserver*>{&reporter, sequence_sync.get(), &reload});
+    return observers.get();
+  };
+  cutover::FollowOptions follow;
+  follow.agent = std::move(agent_opts);
+  cutover::Follower agent(std::move(follow), observer_for);
 
-  g_agent.store(&agent);
-  std::signal(SIGINT, on_run_stop_signal);
-  std::signal(SIGTERM, on_run_stop_signal);
-  std::signal(SIGHUP, on_run_reload_signal);
-  struct Detach {
-    ~Detach() { g_agent.store(nullptr); }
-  } detach;
-  repl::AgentResult result = agent.run();
+  repl::AgentResult result;
+  {
+    StopOnSignal stop_on_signal(agent);
+    std::signal(SIGHUP, on_run_reload_signal);
+    struct RestoreSighup {
+      ~RestoreSighup() { std::signal(SIGHUP, SIG_DFL); }
+    } restore_sighup;
+    result = agent.run();
+  }
 
   if (common.json) {
     const auto& c = result.counters;

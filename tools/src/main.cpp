@@ -4,6 +4,8 @@
 // 6 timed out · 7 aborted and rolled back.
 #include <spdlog/spdlog.h>
 
+#include <atomic>
+#include <csignal>
 #include <cstdlib>
 #include <iostream>
 
@@ -24,6 +26,7 @@ constexpr CommandSpec kCommands[] = {
     {"run", add_run_command},
     {"lag", add_lag_command},
     {"sequences", add_sequences_command},
+    {"verify", add_verify_command},
     {"cutover", add_cutover_command},
     {"rollback", add_rollback_command},
     {"cleanup", add_cleanup_command},
@@ -60,6 +63,40 @@ void add_table_scope_options(CLI::App* command, std::vector<std::string>& tables
                    "leave out tables matching PATTERN (repeatable; wins over --table)")
       ->type_name("PATTERN");
 }
+
+namespace {
+
+std::atomic<void*> g_stop_target{nullptr};
+std::atomic<void (*)(void*)> g_stop_call{nullptr};
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int signal) {
+  g_stop_signal = signal;
+  auto* call = g_stop_call.load();
+  if (void* target = g_stop_target.load(); target != nullptr && call != nullptr) call(target);
+}
+
+}  // namespace
+
+StopOnSignal::StopOnSignal(void* target, void (*stop)(void*)) {
+  g_stop_signal = 0;
+  g_stop_call.store(stop);
+  g_stop_target.store(target);
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+}
+
+StopOnSignal::~StopOnSignal() {
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  g_stop_target.store(nullptr);
+}
+
+int StopOnSignal::received() {
+  return static_cast<int>(g_stop_signal);
+}
+
+static_assert(std::atomic<void*>::is_always_lock_free);
 
 int not_built_yet(std::string_view command) {
   std::cerr << "pgferry " << command << ": not built yet in this version\n";

@@ -121,6 +121,7 @@ Agent::Agent(AgentOptions options, AgentObserver* observer)
   validate_conninfo(options_.target_conninfo, "--target");
   if (options_.name.empty()) throw ConfigError("--name must not be empty");
   if (options_.publication.empty()) options_.publication = options_.name;
+  if (options_.until) options_.stop_at_fence = false;
   if (options_.status_interval.count() <= 0) {
     throw ConfigError("--status-interval-ms must be positive");
   }

@@ -2,6 +2,7 @@
 #include "pgferry/replication/check/preflight.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <charconv>
@@ -151,6 +152,9 @@ class Checker {
     check_target_tables();
     check_not_carried();
     check_extensions();
+    check_extension_versions();
+    check_server_versions();
+    check_reverse_replication_settings();
     std::stable_sort(report_.findings.begin(), report_.findings.end(),
                      [](const Finding& a, const Finding& b) { return a.severity < b.severity; });
     return std::move(report_);
@@ -713,6 +717,107 @@ class Checker {
             "none if the objects your tables use exist in both versions");
       }
     }
+  }
+
+  // The version of an extension the source uses must be one the target's packages can
+  // create, or the target's objects differ from the source's (check_extensions() covers an
+  // extension missing altogether). Typical across major versions: a newer source (a
+  // rollback's reverse replication) uses a version the older target's contrib lacks.
+  void check_extension_versions() {
+    Result source_ext = source_.exec(
+        "SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+        "listing the source's extensions");
+    Result target_versions =
+        target_.exec("SELECT name, version FROM pg_available_extension_versions",
+                     "listing the extension versions the target can install");
+    std::map<std::string, std::vector<std::string>> versions;
+    for (int i = 0; i < target_versions.rows(); ++i) {
+      versions[std::string(target_versions.get(i, 0))].emplace_back(target_versions.get(i, 1));
+    }
+    for (int i = 0; i < source_ext.rows(); ++i) {
+      std::string name(source_ext.get(i, 0));
+      std::string version(source_ext.get(i, 1));
+      auto it = versions.find(name);
+      if (it == versions.end()) continue;  // unavailable: reported by check_extensions()
+      if (std::find(it->second.begin(), it->second.end(), version) != it->second.end()) continue;
+      // "1.10" after "1.9": compare the dot-separated parts as numbers.
+      auto parts = [](const std::string& v) {
+        std::vector<long long> out;
+        std::istringstream in(v);
+        for (std::string part; std::getline(in, part, '.');) out.push_back(to_int(part));
+        return out;
+      };
+      std::sort(it->second.begin(), it->second.end(),
+                [&](const std::string& a, const std::string& b) { return parts(a) < parts(b); });
+      add(Severity::warning, "extension_version_unavailable", "extension " + name,
+          fmt::format("extension {} is version {} on the source, but the target server can only "
+                      "install {}",
+                      name, version, fmt::join(it->second, ", ")),
+          fmt::format("install a package of {} that provides version {} on the target server, "
+                      "or make sure the objects your tables use exist in the target's version",
+                      name, version));
+    }
+  }
+
+  // Major versions: replicating to an older server works (rollback's reverse replication does
+  // it) but is not an upgrade; the operator should know it is happening.
+  void check_server_versions() {
+    int source_version = source_.server_version();
+    int target_version = target_.server_version();
+    auto major = [](int version) { return version / 10000; };
+    auto text = [](int version) { return fmt::format("{}.{}", version / 10000, version % 10000); };
+    if (major(target_version) < major(source_version)) {
+      add(Severity::warning, "target_older_than_source", "server version",
+          fmt::format("the target runs PostgreSQL {}, older than the source's {}: data types, "
+                      "functions and syntax the source uses may not exist on the target, and "
+                      "pg_dump {} output (init --schema) may not restore there",
+                      text(target_version), text(source_version), major(source_version)),
+          fmt::format("for an upgrade use a target of PostgreSQL {} or newer; replicating "
+                      "back to the old server (rollback) is fine when its schema is the "
+                      "source's",
+                      major(source_version)));
+    } else if (major(target_version) > major(source_version)) {
+      add(Severity::info, "major_upgrade", "server version",
+          fmt::format("PostgreSQL {} to {}: a major-version upgrade", text(source_version),
+                      text(target_version)),
+          fmt::format("for init --schema use PostgreSQL {}'s pg_dump and psql (--pg-bindir)",
+                      major(target_version)));
+    }
+  }
+
+  // A rollback replicates from the target back to the source: the target then needs what
+  // any source needs. Not needed to start replication, so warnings, each with its fix.
+  void check_reverse_replication_settings() {
+    Result r = target_.exec(
+        "SELECT current_setting('wal_level'), "
+        "       current_setting('max_replication_slots')::int, "
+        "       (SELECT count(*) FROM pg_replication_slots), "
+        "       current_setting('max_wal_senders')::int, "
+        "       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')",
+        "reading the target's replication settings");
+    std::string wal_level(r.get(0, 0));
+    if (wal_level != "logical") {
+      add(Severity::warning, "target_wal_level", "wal_level",
+          fmt::format("the target's wal_level is '{}': the reverse replication that rollback "
+                      "uses needs 'logical' there",
+                      wal_level),
+          "ALTER SYSTEM SET wal_level = logical on the target and restart it before the "
+          "cutover");
+    }
+    // One more of `setting` (in use `used` of `limit`) is needed for the reverse replication.
+    auto need_one_more = [&](const char* setting, const char* what, long long limit,
+                             long long used) {
+      if (used + 1 <= limit) return;
+      add(Severity::warning, fmt::format("target_{}", setting), setting,
+          fmt::format("no free {} on the target ({} of {} in use): the reverse replication "
+                      "that rollback uses needs 1",
+                      what, used, limit),
+          fmt::format("ALTER SYSTEM SET {} = {} on the target and restart it before the cutover",
+                      setting, used + 1));
+    };
+    need_one_more("max_replication_slots", "replication slot", to_int(r.get(0, 1)),
+                  to_int(r.get(0, 2)));
+    need_one_more("max_wal_senders", "WAL sender", to_int(r.get(0, 3)), to_int(r.get(0, 4)));
   }
 
   const Connection& source_;

@@ -482,11 +482,18 @@ InitResult Init::run_with_data() {
       }
       if (stop_requested_.load(std::memory_order_relaxed)) stop.request_stop();
     });
+    // The observer hears the end of this attempt however it ends (a failure included).
+    struct EndAttempt {
+      InitObserver* observer;
+      ~EndAttempt() {
+        if (observer) observer->copy_ended();
+      }
+    };
     try {
+      EndAttempt end_attempt{observer_};
       result.copy = copy_tables(source_conninfo, target_conninfo, *prepared->slot.snapshot_name,
                                 tables, copy_options);
       watcher.request_stop();
-      if (observer_) observer_->copy_ended();
       spdlog::info("init copy rows={} bytes={} ranges={} skipped={} seconds={:.1f}",
                    result.copy.rows, result.copy.bytes, result.copy.ranges_copied,
                    result.copy.ranges_skipped,
@@ -494,7 +501,6 @@ InitResult Init::run_with_data() {
       break;
     } catch (const ConnectionError& e) {
       watcher.request_stop();
-      if (observer_) observer_->copy_ended();
       if (attempt >= options_.copy_attempts || stop_requested_.load(std::memory_order_relaxed)) {
         throw;
       }

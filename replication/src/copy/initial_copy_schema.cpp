@@ -164,6 +164,31 @@ class TempDir {
 
 }  // namespace
 
+std::string comment_out_unknown_settings(std::string_view sql, const std::set<std::string>& known) {
+  std::string out;
+  out.reserve(sql.size());
+  std::size_t pos = 0;
+  while (pos < sql.size()) {
+    auto end = sql.find('\n', pos);
+    if (end == std::string_view::npos) end = sql.size();
+    std::string_view line = sql.substr(pos, end - pos);
+    // pg_dump's form: SET name = value;  (one line, the name in lower case)
+    if (line.starts_with("SET ") && line.ends_with(";")) {
+      auto name_end = line.find(' ', 4);
+      std::string name(line.substr(4, name_end == std::string_view::npos ? 0 : name_end - 4));
+      if (!name.empty() && !known.contains(name)) {
+        out += "-- pgferry: the target has no setting ";
+        out += name;
+        out += ": ";
+      }
+    }
+    out += line;
+    if (end < sql.size()) out += '\n';
+    pos = end + 1;
+  }
+  return out;
+}
+
 bool is_size_setting(std::string_view value) {
   auto digits = value.find_first_not_of("0123456789");
   auto unit = digits == std::string_view::npos ? std::string_view() : value.substr(digits);
@@ -189,8 +214,18 @@ void copy_schema_section(std::string_view source_conninfo, std::string_view targ
   for (const auto& table : options.tables) dump.push_back("--table=" + table);
   int status = run_tool(dump, source.password, dir.file("schema.sql"), dir.file("dump.err"));
   if (status != 0) {
+    std::string error = read_file(dir.file("dump.err"));
+    if (error.find("server version mismatch") != std::string::npos) {
+      // pg_dump refuses a server newer than itself (a rollback's reverse direction, or an
+      // old client next to a new source).
+      throw ConfigError(fmt::format(
+          "{} cannot dump the source, which is newer than it: {}; point --pg-bindir at the "
+          "client tools of the source's major version or newer (tools/build-postgres.sh MAJOR "
+          "builds them)",
+          dump[0], error));
+    }
     throw SqlError(fmt::format("pg_dump --section={} of the source failed (exit {}): {}",
-                               section_name, status, read_file(dir.file("dump.err"))),
+                               section_name, status, error),
                    "", Side::source);
   }
 
@@ -207,6 +242,21 @@ void copy_schema_section(std::string_view source_conninfo, std::string_view targ
     auto first_sql = original.find("\nSET ");
     if (first_sql == std::string::npos) first_sql = 0;
     out << original.substr(0, first_sql) << "\n" << sql << original.substr(first_sql) << "\n";
+  }
+
+  {
+    // A newer pg_dump sets session parameters an older target does not have (pg_dump 17+:
+    // transaction_timeout); replicating back to the old server (rollback) meets that.
+    auto conn = Connection::open(target_conninfo, Side::target);
+    Result known = conn.exec("SELECT name FROM pg_settings", "listing the target's settings");
+    std::set<std::string> names;
+    for (int i = 0; i < known.rows(); ++i) names.emplace(known.get(i, 0));
+    std::string original = read_file(dir.file("schema.sql"));
+    std::string filtered = comment_out_unknown_settings(original, names);
+    if (filtered != original) {
+      std::ofstream out(dir.file("schema.sql"), std::ios::trunc);
+      out << filtered << "\n";
+    }
   }
 
   std::vector<std::string> restore = {tool_path(bindir, "psql"),

@@ -267,15 +267,25 @@ void ReplicationStream::start() {
   start.protocol_version = protocol_version_;
   start.publications = options_.publications;
   start.streaming = options_.streaming && protocol_version_ >= 2;
+  start.parallel_streaming =
+      start.streaming && options_.parallel_streaming && protocol_version_ >= 4;
   start.binary = options_.binary;
   // pgoutput takes the messages option from PostgreSQL 14 on (protocol v2).
   start.messages = options_.messages && server_max >= 2;
-  assembler_.emplace(sink_, options_.spool_dir, protocol_version_);
+  if (options_.messages && !start.messages) {
+    spdlog::warn(
+        "streaming slot={}: the source (before PostgreSQL 14) cannot send logical messages, so "
+        "a cutover fence is not seen in the stream; the cutover falls back to the WAL position",
+        options_.slot);
+  }
+  assembler_.emplace(sink_, options_.spool_dir, protocol_version_,
+                     DecoderOptions{.parallel_streaming = start.parallel_streaming});
   connection_->start_replication(options_.slot, options_.start_lsn, start);
   received_lsn_ = std::max(received_lsn_, options_.start_lsn);
   receiver_ = std::make_unique<Receiver>(*connection_, options_, confirmed_lsn_);
   spdlog::info("streaming slot={} lsn={} proto={} streaming={} source={}", options_.slot,
-               options_.start_lsn, protocol_version_, start.streaming,
+               options_.start_lsn, protocol_version_,
+               start.parallel_streaming ? "parallel" : (start.streaming ? "on" : "off"),
                connection_->redacted_conninfo());
 }
 

@@ -42,6 +42,8 @@ struct AgentOptions {
   // Stop once everything committed on the source at or before it is applied.
   std::optional<Lsn> until;
   // Stop at a fence for this name: its transaction committed, nothing after it applied.
+  // Not with `until`: its contract is everything up to that position (a fence before it,
+  // e.g. of an aborted cutover, must not end it early).
   bool stop_at_fence = true;
   // Give up after this long without a successful reconnect.
   std::chrono::seconds reconnect_timeout{600};

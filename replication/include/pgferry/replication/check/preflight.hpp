@@ -25,7 +25,13 @@
 //   warning. See apply/target_triggers.hpp.
 // - Extensions: installed on the source but not available on the target is fatal (an
 //   operator must install the package on the target server); available but not yet
-//   created is a warning; an older version on the target is info.
+//   created is a warning; an older version on the target is info; a source version the
+//   target's packages cannot install at all is a warning.
+// - Across major versions: a target older than the source is a warning naming both (that is
+//   a rollback's reverse replication, not an upgrade); a newer one is info (use its pg_dump).
+//   What the target needs to be a source later (the reverse replication rollback uses:
+//   wal_level = logical, a free slot and WAL sender) is a warning each, not fatal: forward
+//   replication does not need it.
 #pragma once
 
 #include <cstddef>

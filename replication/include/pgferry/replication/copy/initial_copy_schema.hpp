@@ -20,6 +20,7 @@
 //   whose keys fit in memory sorts them in one pass instead of through temporary files.
 #pragma once
 
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,6 +44,11 @@ struct SchemaCopyOptions {
 // Whether `value` is a size setting this module passes on: digits with an optional kB, MB
 // or GB unit.
 bool is_size_setting(std::string_view value);
+
+// pg_dump output with each `SET name = value;` line whose setting is not in `known` (the
+// target's pg_settings) commented out: a newer pg_dump sets session parameters an older
+// server lacks (17+: transaction_timeout), which would fail the whole restore.
+std::string comment_out_unknown_settings(std::string_view sql, const std::set<std::string>& known);
 
 // Dumps `section` from the source and restores it on the target. Throws ConfigError when
 // the tools cannot be found, SqlError (side target) with psql's message when the restore

@@ -43,6 +43,10 @@ struct StreamOptions {
   std::optional<int> protocol_version;
   // Stream in-progress transactions (protocol v2+; ignored on v1).
   bool streaming = true;
+  // On protocol v4 (PostgreSQL 16+ sources) stream with streaming 'parallel', so that a
+  // Stream Abort carries the abort LSN and time (pgoutput sends them only then; nothing
+  // else changes on the source side).
+  bool parallel_streaming = true;
   bool binary = false;
   // Logical messages (pg_logical_emit_message), from a PostgreSQL 14 source on.
   bool messages = false;

@@ -1,0 +1,818 @@
+// The cutover state machine (see cutover.hpp for the design notes).
+#include "pgferry/cutover/cutover.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <random>
+#include <thread>
+
+#include "pgferry/cutover/guard.hpp"
+#include "pgferry/cutover/pgbouncer_config.hpp"
+#include "pgferry/lagmon/sample.hpp"
+#include "pgferry/replication/apply/progress.hpp"
+#include "pgferry/replication/core/conninfo.hpp"
+#include "pgferry/replication/core/error.hpp"
+#include "pgferry/sequences/sequences.hpp"
+#include "switch_command.hpp"
+
+namespace pgferry::cutover {
+
+namespace repl = pgferry::replication;
+using namespace std::chrono_literals;
+using std::chrono::duration_cast;
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
+
+std::string_view to_string(Operation operation) {
+  return operation == Operation::cutover ? "cutover" : "rollback";
+}
+
+namespace {
+
+constexpr std::string_view kHistoryDdl =
+    "CREATE SCHEMA IF NOT EXISTS pgferry; "
+    "CREATE TABLE IF NOT EXISTS pgferry.cutover_history ("
+    "  id text PRIMARY KEY,"
+    "  name text NOT NULL,"
+    "  operation text NOT NULL,"
+    "  state text NOT NULL,"
+    "  started_at timestamptz NOT NULL DEFAULT now(),"
+    "  finished_at timestamptz,"
+    "  fence_lsn pg_lsn,"
+    "  new_slot_lsn pg_lsn,"
+    "  window_ms double precision,"
+    "  reason text,"
+    "  report jsonb)";
+
+std::string lock_key(std::string_view name) {
+  return fmt::format("pgferry.cutover.{}", name);
+}
+
+std::string new_cutover_id() {
+  std::random_device device;
+  auto now = std::chrono::system_clock::now().time_since_epoch();
+  return fmt::format("{:x}-{:08x}", duration_cast<milliseconds>(now).count(), device());
+}
+
+double ms(microseconds us) {
+  return static_cast<double>(us.count()) / 1000.0;
+}
+
+milliseconds remaining(Clock::time_point deadline) {
+  return std::max(1ms, duration_cast<milliseconds>(deadline - Clock::now()));
+}
+
+void set_statement_timeout(const repl::Connection& conn, Clock::time_point deadline) {
+  conn.exec(fmt::format("SET statement_timeout = {}", remaining(deadline).count()));
+}
+
+bool history_exists(const repl::Connection& conn) {
+  return conn.exec("SELECT to_regclass('pgferry.cutover_history') IS NOT NULL").scalar() == "t";
+}
+
+struct HistoryRow {
+  std::string id;
+  std::string operation;
+  std::string state;
+  std::optional<Lsn> new_slot_lsn;
+};
+
+std::optional<HistoryRow> latest_history(const repl::Connection& conn, std::string_view name,
+                                         bool completed_only) {
+  if (!history_exists(conn)) return std::nullopt;
+  auto result = conn.exec(
+      fmt::format("SELECT id, operation, state, new_slot_lsn::text FROM pgferry.cutover_history "
+                  "WHERE name = $1 {} ORDER BY started_at DESC, id DESC LIMIT 1",
+                  completed_only ? "AND state IN ('completed', 'switched')" : ""),
+      {name}, "reading pgferry.cutover_history");
+  if (result.rows() == 0) return std::nullopt;
+  HistoryRow row{std::string(result.get(0, 0)), std::string(result.get(0, 1)),
+                 std::string(result.get(0, 2)), std::nullopt};
+  if (auto lsn = result.optional(0, 3)) row.new_slot_lsn = Lsn::parse(*lsn);
+  return row;
+}
+
+// The tables the old direction replicates (never the pgferry schema), "schema"."name".
+std::vector<std::string> published_tables(const repl::Connection& conn,
+                                          const std::string& publication) {
+  auto result = conn.exec(
+      "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables "
+      "WHERE pubname = $1 AND schemaname <> 'pgferry' ORDER BY 1",
+      {publication}, "listing the published tables");
+  std::vector<std::string> tables;
+  for (int row = 0; row < result.rows(); ++row) tables.emplace_back(result.get(row, 0));
+  return tables;
+}
+
+// Writes the progress record of `name` at `lsn` unless it is already past it.
+void write_progress(const repl::Connection& conn, std::string_view name, Lsn lsn) {
+  repl::ProgressStore(conn).ensure_table();
+  conn.exec(
+      "INSERT INTO pgferry.progress (name, applied_lsn) VALUES ($1, $2::pg_lsn) "
+      "ON CONFLICT (name) DO UPDATE SET applied_lsn = greatest(pgferry.progress.applied_lsn, "
+      "excluded.applied_lsn), updated_at = now()",
+      {name, lsn.to_string()}, "writing the progress record of the new direction");
+}
+
+// Drops slot `name`. While a walsender uses it: waits, and ends that walsender after
+// `terminate_after`; without it, leaves an active slot alone and returns false.
+bool drop_slot(const repl::Connection& conn, std::string_view name,
+               std::optional<milliseconds> terminate_after) {
+  auto deadline = Clock::now() + terminate_after.value_or(0ms);
+  while (true) {
+    auto slot =
+        conn.exec("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", {name});
+    if (slot.rows() == 0) return false;
+    if (slot.is_null(0, 0)) {
+      try {
+        conn.exec("SELECT pg_drop_replication_slot($1)", {name}, "dropping a slot");
+        return true;
+      } catch (const repl::SqlError& e) {
+        if (e.sqlstate() == "42704") return false;  // dropped by someone else in between
+        if (e.sqlstate() != "55006") throw;         // became active again in between: retry
+      }
+    } else if (!terminate_after) {
+      return false;
+    } else if (Clock::now() >= deadline) {
+      conn.exec("SELECT pg_terminate_backend($1::int)", {slot.get(0, 0)});
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+struct Side {
+  std::string conninfo;
+  repl::Side side;
+};
+
+class Cutover {
+ public:
+  explicit Cutover(const CutoverOptions& options) : options_(options) {
+    bool forward = options.operation == Operation::cutover;
+    from_ = forward ? Side{options.source_conninfo, repl::Side::source}
+                    : Side{options.target_conninfo, repl::Side::target};
+    to_ = forward ? Side{options.target_conninfo, repl::Side::target}
+                  : Side{options.source_conninfo, repl::Side::source};
+    report_.id = new_cutover_id();
+    report_.operation = options.operation;
+    report_.name = options.name;
+    report_.fence = std::string(to_string(options.fence));
+    report_.new_primary = repl::redact_conninfo(to_.conninfo);
+    pgbouncer_database_ = options.pgbouncer_database;
+    if (pgbouncer_database_.empty()) {
+      pgbouncer_database_ = repl::conninfo_value(options.source_conninfo, "dbname");
+    }
+    validate();
+  }
+
+  CutoverReport run();
+
+ private:
+  void validate() const;
+  template <typename Body>
+  void step(const char* name, milliseconds budget, Body&& body);
+  bool recover_and_check_direction();
+  void preconditions(Clock::time_point deadline);
+  void engage_fence(Clock::time_point deadline);
+  void mark_and_drain(Clock::time_point deadline);
+  void sequences_and_verify(Clock::time_point deadline);
+  void prepare_new_direction(Clock::time_point deadline);
+  void new_direction(Clock::time_point deadline);
+  void switch_traffic(Clock::time_point deadline);
+  void lift(Clock::time_point deadline);
+  void after_commit();
+  void abort(const std::string& step, const std::string& reason);
+  void history_update(std::string_view state, const std::string& reason);
+  std::vector<std::pair<std::string, std::string>> switch_env(const Side& side,
+                                                              bool aborting) const;
+
+  const CutoverOptions& options_;
+  Side from_;
+  Side to_;
+  std::string pgbouncer_database_;
+  CutoverReport report_;
+  Clock::time_point started_;
+  Clock::time_point overall_deadline_;
+  repl::Connection from_conn_;
+  repl::Connection to_conn_;
+  repl::Connection history_conn_;  // the original target
+  std::unique_ptr<GuardLink> guard_;
+  std::unique_ptr<WriteFence> fence_;
+  Clock::time_point fenced_at_;
+  std::vector<std::string> tables_;
+  bool history_written_ = false;
+  bool slot_created_ = false;
+  bool publication_replaced_ = false;
+  std::string config_original_;
+  bool config_written_ = false;
+  bool command_ran_ = false;
+  bool switched_ = false;
+};
+
+void Cutover::validate() const {
+  if (options_.fence == FenceKind::pgbouncer && options_.pgbouncer_conninfo.empty()) {
+    throw repl::ConfigError(
+        "--fence pgbouncer needs --pgbouncer CONNINFO (PgBouncer's admin console, e.g. "
+        "'host=127.0.0.1 port=6432 user=pgbouncer dbname=pgbouncer')");
+  }
+  if (!options_.pgbouncer_config.empty() && options_.pgbouncer_conninfo.empty()) {
+    throw repl::ConfigError("--pgbouncer-config needs --pgbouncer CONNINFO to RELOAD it");
+  }
+  if (!options_.pgbouncer_conninfo.empty()) {
+    repl::validate_conninfo(options_.pgbouncer_conninfo, "--pgbouncer");
+  }
+  if (options_.timeout <= 0ms) throw repl::ConfigError("--timeout must be positive");
+  if (options_.sequence_margin < 0) throw repl::ConfigError("--sequence-margin must be >= 0");
+  if (!options_.pgbouncer_config.empty()) {
+    // Fails early, before anything is touched, when the entry is missing.
+    (void)rewrite_database_entry(read_pgbouncer_config(options_.pgbouncer_config),
+                                 pgbouncer_database_, to_.conninfo);
+  }
+}
+
+template <typename Body>
+void Cutover::step(const char* name, milliseconds budget, Body&& body) {
+  auto start = Clock::now();
+  auto deadline = std::min(start + budget, overall_deadline_);
+  StepReport entry{name, 0us, duration_cast<milliseconds>(deadline - start), "ok", ""};
+  try {
+    body(deadline);
+  } catch (const std::exception& e) {
+    entry.elapsed = duration_cast<microseconds>(Clock::now() - start);
+    entry.status = "failed";
+    entry.detail = e.what();
+    report_.steps.push_back(entry);
+    spdlog::error("cutover id={} step={} ms={:.1f} failed: {}", report_.id, name, ms(entry.elapsed),
+                  e.what());
+    throw repl::CutoverAborted(fmt::format("step {}: {}", name, e.what()));
+  }
+  entry.elapsed = duration_cast<microseconds>(Clock::now() - start);
+  bool over = Clock::now() > deadline;
+  if (over) {
+    entry.status = "failed";
+    entry.detail = fmt::format("over its budget of {} ms", entry.budget.count());
+  }
+  report_.steps.push_back(entry);
+  spdlog::info("cutover id={} step={} ms={:.1f} budget_ms={}{}", report_.id, name,
+               ms(entry.elapsed), entry.budget.count(), over ? " over budget" : "");
+  if (over) throw repl::CutoverAborted(fmt::format("step {}: {}", name, entry.detail));
+}
+
+CutoverReport Cutover::run() {
+  started_ = Clock::now();
+  overall_deadline_ = started_ + options_.timeout;
+  from_conn_ = repl::Connection::open(from_.conninfo, from_.side);
+  to_conn_ = repl::Connection::open(to_.conninfo, to_.side);
+  history_conn_ = repl::Connection::open(options_.target_conninfo, repl::Side::target);
+  for (const auto* conn : {&from_conn_, &to_conn_, &history_conn_}) {
+    conn->exec("SET client_min_messages = warning");
+  }
+  history_conn_.exec(kHistoryDdl, "creating pgferry.cutover_history");
+  // One cutover or rollback of a name at a time; the follower reads a free lock next to a
+  // `running` row as "that cutover died".
+  if (history_conn_.exec("SELECT pg_try_advisory_lock(hashtext($1))", {lock_key(options_.name)})
+          .scalar() != "t") {
+    throw repl::ConfigError(fmt::format(
+        "another cutover or rollback of '{}' is running (it holds its lock on the target)",
+        options_.name));
+  }
+
+  if (!recover_and_check_direction()) {
+    report_.ok = true;
+    return report_;
+  }
+  history_conn_.exec(
+      "INSERT INTO pgferry.cutover_history (id, name, operation, state) VALUES ($1, $2, $3, "
+      "'running')",
+      {report_.id, options_.name, to_string(options_.operation)}, "recording the cutover");
+  history_written_ = true;
+  guard_ = std::make_unique<GuardLink>(options_.guard_argv);
+
+  std::string current_step = "preconditions";
+  try {
+    step("preconditions", 30s, [&](auto deadline) { preconditions(deadline); });
+    current_step = "prepare";
+    step("prepare", 10s, [&](auto deadline) { prepare_new_direction(deadline); });
+    current_step = "fence";
+    step("fence", options_.fence_timeout + 1500ms, [&](auto deadline) { engage_fence(deadline); });
+    current_step = "mark";
+    step("mark", options_.drain_timeout, [&](auto deadline) { mark_and_drain(deadline); });
+    current_step = "sequences";
+    step("sequences", 10s, [&](auto deadline) { sequences_and_verify(deadline); });
+    current_step = "reverse";
+    step("reverse", 10s, [&](auto deadline) { new_direction(deadline); });
+    current_step = "switch";
+    step("switch", 10s, [&](auto deadline) { switch_traffic(deadline); });
+    current_step = "unfence";
+    step("unfence", 5s, [&](auto deadline) { lift(deadline); });
+  } catch (const std::exception& e) {
+    if (!switched_) {
+      abort(current_step, e.what());
+      return report_;
+    }
+    // Past the commit point only the unfence can fail: the guard lifts it when we exit.
+    report_.notes.push_back(fmt::format("after the switch: {}", e.what()));
+    spdlog::error("cutover id={} traffic switched but: {}", report_.id, e.what());
+  }
+  after_commit();
+  return report_;
+}
+
+bool Cutover::recover_and_check_direction() {
+  if (auto last = latest_history(history_conn_, options_.name, false)) {
+    if (last->state == "running") {
+      // A cutover that died before its switch: its guard lifted the fence; its new slot may
+      // remain on the side that does not send now.
+      auto direction = current_direction(history_conn_, options_.name);
+      const std::string& idle_side =
+          direction == Direction::forward ? options_.target_conninfo : options_.source_conninfo;
+      auto conn = repl::Connection::open(idle_side, repl::Side::none);
+      bool dropped = drop_slot(conn, options_.name, std::nullopt);
+      history_conn_.exec(
+          "UPDATE pgferry.cutover_history SET state = 'aborted', finished_at = now(), reason = "
+          "'found unfinished by the next run' WHERE id = $1",
+          {last->id});
+      report_.notes.push_back(fmt::format("earlier {} {} found unfinished: marked aborted{}",
+                                          last->operation, last->id,
+                                          dropped ? ", its new slot dropped" : ""));
+    } else if (last->state == "switched") {
+      // Died after the switch: finish it (the guard lifted the fence).
+      bool was_cutover = last->operation == "cutover";
+      const std::string& old_primary =
+          was_cutover ? options_.source_conninfo : options_.target_conninfo;
+      auto conn = repl::Connection::open(old_primary, repl::Side::none);
+      drop_slot(conn, options_.name, 5s);
+      if (last->new_slot_lsn) write_progress(conn, options_.name, *last->new_slot_lsn);
+      history_conn_.exec(
+          "UPDATE pgferry.cutover_history SET state = 'completed', finished_at = now(), reason "
+          "= 'finished by the next run' WHERE id = $1",
+          {last->id});
+      report_.notes.push_back(fmt::format("earlier {} {} had switched traffic: finished it",
+                                          last->operation, last->id));
+    }
+  }
+  auto direction = current_direction(history_conn_, options_.name);
+  bool wanted = options_.operation == Operation::cutover ? direction == Direction::forward
+                                                         : direction == Direction::reverse;
+  if (!wanted) {
+    if (options_.operation == Operation::rollback &&
+        !latest_history(history_conn_, options_.name, true)) {
+      throw repl::ConfigError(fmt::format(
+          "rollback: no completed cutover of '{}' to roll back (pgferry.cutover_history on the "
+          "target)",
+          options_.name));
+    }
+    report_.notes.push_back(
+        fmt::format("nothing to do: the last completed operation of '{}' was "
+                    "already a {}",
+                    options_.name, to_string(options_.operation)));
+    return false;
+  }
+  return true;
+}
+
+void Cutover::preconditions(Clock::time_point deadline) {
+  // The agent of the current direction is connected and caught up, for a moment.
+  lagmon::LagSampler sampler(from_.conninfo, to_.conninfo, options_.name);
+  for (int i = 0; i < 3; ++i) {
+    auto sample = sampler.sample();
+    if (sample.state() != lagmon::AgentState::streaming) {
+      throw repl::CheckFailed(
+          fmt::format("the agent of '{}' is not streaming (state {}): start `pgferry run` first",
+                      options_.name, lagmon::to_string(sample.state())));
+    }
+    auto lag = sample.lag_bytes().value_or(UINT64_MAX);
+    if (lag > options_.max_lag) {
+      throw repl::CheckFailed(
+          fmt::format("lag {} bytes is above --max-lag {}", lag, options_.max_lag));
+    }
+    if (i < 2) std::this_thread::sleep_for(50ms);
+    if (Clock::now() > deadline) return;
+  }
+  // No write transaction old enough to hold the fence.
+  auto max_age =
+      options_.max_transaction_age > 0ms ? options_.max_transaction_age : options_.fence_timeout;
+  auto old = from_conn_.exec(
+      "SELECT pid, round(extract(epoch FROM now() - xact_start))::text FROM pg_stat_activity "
+      "WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> "
+      "pg_backend_pid() AND xact_start < now() - $1::int * interval '1 millisecond' "
+      "ORDER BY xact_start LIMIT 1",
+      {std::to_string(max_age.count())}, "looking for old write transactions");
+  if (old.rows() > 0) {
+    throw repl::CheckFailed(fmt::format(
+        "write transaction of pid {} has been open for {} s, longer than the fence timeout: it "
+        "would hold the fence (end it, or use --terminate-blockers)",
+        old.get(0, 0), old.get(0, 1)));
+  }
+  // Sequences: pre-sync now, so that the one inside the window has little to do.
+  sequences::SyncOptions sync;
+  sync.margin = options_.sequence_margin;
+  auto synced = sequences::sync_sequences(from_conn_, to_conn_, sync);
+  if (!synced.changed.empty()) {
+    report_.notes.push_back(fmt::format("pre-synced {} sequences", synced.changed.size()));
+  }
+  // The new primary can host the new direction's slot.
+  auto settings = to_conn_.exec(
+      "SELECT current_setting('wal_level'), "
+      "(SELECT count(*) FROM pg_replication_slots) < "
+      "current_setting('max_replication_slots')::int, "
+      "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), "
+      "(SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1)",
+      {options_.name}, "checking that the new primary can host a slot");
+  if (settings.get(0, 0) != "logical") {
+    throw repl::CheckFailed(fmt::format(
+        "the new primary has wal_level={}: set wal_level = logical there (restart) so that "
+        "the way back can be replicated",
+        settings.get(0, 0)));
+  }
+  if (settings.get(0, 1) != "t" && settings.get(0, 3) == "0") {
+    throw repl::CheckFailed(
+        "the new primary has no free replication slot: raise "
+        "max_replication_slots there");
+  }
+  if (settings.get(0, 2) != "t") {
+    throw repl::CheckFailed(
+        "the role on the new primary lacks REPLICATION: ALTER ROLE ... "
+        "REPLICATION");
+  }
+  if (settings.get(0, 3) != "0") {
+    if (!drop_slot(to_conn_, options_.name, std::nullopt)) {
+      throw repl::CheckFailed(fmt::format(
+          "slot '{}' on the new primary is in use: stop whatever streams from it", options_.name));
+    }
+    report_.notes.push_back("dropped a stale slot of the same name on the new primary");
+  }
+  tables_ = published_tables(from_conn_, options_.publication_name());
+  if (options_.fence == FenceKind::pgbouncer) {
+    PgBouncerAdmin admin(options_.pgbouncer_conninfo);
+    if (admin.paused(pgbouncer_database_)) {
+      throw repl::CheckFailed(fmt::format(
+          "PgBouncer database '{}' is already paused: another cutover runs, or RESUME it",
+          pgbouncer_database_));
+    }
+  }
+}
+
+void Cutover::engage_fence(Clock::time_point deadline) {
+  FenceSpec spec;
+  spec.kind = options_.fence;
+  spec.pgbouncer_conninfo = options_.pgbouncer_conninfo;
+  spec.pgbouncer_database = pgbouncer_database_;
+  spec.server_conninfo = from_.conninfo;
+  spec.terminate_blockers = options_.terminate_blockers;
+  fence_ = std::make_unique<WriteFence>(spec);
+  guard_->send({{"fence", spec.to_json()}});
+  fenced_at_ = Clock::now();
+  fence_->engage(std::min(deadline, Clock::now() + options_.fence_timeout));
+}
+
+void Cutover::mark_and_drain(Clock::time_point deadline) {
+  nlohmann::json message = {{"fence", report_.id}, {"name", options_.name}};
+  set_statement_timeout(from_conn_, deadline);
+  auto lsn = from_conn_.exec("SELECT pg_logical_emit_message(true, 'pgferry', $1)::text",
+                             {message.dump()}, "writing the fence message");
+  report_.fence_lsn = repl::Lsn::from_string(lsn.scalar(), "fence LSN");
+  // Tight poll of the progress row: one indexed read every millisecond.
+  auto wait_start = Clock::now();
+  while (true) {
+    ++report_.drain_polls;
+    auto row = to_conn_.exec("SELECT applied_lsn::text FROM pgferry.progress WHERE name = $1",
+                             {options_.name});
+    if (row.rows() == 1) {
+      if (auto applied = Lsn::parse(row.get(0, 0)); applied && *applied >= report_.fence_lsn) {
+        report_.applied_lsn = *applied;
+        report_.drain_wait = duration_cast<microseconds>(Clock::now() - wait_start);
+        return;
+      }
+    }
+    if (Clock::now() >= deadline) {
+      throw repl::CutoverAborted(fmt::format(
+          "the agent did not apply the fence {} within the budget: is `pgferry run` running "
+          "for '{}'?",
+          report_.fence_lsn, options_.name));
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+}
+
+void Cutover::sequences_and_verify(Clock::time_point deadline) {
+  sequences::SyncOptions sync;
+  sync.margin = options_.sequence_margin;
+  auto synced = sequences::sync_sequences(from_conn_, to_conn_, sync);
+  report_.sequences_set = synced.changed.size();
+  if (!options_.verify) return;
+  // Row counts of the small tables, both sides, while nothing writes.
+  set_statement_timeout(from_conn_, deadline);
+  set_statement_timeout(to_conn_, deadline);
+  for (const auto& table : tables_) {
+    auto estimate = from_conn_.exec(
+        fmt::format("SELECT reltuples::bigint FROM pg_class WHERE oid = '{}'::regclass", table));
+    if (std::stoll(estimate.scalar()) > 200'000) {
+      report_.notes.push_back(fmt::format("verify: {} is large, not counted", table));
+      continue;
+    }
+    // Both sides count at the same time.
+    auto count = fmt::format("SELECT count(*) FROM {}", table);
+    for (const auto* conn : {&from_conn_, &to_conn_}) {
+      if (PQsendQuery(conn->native(), count.c_str()) != 1) {
+        repl::throw_pg_error(conn->native(), nullptr, conn->side(), "verify: counting rows");
+      }
+    }
+    // Read both answers before checking either, so neither connection stays busy.
+    auto answer = [](const repl::Connection& conn) {
+      PGresult* result = PQgetResult(conn.native());
+      while (PGresult* rest = PQgetResult(conn.native())) PQclear(rest);
+      return result;
+    };
+    repl::Result old_result(answer(from_conn_));
+    repl::Result new_result(answer(to_conn_));
+    for (const auto& [conn, result] :
+         {std::pair{&from_conn_, &old_result}, std::pair{&to_conn_, &new_result}}) {
+      if (!*result || result->status() != PGRES_TUPLES_OK) {
+        repl::throw_pg_error(conn->native(), result->native(), conn->side(),
+                             "verify: counting rows");
+      }
+    }
+    auto old_rows = old_result.scalar();
+    auto new_rows = new_result.scalar();
+    if (old_rows != new_rows) {
+      throw repl::CutoverAborted(
+          fmt::format("verify: {} has {} rows on the old primary and {} on the new one", table,
+                      old_rows, new_rows));
+    }
+    ++report_.tables_verified;
+  }
+  from_conn_.exec("SET statement_timeout = 0");
+  to_conn_.exec("SET statement_timeout = 0");
+}
+
+void Cutover::prepare_new_direction(Clock::time_point deadline) {
+  set_statement_timeout(to_conn_, deadline);
+  std::string publication = repl::quote_ident(options_.publication_name());
+  std::string list =
+      tables_.empty() ? "" : " FOR TABLE " + fmt::format("{}", fmt::join(tables_, ", "));
+  repl::Transaction txn(to_conn_);
+  to_conn_.exec(fmt::format("DROP PUBLICATION IF EXISTS {}", publication));
+  to_conn_.exec(fmt::format("CREATE PUBLICATION {}{}", publication, list),
+                "creating the publication of the new direction");
+  txn.commit();
+  publication_replaced_ = true;
+  auto slot =
+      to_conn_.exec("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                    {options_.name}, "creating the slot of the new direction");
+  slot_created_ = true;
+  report_.notes.push_back(fmt::format("new slot created at {}", slot.scalar()));
+  to_conn_.exec("SET statement_timeout = 0");
+}
+
+void Cutover::new_direction(Clock::time_point /*deadline*/) {
+  // The new primary's WAL position once the agent committed the fence: everything before it
+  // came from the old primary (the agent's writes); the new direction starts here, so none
+  // of it travels back (the slot skips transactions that commit before the start).
+  report_.new_slot_lsn = repl::Lsn::from_string(
+      to_conn_.exec("SELECT pg_current_wal_lsn()::text").scalar(), "new primary WAL position");
+}
+
+std::vector<std::pair<std::string, std::string>> Cutover::switch_env(const Side& side,
+                                                                     bool aborting) const {
+  std::string host = repl::conninfo_value(side.conninfo, "host");
+  std::string port = repl::conninfo_value(side.conninfo, "port");
+  return {{"PGFERRY_NEW_HOST", host},
+          {"PGFERRY_NEW_PORT", port.empty() ? "5432" : port},
+          {"PGFERRY_NEW_DBNAME", repl::conninfo_value(side.conninfo, "dbname")},
+          {"PGFERRY_OPERATION", std::string(to_string(options_.operation))},
+          {"PGFERRY_CUTOVER_ID", report_.id},
+          {"PGFERRY_ABORT", aborting ? "1" : "0"}};
+}
+
+void Cutover::switch_traffic(Clock::time_point deadline) {
+  if (!options_.pgbouncer_config.empty()) {
+    config_original_ = read_pgbouncer_config(options_.pgbouncer_config);
+    guard_->send({{"config",
+                   {{"path", options_.pgbouncer_config},
+                    {"original", config_original_},
+                    {"admin", options_.pgbouncer_conninfo}}}});
+    config_written_ = true;
+    write_pgbouncer_config(
+        options_.pgbouncer_config,
+        rewrite_database_entry(config_original_, pgbouncer_database_, to_.conninfo));
+    PgBouncerAdmin(options_.pgbouncer_conninfo).reload();
+  }
+  if (!options_.switch_command.empty()) {
+    command_ran_ = true;
+    int status = run_switch_command(options_.switch_command, switch_env(to_, false), deadline);
+    if (status != 0) {
+      throw repl::CutoverAborted(fmt::format("--switch-command exited with status {}", status));
+    }
+  }
+  if (options_.pgbouncer_config.empty() && options_.switch_command.empty()) {
+    report_.notes.push_back("no --pgbouncer-config or --switch-command: traffic not switched");
+  }
+  history_conn_.exec(
+      "UPDATE pgferry.cutover_history SET state = 'switched', new_slot_lsn = $2::pg_lsn WHERE "
+      "id = $1",
+      {report_.id, report_.new_slot_lsn.to_string()}, "recording the switch");
+  switched_ = true;
+  guard_->send({{"switched", true}});
+}
+
+void Cutover::lift(Clock::time_point /*deadline*/) {
+  fence_->release();
+  report_.window = duration_cast<microseconds>(Clock::now() - fenced_at_);
+  guard_->send({{"released", true}});
+}
+
+void Cutover::after_commit() {
+  try {
+    // The old direction ends here: its slot holds no WAL any more, nothing travels back.
+    drop_slot(from_conn_, options_.name, 5s);
+    write_progress(from_conn_, options_.name, report_.new_slot_lsn);
+  } catch (const std::exception& e) {
+    report_.notes.push_back(fmt::format("after the switch: {} (a re-run finishes it)", e.what()));
+    spdlog::warn("cutover id={} after the switch: {}", report_.id, e.what());
+  }
+  report_.ok = true;
+  history_update(report_.window ? "completed" : "switched", "");
+  if (guard_) {
+    if (report_.window) {
+      guard_->finish();
+    } else {
+      guard_.reset();  // fence still on: the guard lifts it
+    }
+  }
+  spdlog::info("cutover id={} {} done window_ms={:.1f} fence_lsn={}", report_.id,
+               to_string(options_.operation), report_.window ? ms(*report_.window) : -1.0,
+               report_.fence_lsn);
+}
+
+void Cutover::abort(const std::string& step, const std::string& reason) {
+  report_.ok = false;
+  report_.failed_step = step;
+  report_.reason = reason;
+  auto attempt = [&](const char* what, auto&& action) {
+    try {
+      action();
+    } catch (const std::exception& e) {
+      report_.notes.push_back(fmt::format("abort: {} failed: {}", what, e.what()));
+      spdlog::error("cutover id={} abort: {} failed: {}", report_.id, what, e.what());
+    }
+  };
+  if (config_written_) {
+    attempt("restoring the PgBouncer config", [&] {
+      write_pgbouncer_config(options_.pgbouncer_config, config_original_);
+      PgBouncerAdmin(options_.pgbouncer_conninfo).reload();
+    });
+  }
+  if (command_ran_) {
+    attempt("running --switch-command towards the old primary", [&] {
+      int status =
+          run_switch_command(options_.switch_command, switch_env(from_, true), Clock::now() + 10s);
+      if (status != 0) throw repl::Error(fmt::format("exit status {}", status));
+    });
+  }
+  bool lifted = true;
+  if (fence_) {
+    attempt("lifting the fence", [&] {
+      lifted = false;
+      fence_->release();
+      lifted = true;
+    });
+    if (lifted) report_.window = duration_cast<microseconds>(Clock::now() - fenced_at_);
+  }
+  if (slot_created_) {
+    attempt("dropping the new slot", [&] {
+      to_conn_.exec("SET statement_timeout = 0");
+      drop_slot(to_conn_, options_.name, 1s);
+    });
+  }
+  (void)publication_replaced_;  // the new side's publication is unused until a slot uses it
+  attempt("recording the abort", [&] { history_update("aborted", step + ": " + reason); });
+  if (guard_) {
+    if (lifted) {
+      guard_->send({{"released", true}});
+      guard_->finish();
+    } else {
+      guard_.reset();  // closes the pipe without "done": the guard retries the unfence
+    }
+  }
+  spdlog::error("cutover id={} aborted at step {}: {}; writes go where they went before",
+                report_.id, step, reason);
+}
+
+void Cutover::history_update(std::string_view state, const std::string& reason) {
+  if (!history_written_) return;
+  auto window = report_.window ? fmt::format("{}", ms(*report_.window)) : std::string();
+  history_conn_.exec(
+      "UPDATE pgferry.cutover_history SET state = $2, finished_at = now(), reason = "
+      "nullif($3, ''), window_ms = nullif($4, '')::double precision, fence_lsn = "
+      "nullif($5, '0/0')::pg_lsn, new_slot_lsn = nullif($6, '0/0')::pg_lsn, report = $7::jsonb "
+      "WHERE id = $1",
+      {report_.id, state, reason, window, report_.fence_lsn.to_string(),
+       report_.new_slot_lsn.to_string(), report_.to_json().dump()},
+      "recording the cutover in pgferry.cutover_history");
+}
+
+}  // namespace
+
+CutoverReport run_cutover(const CutoverOptions& options) {
+  Cutover cutover(options);
+  return cutover.run();
+}
+
+Direction current_direction(const repl::Connection& original_target, std::string_view name) {
+  auto last = latest_history(original_target, name, true);
+  return last && last->operation == "cutover" ? Direction::reverse : Direction::forward;
+}
+
+std::optional<std::string> cutover_state(const repl::Connection& original_target,
+                                         std::string_view id) {
+  if (!history_exists(original_target)) return std::nullopt;
+  auto result =
+      original_target.exec("SELECT state, name FROM pgferry.cutover_history WHERE id = $1", {id});
+  if (result.rows() == 0) return std::nullopt;
+  std::string state(result.get(0, 0));
+  if (state == "running") {
+    // Running only while its process holds the lock.
+    auto key = lock_key(result.get(0, 1));
+    if (original_target.exec("SELECT pg_try_advisory_lock(hashtext($1))", {key}).scalar() == "t") {
+      original_target.exec("SELECT pg_advisory_unlock(hashtext($1))", {key});
+      return std::string("dead");
+    }
+  }
+  return state;
+}
+
+void prepare_direction(const std::string& source_conninfo, const std::string& target_conninfo,
+                       std::string_view name) {
+  auto target = repl::Connection::open(target_conninfo, repl::Side::target);
+  auto last = latest_history(target, name, true);
+  if (!last || !last->new_slot_lsn) return;
+  auto source = repl::Connection::open(source_conninfo, repl::Side::source);
+  const auto& old_primary = last->operation == "cutover" ? source : target;
+  write_progress(old_primary, name, *last->new_slot_lsn);
+  // A cutover that died after its switch left the old direction's slot: drop it once no
+  // cutover runs (the last row is this one) and nobody streams from it.
+  auto any = latest_history(target, name, false);
+  if (any && any->id == last->id) drop_slot(old_primary, name, std::nullopt);
+}
+
+nlohmann::json CutoverReport::to_json() const {
+  nlohmann::json steps_json = nlohmann::json::array();
+  for (const auto& s : steps) {
+    steps_json.push_back(
+        {{"step", s.name},
+         {"ms", ms(s.elapsed)},
+         {"budget_ms", s.budget.count()},
+         {"status", s.status},
+         {"detail", s.detail.empty() ? nlohmann::json(nullptr) : nlohmann::json(s.detail)}});
+  }
+  auto lsn = [](Lsn l) { return l.is_valid() ? nlohmann::json(l.to_string()) : nlohmann::json(); };
+  return {{"ok", ok},
+          {"id", id},
+          {"operation", std::string(cutover::to_string(operation))},
+          {"name", name},
+          {"fence", fence},
+          {"failed_step", failed_step.empty() ? nlohmann::json() : nlohmann::json(failed_step)},
+          {"reason", reason.empty() ? nlohmann::json() : nlohmann::json(reason)},
+          {"window_ms", window ? nlohmann::json(ms(*window)) : nlohmann::json()},
+          {"fence_lsn", lsn(fence_lsn)},
+          {"applied_lsn", lsn(applied_lsn)},
+          {"new_slot_lsn", lsn(new_slot_lsn)},
+          {"new_primary", ok && !steps.empty() ? nlohmann::json(new_primary) : nlohmann::json()},
+          {"drain_wait_ms", ms(drain_wait)},
+          {"drain_polls", drain_polls},
+          {"sequences_set", sequences_set},
+          {"tables_verified", tables_verified},
+          {"steps", steps_json},
+          {"notes", notes}};
+}
+
+std::string CutoverReport::render_text() const {
+  std::string out;
+  out += fmt::format("{} {} ({}): {}\n", cutover::to_string(operation), id, name,
+                     ok ? "done" : fmt::format("ABORTED at step {}: {}", failed_step, reason));
+  for (const auto& s : steps) {
+    out += fmt::format("  {:<14} {:>9.1f} ms  (budget {} ms) {}{}\n", s.name, ms(s.elapsed),
+                       s.budget.count(), s.status, s.detail.empty() ? "" : ": " + s.detail);
+  }
+  if (window) {
+    out += fmt::format("  write window (fence {} to unfence): {:.1f} ms\n", fence, ms(*window));
+  }
+  if (fence_lsn.is_valid()) {
+    out += fmt::format("  fence LSN {}, drained in {:.1f} ms ({} polls)\n", fence_lsn,
+                       ms(drain_wait), drain_polls);
+  }
+  if (ok && new_slot_lsn.is_valid()) {
+    out += fmt::format("  writes now go to {}; the way back starts at {}\n", new_primary,
+                       new_slot_lsn);
+  }
+  if (sequences_set > 0 || tables_verified > 0) {
+    out += fmt::format("  sequences set {}, tables verified {}\n", sequences_set, tables_verified);
+  }
+  for (const auto& note : notes) out += fmt::format("  note: {}\n", note);
+  return out;
+}
+
+}  // namespace pgferry::cutover

@@ -1,0 +1,91 @@
+// The follower (see follower.hpp).
+#include "pgferry/cutover/follower.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <thread>
+
+#include "pgferry/cutover/cutover.hpp"
+#include "pgferry/replication/core/error.hpp"
+
+namespace pgferry::cutover {
+
+namespace repl = pgferry::replication;
+using namespace std::chrono_literals;
+
+Follower::Follower(FollowOptions options, ObserverFor observer_for)
+    : options_(std::move(options)), observer_for_(std::move(observer_for)) {}
+
+void Follower::request_stop() noexcept {
+  stop_.store(true);
+  if (auto* agent = agent_.load()) agent->request_stop();
+}
+
+repl::AgentResult Follower::run() {
+  const auto& source = options_.agent.source_conninfo;
+  const auto& target = options_.agent.target_conninfo;
+  while (true) {
+    Direction direction = Direction::forward;
+    for (auto backoff = 200ms;; backoff = std::min<std::chrono::milliseconds>(backoff * 2, 10s)) {
+      try {
+        auto conn = repl::Connection::open(target, repl::Side::target);
+        direction = current_direction(conn, options_.agent.name);
+        prepare_direction(source, target, options_.agent.name);
+        break;
+      } catch (const repl::ConnectionError& e) {
+        spdlog::warn("follow name={} cannot read the direction, retrying in {} ms: {}",
+                     options_.agent.name, backoff.count(), e.what());
+        for (auto wake = Clock::now() + backoff; Clock::now() < wake && !stop_;) {
+          std::this_thread::sleep_for(20ms);
+        }
+        if (stop_) return {};
+      }
+    }
+    auto agent_options = options_.agent;
+    if (direction == Direction::reverse)
+      std::swap(agent_options.source_conninfo, agent_options.target_conninfo);
+    spdlog::info("follow name={} direction={}", options_.agent.name,
+                 direction == Direction::forward ? "forward (source to target)"
+                                                 : "reverse (target to source)");
+    repl::Agent agent(agent_options, observer_for_ ? observer_for_(agent_options) : nullptr);
+    agent_.store(&agent);
+    if (stop_) agent.request_stop();
+    repl::AgentResult result;
+    try {
+      result = agent.run();
+    } catch (...) {
+      agent_.store(nullptr);
+      throw;
+    }
+    agent_.store(nullptr);
+    if (result.outcome != repl::AgentOutcome::fenced || !result.fence) return result;
+
+    const std::string id = result.fence->id;
+    spdlog::info("follow name={} fenced by cutover {} at {}: waiting for its outcome",
+                 options_.agent.name, id, result.fence->end_lsn);
+    repl::Connection conn;
+    while (!stop_) {
+      try {
+        if (!conn.is_open()) conn = repl::Connection::open(target, repl::Side::target);
+        auto state = cutover_state(conn, id);
+        if (!state) {
+          spdlog::info("follow name={} fence {} is no cutover's: stopping there",
+                       options_.agent.name, id);
+          return result;
+        }
+        if (*state != "running") {
+          spdlog::info("follow name={} cutover {} {}", options_.agent.name, id, *state);
+          break;
+        }
+      } catch (const repl::ConnectionError& e) {
+        conn.close();
+        spdlog::warn("follow name={} waiting for cutover {}: {}", options_.agent.name, id,
+                     e.what());
+      }
+      std::this_thread::sleep_for(options_.outcome_poll);
+    }
+    if (stop_) return result;
+  }
+}
+
+}  // namespace pgferry::cutover

@@ -1,0 +1,60 @@
+// The read-only fence, for setups without a pooler: the cutover sets the source database
+// read-only, ends the application's sessions, drains, and switches with --switch-command;
+// afterwards the read-only setting is gone. An abort (failing switch command) leaves the
+// source writable and the target without a new slot. `--fence none` (writes already stopped)
+// cuts over as well.
+#include "support/cutover_fixture.hpp"
+
+using namespace pgferry::testing;
+namespace repl = pgferry::replication;
+
+class CutoverReadOnly : public CutoverFixture {
+ protected:
+  std::vector<std::string> read_only_args(const char* command) {
+    return with_common({"cutover", "--json", "--fence", "read-only", "--switch-command", command});
+  }
+  std::string database_settings() {
+    return query_value(connect(*source_),
+                       "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = "
+                       "s.setdatabase WHERE d.datname = current_database()");
+  }
+};
+
+TEST_F(CutoverReadOnly, FencesWithReadOnlyAndSwitches) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  // An application session connected straight to the source, not through a pooler.
+  auto app =
+      repl::Connection::open(source_->conninfo() + " application_name=app", repl::Side::none);
+  app.exec("INSERT INTO ledger (client, seq) VALUES (99, 1)");
+  auto result = run_pgferry(read_only_args("true"));
+  ASSERT_EQ(result.exit_code, 0) << result.output << agent_->log_text();
+  EXPECT_EQ(report_of(result).value("fence", ""), "read-only");
+  EXPECT_THROW(app.exec("SELECT 1"), repl::PgError);  // its session was ended
+  EXPECT_EQ(database_settings(), "0");
+  EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 99"), "1");
+}
+
+TEST_F(CutoverReadOnly, AbortLeavesTheSourceWritable) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  auto result = run_pgferry(read_only_args("exit 1"));
+  EXPECT_EQ(result.exit_code, 7) << result.output;
+  EXPECT_EQ(report_of(result).value("failed_step", ""), "switch") << result.output;
+  EXPECT_EQ(database_settings(), "0");
+  auto app =
+      repl::Connection::open(source_->conninfo() + " application_name=app", repl::Side::none);
+  EXPECT_NO_THROW(app.exec("INSERT INTO ledger (client, seq) VALUES (99, 2)"));
+  EXPECT_EQ(query_value(connect(*target_),
+                        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry'"),
+            "0");
+}
+
+TEST_F(CutoverReadOnly, FenceNoneWhenWritesAreAlreadyStopped) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  connect(*source_).exec("INSERT INTO ledger (client, seq) VALUES (98, 1)");
+  auto result = run_pgferry(
+      with_common({"cutover", "--json", "--fence", "none", "--switch-command", "true"}));
+  ASSERT_EQ(result.exit_code, 0) << result.output << agent_->log_text();
+  EXPECT_EQ(report_of(result).value("fence", ""), "none");
+  EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 98"), "1");
+  ASSERT_TRUE(agent_streaming(*target_)) << agent_->log_text();
+}

@@ -1,0 +1,111 @@
+// A fixture for cutover tests: a source and a target cluster (cluster_name 'source' and
+// 'target', which the ledger's origin column records), a PgBouncer in transaction pooling in
+// front of the source, the ledger table on both, `pgferry init --no-data`, and the agent
+// (`pgferry run`) in the background.
+#pragma once
+
+#include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "support/harness.hpp"
+#include "support/write_load.hpp"
+
+namespace pgferry::testing {
+
+class CutoverFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tools::ClusterOptions source_options;
+    source_options.settings = {{"cluster_name", "'source'"}};
+    tools::ClusterOptions target_options;
+    target_options.settings = {{"cluster_name", "'target'"}};
+    source_ = start_cluster(source_options);
+    target_ = start_cluster(target_options);
+    bouncer_ = start_pgbouncer(*source_);
+    connect(*source_).exec(kLedgerSchema);
+    connect(*target_).exec(kLedgerSchema);
+    auto init = run_pgferry(with_common({"init", "--no-data"}));
+    ASSERT_EQ(init.exit_code, 0) << init.output;
+    start_agent();
+  }
+  void TearDown() override {
+    agent_.reset();
+    bouncer_.reset();
+    source_.reset();
+    target_.reset();
+  }
+
+  std::vector<std::string> with_common(std::vector<std::string> args) const {
+    std::vector<std::string> all = {
+        "--source", source_->conninfo(), "--target", target_->conninfo(), "--name", "ferry"};
+    all.insert(all.end(), args.begin(), args.end());
+    return all;
+  }
+  void start_agent() {
+    std::string log = fmt::format("/tmp/pgferry-cutover-agent-{}-{}.log", ::getpid(), ++agents_);
+    agent_ =
+        std::make_unique<PgferryProcess>(with_common({"run", "--status-interval-ms", "200"}), log);
+  }
+  // The cutover or rollback command with the PgBouncer fence and config switch.
+  std::vector<std::string> switch_args(const char* command, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {command,
+                                     "--json",
+                                     "--pgbouncer",
+                                     bouncer_->admin_conninfo(),
+                                     "--pgbouncer-config",
+                                     bouncer_->config_file().string(),
+                                     "--pgbouncer-database",
+                                     bouncer_->database(),
+                                     "--timeout",
+                                     "30"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return with_common(args);
+  }
+  // Waits until the agent streams (its slot active on `side`).
+  bool agent_streaming(const LocalCluster& side) {
+    return wait_until(
+        [&] {
+          return query_value(connect(side),
+                             "SELECT count(*) FROM pg_replication_slots WHERE "
+                             "slot_name = 'ferry' AND active") == "1";
+        },
+        std::chrono::seconds(60));
+  }
+  static nlohmann::json report_of(const CommandResult& result) {
+    auto start = result.output.find("{\n");
+    if (start == std::string::npos) return {};
+    try {
+      return nlohmann::json::parse(result.output.substr(start));
+    } catch (...) {
+      return {};
+    }
+  }
+  bool pgbouncer_paused() {
+    auto admin = replication::Connection::open(bouncer_->admin_conninfo(), replication::Side::none,
+                                               {{"options", ""}});
+    auto result = admin.exec("SHOW DATABASES");
+    int name = result.column_index("name"), paused = result.column_index("paused");
+    for (int row = 0; row < result.rows(); ++row) {
+      if (result.get(row, name) == bouncer_->database()) return result.get(row, paused) != "0";
+    }
+    return false;
+  }
+  std::string through_pgbouncer(const std::string& sql) {
+    auto conn = replication::Connection::open(bouncer_->client_conninfo(), replication::Side::none);
+    return conn.exec(sql).scalar();
+  }
+
+  std::unique_ptr<LocalCluster> source_;
+  std::unique_ptr<LocalCluster> target_;
+  std::unique_ptr<tools::LocalPgBouncer> bouncer_;
+  std::unique_ptr<PgferryProcess> agent_;
+  int agents_ = 0;
+};
+
+}  // namespace pgferry::testing
