@@ -12,6 +12,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
   postgresql postgresql-contrib postgresql-client pgbouncer
   procps util-linux
+  python3-yaml systemd
 )
 if [[ "${1:-}" == "--postgres-build" ]]; then
   packages+=(dpkg-dev bison flex libreadline-dev zlib1g-dev xz-utils bzip2 make gcc)

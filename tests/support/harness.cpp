@@ -127,6 +127,13 @@ std::string PgferryProcess::log_text() const {
   return text.str();
 }
 
+int terminate_backends(const replication::Connection& conn, std::string_view where) {
+  return std::stoi(
+      query_value(conn, fmt::format("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                    "WHERE pid <> pg_backend_pid() AND ({})",
+                                    where)));
+}
+
 std::string table_fingerprint(const replication::Connection& conn, std::string_view table,
                               std::string_view order_by) {
   return conn

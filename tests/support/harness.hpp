@@ -94,6 +94,10 @@ struct PgferryPair {
   }
 };
 
+// pg_terminate_backend of every session `where` selects in pg_stat_activity (other than the
+// caller's own); returns how many were terminated.
+int terminate_backends(const replication::Connection& conn, std::string_view where);
+
 // A text fingerprint of a table's rows (ordered by `order_by`), to compare source and target.
 std::string table_fingerprint(const replication::Connection& conn, std::string_view table,
                               std::string_view order_by);

@@ -2,8 +2,13 @@
 // cutover::Follower in the direction the cutover history says (source to target, or back
 // after a cutover), with /metrics and /status (lagmon::AgentReporter) and the periodic
 // sequence sync (sequences::PeriodicSequenceSync, per direction) attached; SIGINT/SIGTERM
-// ask it to stop.
+// ask it to stop (it commits or rolls back the open target transaction, sends a final status
+// update and exits 0); SIGHUP re-reads the log level from --log-level-file, or without one
+// toggles between --log-level and debug (applied at the agent's next poll).
+#include <spdlog/spdlog.h>
+
 #include <atomic>
+#include <csignal>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -14,6 +19,7 @@
 #include "pgferry/lagmon/agent_reporter.hpp"
 #include "pgferry/replication/agent/agent.hpp"
 #include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/log.hpp"
 #include "pgferry/sequences/periodic_sync.hpp"
 
 namespace pgferry::tools {
@@ -39,6 +45,46 @@ struct RunOptions {
   int reconnect_timeout_s = 600;
   std::string metrics_listen;  // empty: no HTTP endpoint
   int sync_sequences_s = 0;    // 0: the agent does not sync sequences
+  std::string log_level_file;  // empty: SIGHUP toggles debug
+};
+
+std::atomic<bool> g_reload_log_level{false};
+
+extern "C" void on_run_reload_signal(int /*signal*/) {
+  g_reload_log_level.store(true);
+}
+
+// Applies a SIGHUP on the agent's thread (a signal handler may not touch the logger).
+class LogLevelReload final : public repl::AgentObserver {
+ public:
+  LogLevelReload(std::string configured, std::string file)
+      : configured_(std::move(configured)), file_(std::move(file)), current_(configured_) {
+    if (!file_.empty()) apply(repl::read_log_level_file(file_));
+  }
+  void update(const repl::AgentProgress& /*progress*/) override { poll(); }
+  void session_lost(const std::string& /*error*/) override { poll(); }
+
+ private:
+  void poll() {
+    if (!g_reload_log_level.exchange(false)) return;
+    try {
+      if (!file_.empty()) {
+        apply(repl::read_log_level_file(file_));
+      } else {
+        apply(current_ == "debug" ? configured_ : std::string("debug"));
+      }
+    } catch (const repl::ConfigError& e) {
+      spdlog::error("SIGHUP: log level kept at {}: {}", current_, e.what());
+    }
+  }
+  void apply(const std::string& level) {
+    repl::set_log_level(level);
+    current_ = level;
+    spdlog::warn("log level={}{}", level, file_.empty() ? "" : " from " + file_);
+  }
+  std::string configured_;
+  std::string file_;
+  std::string current_;
 };
 
 repl::AgentOptions agent_options(const CommonOptions& common, const RunOptions& options) {
@@ -79,6 +125,7 @@ const char* outcome_name(repl::AgentOutcome outcome) {
 int run_run(const CommonOptions& common, const RunOptions& options) {
   auto agent_opts = agent_options(common, options);  // usage errors first
   lagmon::AgentReporter reporter(common.name, common.publication_name(), options.metrics_listen);
+  LogLevelReload reload(common.log_level, options.log_level_file);
   // Per direction (the follower swaps source and target after a cutover): the sequence sync
   // goes the way the agent replicates.
   std::unique_ptr<sequences::PeriodicSequenceSync> sequence_sync;
@@ -89,7 +136,7 @@ int run_run(const CommonOptions& common, const RunOptions& options) {
         std::chrono::seconds(options.sync_sequences_s),
         [&reporter](const std::exception&) { reporter.count_error(); });
     observers = std::make_unique<repl::AgentObservers>(
-        std::vector<repl::AgentObserver*>{&reporter, sequence_sync.get()});
+        std::vector<repl::AgentObserver*>{&reporter, sequence_sync.get(), &reload});
     return observers.get();
   };
   cutover::FollowOptions follow;
@@ -99,6 +146,10 @@ int run_run(const CommonOptions& common, const RunOptions& options) {
   repl::AgentResult result;
   {
     StopOnSignal stop_on_signal(agent);
+    std::signal(SIGHUP, on_run_reload_signal);
+    struct RestoreSighup {
+      ~RestoreSighup() { std::signal(SIGHUP, SIG_DFL); }
+    } restore_sighup;
     result = agent.run();
   }
 
@@ -177,6 +228,10 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
   cmd->add_option("--sync-sequences", options->sync_sequences_s,
                   "sync target sequences from the source every SECS seconds (0: never)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--log-level-file", options->log_level_file,
+                  "read the log level from FILE at start and again on SIGHUP (without it, "
+                  "SIGHUP toggles between --log-level and debug)")
+      ->type_name("FILE");
   cmd->callback([&action, &common, options] {
     action = [&common, options] { return run_run(common, *options); };
   });

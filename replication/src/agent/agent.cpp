@@ -21,21 +21,42 @@
 //   fence without seeing it: the agent keeps the fence and, when the progress row it
 //   resumes from has reached the fence's end, returns `fenced` at once (the slot is then
 //   confirmed by the next run).
-// - A ConnectionError from either side tears down both the stream and the applier (the open
-//   target transaction dies with its connection) and starts over from the progress record,
-//   with exponential backoff (200 ms doubling to 30 s). Anything else ends run().
+// - Retry or stop is decided by classify_error() (core/retry.hpp). A retryable error from
+//   either side (connection lost, pg_terminate_backend, a server restart, deadlock,
+//   serialization failure, lock timeout, the slot still held by a previous run's walsender)
+//   tears down both the stream and the applier (the open target transaction rolls back with
+//   its connection) and starts over from the progress record, after an exponential backoff
+//   with jitter (200 ms doubling to 30 s; back to 200 ms after a session that made progress
+//   or lasted a minute), logged with the reason. Retrying gives up only when no session
+//   could start for reconnect_timeout. Anything else ends run() with the error and its fix.
+// - Before each session the source's state is checked with a normal connection: the slot
+//   exists and is not active (else: its pid and application_name), the publication exists,
+//   the source is not a standby, and the progress record is consistent with the slot:
+//   . progress >= confirmed_flush_lsn is the normal case (after a crash of the agent or of
+//     the source the slot may restart from an older position; what is already applied is
+//     skipped, by the walsender or by the applier);
+//   . progress < confirmed_flush_lsn means the source was told the target holds changes it
+//     does not (a target restored from a backup): the slot cannot send them again, so the
+//     agent stops and says to copy again, rather than resume with a hole;
+//   . progress > the source's WAL end means the source is not the server the target followed
+//     (restored or replaced): stop, or every new transaction up to there would be skipped.
 // - request_stop(): commit the open group if no source transaction is half-way, send a final
-//   status update, return `stopped`. It only sets an atomic, so a signal handler may call it.
+//   status update, return `stopped`. A retryable error after the request (a server went away
+//   while stopping) also returns `stopped`: the open target transaction rolled back with its
+//   connection, and the next run resumes from the progress record. It only sets an atomic, so a
+//   signal handler may call it.
 #include "pgferry/replication/agent/agent.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <thread>
 
 #include "pgferry/replication/core/conninfo.hpp"
 #include "pgferry/replication/core/error.hpp"
 #include "pgferry/replication/core/pg.hpp"
+#include "pgferry/replication/core/retry.hpp"
 #include "pgferry/replication/stream/stream.hpp"
 
 namespace pgferry::replication {
@@ -52,6 +73,8 @@ constexpr auto kKeepalivePing = 500ms;
 constexpr auto kLogInterval = 10s;
 constexpr auto kFirstBackoff = 200ms;
 constexpr auto kMaxBackoff = 30s;
+// A session that lasted this long resets the backoff even if it applied nothing.
+constexpr auto kHealthySession = 60s;
 
 const char* outcome_text(AgentOutcome outcome) {
   switch (outcome) {
@@ -86,6 +109,9 @@ struct Agent::Session {
   // before it saw the commit durable, the next one resumes past it and never sees it again,
   // so it checks the progress row against it instead.
   std::optional<Fence> committed_fence;
+  // Of the current session, once connected: for the backoff reset.
+  Clock::time_point connected_at;
+  Lsn start_applied;
 };
 
 Agent::Agent(AgentOptions options, AgentObserver* observer)
@@ -119,7 +145,7 @@ ApplierOptions Agent::applier_options() const {
 
 AgentResult Agent::run() {
   Session session;
-  auto backoff = std::chrono::milliseconds(kFirstBackoff);
+  Backoff backoff(kFirstBackoff, kMaxBackoff);
   auto failing_since = Clock::now();
   auto done = [&](AgentOutcome outcome) {
     session.result.outcome = outcome;
@@ -133,34 +159,122 @@ AgentResult Agent::run() {
     bool connected = false;
     try {
       return done(run_session(session, connected));
-    } catch (const SqlError& e) {
-      if (e.sqlstate() != "55P03" || options_.spool_streamed || !options_.streaming) throw;
-      throw SqlError(
-          fmt::format("{}; if the target has triggers, foreign keys or unique indexes that the "
-                      "source does not have, a transaction applied while a large one streams "
-                      "can wait for it: rerun with --spool-streamed",
-                      e.what()),
-          e.sqlstate(), Side::target);
-    } catch (const ConnectionError& e) {
-      if (stop_requested()) throw;
+    } catch (const std::exception& e) {
+      ErrorVerdict verdict = classify_error(e);
+      if (!verdict.retry) {
+        spdlog::error("run slot={} lsn={} stopping reason=\"{}\": {}", options_.name,
+                      session.result.applied, verdict.reason, with_fix(e, verdict));
+        if (verdict.fix.empty()) throw;
+        if (auto* sql = dynamic_cast<const SqlError*>(&e)) {
+          throw SqlError(with_fix(e, verdict), sql->sqlstate(), sql->side());
+        }
+        throw;
+      }
+      if (stop_requested()) {
+        // Asked to stop while a server went away: the open target transaction is rolled back
+        // with its connection and the progress record stays the truth; stopping is done.
+        spdlog::warn("run slot={} lsn={} stopping on request after reason=\"{}\": {}",
+                     options_.name, session.result.applied, verdict.reason, e.what());
+        return done(AgentOutcome::stopped);
+      }
       observer_->session_lost(e.what());
       auto now = Clock::now();
       if (connected) {
         failing_since = now;
-        backoff = kFirstBackoff;
+        if (session.result.applied > session.start_applied ||
+            now - session.connected_at >= kHealthySession) {
+          backoff.reset();
+        }
       }
       if (now - failing_since >= options_.reconnect_timeout) {
-        spdlog::error("run slot={} giving up after {}s of failed reconnects", options_.name,
-                      options_.reconnect_timeout.count());
+        spdlog::error("run slot={} giving up after {}s without a session reason=\"{}\": {}",
+                      options_.name, options_.reconnect_timeout.count(), verdict.reason, e.what());
         throw;
       }
-      spdlog::warn("run slot={} lsn={} connection lost, reconnecting in {}ms: {}", options_.name,
-                   session.result.applied, backoff.count(), e.what());
-      auto wake = Clock::now() + backoff;
+      auto wait = backoff.next();
+      std::string hint;
+      if (verdict.reason == "lock timeout" && options_.streaming && !options_.spool_streamed) {
+        hint =
+            " (if this repeats: the target has triggers, foreign keys or unique indexes that "
+            "the source does not have, and a transaction applied while a large one streams "
+            "waits for it; rerun with --spool-streamed)";
+      }
+      spdlog::warn("run slot={} lsn={} retry reason=\"{}\" in_ms={}: {}{}", options_.name,
+                   session.result.applied, verdict.reason, wait.count(), e.what(), hint);
+      auto wake = Clock::now() + wait;
       while (Clock::now() < wake && !stop_requested()) std::this_thread::sleep_for(20ms);
       if (stop_requested()) return done(AgentOutcome::stopped);
-      backoff = std::min<std::chrono::milliseconds>(backoff * 2, kMaxBackoff);
     }
+  }
+}
+
+// The slot, the publication and the source's position against the progress record (see
+// the NOTES); throws what classify_error() turns into retry (slot in use) or stop.
+void Agent::check_source(Lsn progress) const {
+  auto source = Connection::open(options_.source_conninfo, Side::source);
+  if (source.exec("SELECT pg_is_in_recovery()", "checking the source").scalar() == "t") {
+    throw SqlError(fmt::format("source ({}): the server is in recovery (a standby, or promoted "
+                               "elsewhere); fix: point --source at the primary",
+                               source.redacted_conninfo()),
+                   "55000", Side::source);
+  }
+  auto slot = source.exec(
+      "SELECT s.confirmed_flush_lsn::text, s.active_pid::text, "
+      "coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local'), "
+      "pg_current_wal_lsn()::text, coalesce(s.wal_status, '') "
+      "FROM pg_replication_slots s LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid "
+      "WHERE s.slot_name = $1",
+      {Param(options_.name)}, "reading the replication slot");
+  if (slot.rows() == 0) {
+    throw SqlError(
+        fmt::format("source: replication slot \"{}\" does not exist (dropped?)", options_.name),
+        "42704", Side::source);
+  }
+  if (!slot.is_null(0, 1)) {
+    throw SqlError(
+        fmt::format("source: replication slot \"{}\" is in use by pid={} application_name=\"{}\" "
+                    "client={}; fix: stop that process (another `pgferry run --name {}`?) or run "
+                    "SELECT pg_terminate_backend({}) on the source",
+                    options_.name, slot.get(0, 1), slot.get(0, 2), slot.get(0, 3), options_.name,
+                    slot.get(0, 1)),
+        "55006", Side::source);
+  }
+  if (slot.get(0, 5) == "lost") {
+    throw SqlError(fmt::format("source: replication slot \"{}\" is invalidated (wal_status "
+                               "lost: the WAL it needs was removed)",
+                               options_.name),
+                   "55000", Side::source);
+  }
+  if (source
+          .exec("SELECT 1 FROM pg_publication WHERE pubname = $1", {Param(options_.publication)},
+                "reading the publication")
+          .rows() == 0) {
+    throw SqlError(
+        fmt::format("source: publication \"{}\" does not exist (dropped?)", options_.publication),
+        "42704", Side::source);
+  }
+  Lsn confirmed =
+      slot.is_null(0, 0) ? Lsn() : Lsn::from_string(slot.get(0, 0), "confirmed_flush_lsn");
+  Lsn wal_end = Lsn::from_string(slot.get(0, 4), "pg_current_wal_lsn");
+  if (progress > wal_end) {
+    throw Error(fmt::format(
+        "target: the progress record \"{}\" is at {}, past the source's WAL end {}: the source "
+        "is not the server the target followed (restored from a backup or replaced); fix: run "
+        "`pgferry cleanup` and `pgferry init` again to copy anew",
+        options_.name, progress, wal_end));
+  }
+  if (confirmed.is_valid() && progress < confirmed) {
+    throw Error(fmt::format(
+        "target: the progress record \"{}\" is at {}, behind the slot's confirmed position {}: "
+        "the target lacks changes the slot will not send again (a target restored from a "
+        "backup?); fix: run `pgferry cleanup` and `pgferry init` again to copy anew",
+        options_.name, progress, confirmed));
+  }
+  if (progress > confirmed) {
+    spdlog::info(
+        "run slot={} lsn={} confirmed_flush_lsn={} resuming past the slot's confirmed "
+        "position; what is already applied is skipped",
+        options_.name, progress, confirmed);
   }
 }
 
@@ -179,6 +293,8 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
   const auto& until = options_.until;
   if (until && applier.durable_lsn() >= *until) return AgentOutcome::reached_until;
 
+  check_source(applier.durable_lsn());
+
   StreamOptions stream_options;
   stream_options.slot = options_.name;
   stream_options.publications = {options_.publication};
@@ -190,6 +306,8 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
   ReplicationStream stream(options_.source_conninfo, stream_options, applier);
   stream.start();
   connected = true;
+  session.connected_at = Clock::now();
+  session.start_applied = applier.durable_lsn();
   observer_->session_started();
   spdlog::info("run slot={} lsn={} until={} synchronous_commit={}", options_.name,
                applier.durable_lsn(), until ? until->to_string() : "-",

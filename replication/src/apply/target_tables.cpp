@@ -32,9 +32,10 @@ const TargetTable& TargetTables::map(const Relation& relation, Lsn commit_lsn) {
   if (result.rows() == 0 || result.get(0, 0) != "t") {
     pipeline_.set_broken();
     throw Error(fmt::format(
-        "the target has no table {}, which the source publishes: create it on the target "
-        "(pgferry init --schema copies the schema), or remove it from the publication",
-        table.display));
+        "the target has no table {}, which the source publishes (source transaction "
+        "commit_lsn={}): create it on the target (pgferry init --schema copies the schema), or "
+        "remove it from the publication",
+        table.display, commit_lsn));
   }
   if (refuse_firing_) refuse_if_firing(table, commit_lsn);
   std::unordered_map<std::string_view, int> target_columns;
@@ -50,10 +51,10 @@ const TargetTable& TargetTables::map(const Relation& relation, Lsn commit_lsn) {
     if (found == target_columns.end()) {
       pipeline_.set_broken();
       throw Error(fmt::format(
-          "the target table {} has no column \"{}\" ({}.{}), which the source sends: add the "
-          "column on the target (ALTER TABLE {} ADD COLUMN {} <type as on the source>), then "
-          "restart",
-          table.display, column.name, table.display, column.name, table.qualified,
+          "the target table {} has no column \"{}\" ({}.{}), which the source sends (source "
+          "transaction commit_lsn={}): add the column on the target (ALTER TABLE {} ADD COLUMN "
+          "{} <type as on the source>), then restart",
+          table.display, column.name, table.display, column.name, commit_lsn, table.qualified,
           quote_ident(column.name)));
     }
     table.columns.push_back(quote_ident(column.name));

@@ -108,8 +108,9 @@ class Agent {
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
-  // Blocks until the outcome; reconnects with exponential backoff on ConnectionError (up to
-  // reconnect_timeout without success); any other error ends it (thrown).
+  // Blocks until the outcome; retries what classify_error() (core/retry.hpp) calls
+  // retryable, with exponential backoff and jitter (giving up after reconnect_timeout without
+  // a session); any other error ends it (thrown, a SqlError with its fix in the message).
   AgentResult run();
   // Thread- and async-signal-safe: run() commits the open group if no source transaction is
   // half-way, sends a final status update and returns `stopped`.
@@ -120,6 +121,7 @@ class Agent {
   struct Session;
   AgentOutcome run_session(Session& session, bool& connected);
   ApplierOptions applier_options() const;
+  void check_source(Lsn progress) const;
 
   AgentOptions options_;
   AgentObserver* observer_;
