@@ -58,9 +58,6 @@ class StopOnSignal {
   StopOnSignal(void* target, void (*stop)(void*));
 };
 
-// Prints that `command` is not built yet and returns 1: a subcommand must not pretend.
-int not_built_yet(std::string_view command);
-
 void add_check_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_init_command(CLI::App&, CommonOptions&, CommandAction&);
 void add_run_command(CLI::App&, CommonOptions&, CommandAction&);

@@ -98,11 +98,6 @@ int StopOnSignal::received() {
 
 static_assert(std::atomic<void*>::is_always_lock_free);
 
-int not_built_yet(std::string_view command) {
-  std::cerr << "pgferry " << command << ": not built yet in this version\n";
-  return static_cast<int>(repl::ExitCode::error);
-}
-
 int main(int argc, char** argv) {
   CLI::App app{
       "pgferry: move a live PostgreSQL database to another server with logical "
