@@ -14,13 +14,14 @@
 //   applied position (and the lag) follows WAL that carries nothing for us.
 // - Fence: the applier commits the fence's transaction at once and, with stop_at_fence,
 //   applies nothing after it (what the same poll delivered past it is ignored, never
-//   committed, and the progress row stays at the fence); once that commit is durable the
-//   session confirms it to the source and returns. The next run resumes right after it.
-//   A connection lost between that commit and the agent seeing it durable (synchronous_commit
-//   off, or the source gone in the same poll) would make the next session resume past the
-//   fence without seeing it: the agent keeps the fence and, when the progress row it
-//   resumes from has reached the fence's end, returns `fenced` at once (the slot is then
-//   confirmed by the next run).
+//   committed, a streamed transaction applied live is rolled back, and the progress row
+//   stays at the fence); that commit is durable when it returns (synchronous_commit on for
+//   it), and the session confirms it to the source and returns. The next run resumes right
+//   after it. A connection lost between that commit and the agent seeing it (the source
+//   gone in the same poll) would make the next session resume past the fence without
+//   seeing it: the agent keeps the fence and, when the progress row it resumes from (which
+//   the applier flushes at start) has reached the fence's end, returns `fenced` at once (the
+//   slot is then confirmed by the next run).
 // - Retry or stop is decided by classify_error() (core/retry.hpp). A retryable error from
 //   either side (connection lost, pg_terminate_backend, a server restart, deadlock,
 //   serialization failure, lock timeout, the slot still held by a previous run's walsender)

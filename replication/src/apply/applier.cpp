@@ -26,6 +26,14 @@
 //   trigger, foreign key or unique index the source does not have ends with an error naming
 //   the way out instead of hanging. Its commit raises this applier's applied position at
 //   once, so that a pending idle position below it is never written.
+// - Stopped at a fence (stop_at_fence), nothing the source committed after it reaches the
+//   target: a streamed transaction applied live that commits after the fence is rolled back
+//   on the second connection (which asks its first applier at its commit), not committed.
+// - Durable means flushed on the target. The fence's group commits with synchronous_commit
+//   on whatever the session's setting, so the fence is durable once COMMIT returns; and the
+//   progress row read at start (maybe an earlier session's commit with synchronous_commit
+//   off, not flushed yet) is flushed first when the target's WAL is not all flushed, before
+//   the stream may confirm it. Both cost a WAL flush at a fence or at start, nothing per row.
 // - An UPDATE or DELETE that matches no row, and any error from the target, break the
 //   applier: every later call throws until it is rebuilt (and resumes from the progress row).
 #include "pgferry/replication/apply/applier.hpp"
@@ -59,6 +67,23 @@ struct Session {
   Lsn applied;                     // the progress record
   std::string replica_role_grant;  // what allows the replica role (for error messages)
 };
+
+// The progress row read at start counts as durable (the stream confirms it to the source), but
+// an earlier session with synchronous_commit off may have committed it without the target
+// flushing it yet: when the target's WAL is not all flushed, the row is rewritten unchanged in
+// a synchronous commit, which flushes everything before it (a transaction that writes no WAL
+// of its own commits without a flush, whatever synchronous_commit says).
+void flush_progress_row(Connection& conn, const std::string& name) {
+  auto flushed = conn.exec("SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()",
+                           "reading the target's WAL positions");
+  if (flushed.get(0, 0) == std::string_view("t")) return;
+  Transaction flush(conn);
+  conn.exec("SET LOCAL synchronous_commit = on");
+  conn.exec("UPDATE pgferry.progress SET applied_lsn = applied_lsn WHERE name = $1", {name},
+            "flushing the progress record");
+  flush.commit();
+  spdlog::debug("apply flushed the target's WAL before resuming from the progress row");
+}
 
 // Checks the options, sets the session up (the replica role where the role may set it),
 // takes the per-name lock and reads the progress record.
@@ -115,6 +140,7 @@ Session open_session(Connection& conn, ApplierOptions& options) {
         "the same --name) first",
         options.name));
   }
+  if (options.take_lock) flush_progress_row(conn, options.name);
   return {*applied, access.grant_statement()};
 }
 
@@ -168,9 +194,17 @@ struct Applier::Impl {
     inserts_.flush();
     batches_.send();
   }
-  void commit_group() {
+  // `durable`: with synchronous_commit on, whatever the session's setting (a fence).
+  void commit_group(bool durable = false) {
     flush_batches();
-    progress_.commit(current_.final_lsn);
+    progress_.commit(current_.final_lsn, durable);
+  }
+  // The streamed applier, when its first applier halted at a fence its transaction commits
+  // after: nothing of it reaches the target, and no group is left for tick() to commit.
+  void roll_back_group() {
+    if (!progress_.open()) return;
+    flush_batches();
+    progress_.roll_back(current_.final_lsn);
   }
   void insert(const Relation& relation, const pgoutput::Insert& insert);
   void update(const Relation& relation, const pgoutput::Update& update);
@@ -192,6 +226,9 @@ struct Applier::Impl {
   apply::UpdateBatches batches_;
   apply::KeyedChanges keyed_;
   apply::StreamedApply streamed_;
+
+  // The streamed applier's first applier (nullptr in the first one).
+  const Applier* owner_ = nullptr;
 
   // Source transaction.
   bool in_source_txn_ = false;
@@ -351,6 +388,15 @@ void Applier::commit_transaction(const TransactionCommit& commit) {
   }
   s.in_source_txn_ = false;
   auto fence = std::exchange(noted_fence_, std::nullopt);
+  if (s.owner_ && s.owner_->halted()) {
+    // Applied as it streamed, committed on the source after the fence the first applier
+    // stopped at: roll it back.
+    s.skipping_ = false;
+    s.roll_back_group();
+    spdlog::info("streamed transaction xid={} commit_lsn={} commits after the fence: rolled back",
+                 commit.xid.value, commit.commit_lsn);
+    return;
+  }
   if (halted()) {
     s.skipping_ = false;
     return;
@@ -386,7 +432,7 @@ void Applier::commit_transaction(const TransactionCommit& commit) {
     fence->end_lsn = commit.end_lsn;
     fence_ = std::move(fence);
   }
-  if (fenced || s.progress_.bounds_reached()) s.commit_group();
+  if (fenced || s.progress_.bounds_reached()) s.commit_group(fenced);
   if (fenced) {
     spdlog::info("fence id={} lsn={} committed end_lsn={}", fence_->id, fence_->message_lsn,
                  fence_->end_lsn);
@@ -426,6 +472,7 @@ ChangeSink* Applier::begin_streamed(const TransactionBegin& begin) {
   flush();
   Applier* streamed = s.streamed_.open(begin);
   if (!streamed) return nullptr;
+  streamed->impl_->owner_ = this;
   auto& inner = streamed->impl_->progress_;
   inner.include_applied(s.progress_.applied_lsn());
   // Neither connection may wait for the other (see NOTES).
@@ -443,8 +490,9 @@ void Applier::streamed_committed() {
   auto& s = *impl_;
   s.check_usable();
   s.fold_streamed();
+  // Taken once: a later streamed transaction must not report it again.
   if (Applier* streamed = s.streamed_.applier(); streamed && streamed->fence_) {
-    fence_ = streamed->fence_;
+    fence_ = std::exchange(streamed->fence_, std::nullopt);
   }
 }
 

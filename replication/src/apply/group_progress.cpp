@@ -85,17 +85,34 @@ void GroupProgress::sync_durable(Lsn end, Lsn commit_lsn) {
   }
 }
 
-void GroupProgress::commit(Lsn commit_lsn) {
+void GroupProgress::commit(Lsn commit_lsn, bool durable) {
   write_progress(end_lsn_, commit_time_, commit_lsn);
+  const bool flush_now = durable && async_commit_;
+  if (flush_now) pipeline_.send_query("SET LOCAL synchronous_commit = on", {Op::query, commit_lsn});
   // Every result must be checked before COMMIT is sent (see NOTES).
   pipeline_.request_flush();
   pipeline_.drain();
   pipeline_.send_query("COMMIT", {Op::commit, commit_lsn});
-  sync_durable(end_lsn_, commit_lsn);
+  if (flush_now) {
+    // Flushed with everything before it: what was waiting for the flush is durable too.
+    pipeline_.sync(Op::commit);
+    last_commit_end_ = end_lsn_;
+    unflushed_.clear();
+    durable_lsn_.store(std::max(durable_lsn_.load(), end_lsn_.value()));
+  } else {
+    sync_durable(end_lsn_, commit_lsn);
+  }
   open_ = false;
   ApplyCounters::add(counters_.groups_committed, 1);
   spdlog::debug("committed group lsn={} transactions={} rows={} bytes={}", end_lsn_, transactions_,
                 rows_, bytes_);
+}
+
+void GroupProgress::roll_back(Lsn commit_lsn) {
+  pipeline_.send_query("ROLLBACK", {Op::query, commit_lsn});
+  pipeline_.sync(Op::query);
+  open_ = false;
+  spdlog::debug("rolled back group transactions={} rows={} bytes={}", transactions_, rows_, bytes_);
 }
 
 void GroupProgress::include_applied(Lsn lsn) {

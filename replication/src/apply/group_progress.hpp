@@ -16,7 +16,9 @@
 //   synchronous_commit=off, flushed) on the target, what the stream may confirm.
 // - synchronous_commit=off: a COMMIT returns before the target flushed it, so each commit is
 //   followed by a query of the target's WAL insert and flush positions, and the durable
-//   position only moves past a group once the target flushed the WAL that holds it.
+//   position only moves past a group once the target flushed the WAL that holds it. A
+//   group committed with `durable` (a fence) sets synchronous_commit on for its COMMIT:
+//   durable once it returns, and with it every group before.
 // - Idle: with nothing of ours pending, the walsender's position is written to the progress
 //   row (so that lag reaches zero), at most every idle_progress_interval; a position held
 //   back by that rate limit is written later by idle_due() / idle(), unless something
@@ -66,8 +68,11 @@ class GroupProgress final : public ResultCheck {
   }
   bool delay_passed() const { return Clock::now() - started_ >= options_.group_max_delay; }
   // Writes the progress row and commits the group (`commit_lsn`: the last source
-  // transaction, to name in an error).
-  void commit(Lsn commit_lsn);
+  // transaction, to name in an error). `durable`: with synchronous_commit on whatever the
+  // session's setting, so the group (and all before it) is durable once this returns.
+  void commit(Lsn commit_lsn, bool durable = false);
+  // Rolls the open group back (nothing of it reaches the target or the progress row).
+  void roll_back(Lsn commit_lsn);
   // Everything up to `lsn` is applied elsewhere (by the streamed applier, committed).
   void include_applied(Lsn lsn);
   // synchronous_commit=off: moves the durable position to what the target has flushed.
