@@ -312,9 +312,18 @@ CutoverReport Cutover::run() {
       abort(current_step, e.what());
       return report_;
     }
-    // Past the commit point only the unfence can fail: the guard lifts it when we exit.
+    // Past the commit point: traffic goes to the new primary. Writes must not wait for the
+    // clean-up below: lift the fence now (a step over its budget after the switch did not);
+    // if that fails too, the guard lifts it once the pipe closes.
     report_.notes.push_back(fmt::format("after the switch: {}", e.what()));
     spdlog::error("cutover id={} traffic switched but: {}", report_.id, e.what());
+    if (!report_.window) {
+      try {
+        lift(Clock::now() + 5s);
+      } catch (const std::exception& lift_error) {
+        report_.notes.push_back(fmt::format("after the switch: unfence: {}", lift_error.what()));
+      }
+    }
   }
   after_commit();
   return report_;
@@ -507,8 +516,8 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
   set_statement_timeout(from_conn_, deadline);
   set_statement_timeout(to_conn_, deadline);
   for (const auto& table : tables_) {
-    auto estimate = from_conn_.exec(
-        fmt::format("SELECT reltuples::bigint FROM pg_class WHERE oid = '{}'::regclass", table));
+    auto estimate =
+        from_conn_.exec("SELECT reltuples::bigint FROM pg_class WHERE oid = $1::regclass", {table});
     if (std::stoll(estimate.scalar()) > 200'000) {
       report_.notes.push_back(fmt::format("verify: {} is large, not counted", table));
       continue;

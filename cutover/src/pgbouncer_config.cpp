@@ -100,10 +100,19 @@ std::string entry_value(std::string_view value) {
 
 std::string rewrite_database_entry(std::string_view config_text, std::string_view database,
                                    std::string_view conninfo) {
-  std::vector<std::pair<std::string, std::string>> wanted;
-  for (const char* key : {"host", "port", "dbname"}) {
-    std::string value = repl::conninfo_value(conninfo, key);
-    if (!value.empty()) wanted.emplace_back(key, value);
+  // host and port always (a port left as it was would keep pointing at the old server);
+  // hostaddr, which wins over host, is dropped.
+  std::string host = repl::conninfo_value(conninfo, "host");
+  if (host.empty()) {
+    throw repl::ConfigError(
+        "--pgbouncer-config: the new primary's connection string names no host: give host= "
+        "(and port=) in it, as PgBouncer should reach it");
+  }
+  std::string port = repl::conninfo_value(conninfo, "port");
+  std::vector<std::pair<std::string, std::string>> wanted{{"host", host},
+                                                          {"port", port.empty() ? "5432" : port}};
+  if (auto dbname = repl::conninfo_value(conninfo, "dbname"); !dbname.empty()) {
+    wanted.emplace_back("dbname", dbname);
   }
   std::string out;
   std::string section;
@@ -122,6 +131,7 @@ std::string rewrite_database_entry(std::string_view config_text, std::string_vie
       auto eq = stripped.find('=');
       if (eq != std::string_view::npos && trim(stripped.substr(0, eq)) == database) {
         auto pairs = parse_entry(stripped.substr(eq + 1));
+        std::erase_if(pairs, [](const auto& pair) { return pair.first == "hostaddr"; });
         for (const auto& [key, value] : wanted) {
           auto it = std::find_if(pairs.begin(), pairs.end(),
                                  [&](const auto& pair) { return pair.first == key; });

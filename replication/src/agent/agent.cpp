@@ -354,7 +354,9 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
       } else {
         applier.tick();
       }
-    } catch (const ConnectionError&) {
+    } catch (...) {
+      // Whatever ends the session (a retryable SQL error of the streamed connection too), a
+      // fence already committed must stop the next session, which resumes past it.
       if (applier.fence()) session.committed_fence = applier.fence();
       throw;
     }
