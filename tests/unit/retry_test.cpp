@@ -37,6 +37,27 @@ TEST(Retry, TransientErrorsAreRetried) {
   EXPECT_TRUE(repl::classify_error(repl::ConnectionError("gone", "XX000", Side::target)).retry);
 }
 
+TEST(Retry, ARefusedLoginStops) {
+  for (const char* what :
+       {"source: connection to server on socket \"/tmp/.s.PGSQL.5432\" failed: FATAL:  password "
+        "authentication failed for user \"ferry\"",
+        "target: connection to server at \"db\" (10.0.0.1), port 5432 failed: FATAL:  database "
+        "\"app\" does not exist",
+        "target: connection failed: FATAL:  role \"ferry\" does not exist",
+        "source: connection failed: FATAL:  no pg_hba.conf entry for replication connection"}) {
+    auto verdict = repl::classify_error(repl::ConnectionError(what, "08001", Side::source));
+    EXPECT_FALSE(verdict.retry) << what;
+    EXPECT_EQ(verdict.reason, "login refused") << what;
+    EXPECT_FALSE(verdict.fix.empty()) << what;
+  }
+  // A server that is starting or shutting down is still retried.
+  EXPECT_TRUE(repl::classify_error(
+                  repl::ConnectionError("target: connection failed: FATAL:  the database system "
+                                        "is starting up",
+                                        "08001", Side::target))
+                  .retry);
+}
+
 TEST(Retry, ErrorsThatNeedAHumanStopWithAFix) {
   struct Case {
     const char* sqlstate;

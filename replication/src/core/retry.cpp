@@ -96,9 +96,22 @@ ErrorVerdict classify_sqlstate(const PgError& e) {
   return stop(fmt::format("SQLSTATE {}", state), {});
 }
 
+// The server refused the login itself (libpq reports it as a failed connection, 08001):
+// retrying cannot help, and would only hide a typo for --reconnect-timeout.
+bool login_refused(std::string_view what) {
+  return contains(what, "password authentication failed") ||
+         contains(what, "no pg_hba.conf entry") ||
+         (contains(what, "FATAL") && contains(what, "does not exist"));
+}
+
 }  // namespace
 
 ErrorVerdict classify_error(const std::exception& error) {
+  if (dynamic_cast<const ConnectionError*>(&error) && login_refused(error.what())) {
+    return stop("login refused",
+                "check the role, password (.pgpass / PGPASSFILE) and dbname of the connection "
+                "string named above, and pg_hba.conf on that server, then restart");
+  }
   // ConnectionError first: some carry no SQLSTATE of their own (the socket closed).
   if (auto* pg = dynamic_cast<const PgError*>(&error)) {
     ErrorVerdict verdict = classify_sqlstate(*pg);
