@@ -121,6 +121,15 @@ TEST_F(Lag, GrowsWhileStoppedDrainsToZeroAndStaysZeroAtIdle) {
   src.exec("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'");
   src.exec("SELECT pg_reload_conf()");
   src.exec("INSERT INTO items SELECT g, repeat('s', 200) FROM generate_series(10001, 13000) g");
+  // The walsender decodes on its own time: the setting may only go back once it streamed
+  // (reset earlier, it can decode the transaction under 64MB and send it whole).
+  ASSERT_TRUE(wait_until(
+      [&] {
+        return query_value(src,
+                           "SELECT coalesce(sum(stream_txns), 0) > 0 FROM "
+                           "pg_stat_replication_slots") == "t";
+      },
+      std::chrono::seconds(30)));
   src.exec("ALTER SYSTEM RESET logical_decoding_work_mem");
   src.exec("SELECT pg_reload_conf()");
   ASSERT_TRUE(wait_until(
