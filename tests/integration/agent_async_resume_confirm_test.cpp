@@ -21,11 +21,7 @@ class AgentAsyncResumeConfirm : public ClusterPairTest {};
 TEST_F(AgentAsyncResumeConfirm, SlotNotConfirmedPastUnflushedTarget) {
   const char* kName = "async_resume";
   const char* schema = "CREATE TABLE items (id int PRIMARY KEY, v text)";
-  connect(source()).exec(schema);
-  connect(target()).exec(schema);
-  auto init = run_pgferry({"--source", source().conninfo(), "--target", target().conninfo(),
-                           "--name", kName, "init", "--no-data"});
-  ASSERT_EQ(init.exit_code, 0) << init.output;
+  auto o = init_agent_pair(source(), target(), kName, schema);
   {
     auto t = connect(target());
     t.exec("ALTER SYSTEM SET wal_writer_delay = '10s'");
@@ -33,10 +29,6 @@ TEST_F(AgentAsyncResumeConfirm, SlotNotConfirmedPastUnflushedTarget) {
     t.exec("SELECT pg_reload_conf()");
   }
   auto src = connect(source());
-  repl::AgentOptions o;
-  o.source_conninfo = source().conninfo();
-  o.target_conninfo = target().conninfo();
-  o.name = kName;
   o.status_interval = 200ms;
   o.applier.synchronous_commit = "off";
   auto run_agent = [&](auto during) {

@@ -22,11 +22,7 @@ class AgentFenceAsyncInDoubt : public ClusterPairTest {};
 TEST_F(AgentFenceAsyncInDoubt, FencedReturnedOnlyWhenDurable) {
   const char* kName = "fence_doubt";
   const char* schema = "CREATE TABLE items (id int PRIMARY KEY, v text)";
-  connect(source()).exec(schema);
-  connect(target()).exec(schema);
-  auto init = run_pgferry({"--source", source().conninfo(), "--target", target().conninfo(),
-                           "--name", kName, "init", "--no-data"});
-  ASSERT_EQ(init.exit_code, 0) << init.output;
+  auto o = init_agent_pair(source(), target(), kName, schema);
   {
     auto t = connect(target());
     t.exec("ALTER SYSTEM SET wal_writer_delay = '10s'");
@@ -34,10 +30,6 @@ TEST_F(AgentFenceAsyncInDoubt, FencedReturnedOnlyWhenDurable) {
     t.exec("SELECT pg_reload_conf()");
   }
   auto src = connect(source());
-  repl::AgentOptions o;
-  o.source_conninfo = source().conninfo();
-  o.target_conninfo = target().conninfo();
-  o.name = kName;
   o.status_interval = 200ms;
   o.applier.synchronous_commit = "off";
   repl::Agent agent(o);

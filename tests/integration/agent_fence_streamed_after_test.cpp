@@ -25,19 +25,11 @@ TEST_F(AgentFenceStreamedAfter, LiveStreamedTxnCommittedAfterFenceIsNotApplied) 
   const char* kName = "fence_eager";
   const char* schema =
       "CREATE TABLE items (id int PRIMARY KEY, v text); CREATE TABLE gate (id int PRIMARY KEY)";
-  connect(source()).exec(schema);
-  connect(target()).exec(schema);
-  auto init = run_pgferry({"--source", source().conninfo(), "--target", target().conninfo(),
-                           "--name", kName, "init", "--no-data"});
-  ASSERT_EQ(init.exit_code, 0) << init.output;
+  auto o = init_agent_pair(source(), target(), kName, schema);
   auto src = connect(source());
   src.exec("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'");
   src.exec("SELECT pg_reload_conf()");
 
-  repl::AgentOptions o;
-  o.source_conninfo = source().conninfo();
-  o.target_conninfo = target().conninfo();
-  o.name = kName;
   o.status_interval = 200ms;
   o.applier.synchronous_commit = "off";
   repl::Agent agent(o);

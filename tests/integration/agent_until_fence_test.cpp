@@ -14,21 +14,13 @@ class AgentUntilFenceTest : public ClusterPairTest {};
 TEST_F(AgentUntilFenceTest, UntilReachedDespiteOldFence) {
   const char* kName = "until_fence";
   const char* schema = "CREATE TABLE items (id int PRIMARY KEY, v text)";
-  connect(source()).exec(schema);
-  connect(target()).exec(schema);
-  auto init = run_pgferry({"--source", source().conninfo(), "--target", target().conninfo(),
-                           "--name", kName, "init", "--no-data"});
-  ASSERT_EQ(init.exit_code, 0) << init.output;
+  auto o = init_agent_pair(source(), target(), kName, schema);
   auto src = connect(source());
   src.exec("INSERT INTO items SELECT g, 'v' FROM generate_series(1, 10) g");
   // An aborted cutover's fence, never consumed by an agent.
   src.exec(fmt::format("SELECT pg_logical_emit_message(true, 'pgferry', '{}')",
                        repl::fence_message_content("aborted-cut", kName)));
   src.exec("INSERT INTO items SELECT g, 'v' FROM generate_series(11, 20) g");
-  repl::AgentOptions o;
-  o.source_conninfo = source().conninfo();
-  o.target_conninfo = target().conninfo();
-  o.name = kName;
   o.until = repl::Lsn::from_string(query_value(src, "SELECT pg_current_wal_lsn()::text"), "until");
   auto r = repl::Agent(o).run();
   auto count = query_value(connect(target()), "SELECT count(*) FROM items");

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 namespace pgferry::testing {
@@ -59,6 +60,23 @@ std::vector<std::string> PgferryPair::args(const std::vector<std::string>& comma
                                   target_conninfo, "--name",        name};
   all.insert(all.end(), command.begin(), command.end());
   return all;
+}
+
+replication::AgentOptions init_agent_pair(const LocalCluster& source, const LocalCluster& target,
+                                          const std::string& name, std::string_view schema) {
+  connect(source).exec(schema);
+  connect(target).exec(schema);
+  PgferryPair pair{source.conninfo(), target.conninfo(), name};
+  auto init = pair.run({"init", "--no-data"});
+  if (init.exit_code != 0) {
+    throw std::runtime_error(
+        fmt::format("pgferry init failed ({}): {}", init.exit_code, init.output));
+  }
+  replication::AgentOptions options;
+  options.source_conninfo = source.conninfo();
+  options.target_conninfo = target.conninfo();
+  options.name = name;
+  return options;
 }
 
 bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "pgferry/replication/agent/agent.hpp"
 #include "pgferry/replication/core/pg.hpp"
 #include "pgferry/tools/local_cluster.hpp"
 #include "pgferry/tools/local_pgbouncer.hpp"
@@ -93,6 +94,11 @@ struct PgferryPair {
     return run_pgferry(args(command));
   }
 };
+
+// The Agent tests' set-up: runs `schema` on both clusters and `pgferry init --no-data` for
+// `name` (throws with init's output when it fails); returns Agent options for that pair.
+replication::AgentOptions init_agent_pair(const LocalCluster& source, const LocalCluster& target,
+                                          const std::string& name, std::string_view schema);
 
 // pg_terminate_backend of every session `where` selects in pg_stat_activity (other than the
 // caller's own); returns how many were terminated.
