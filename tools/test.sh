@@ -59,9 +59,9 @@ fi
 
 # No server may outlive the run.
 tools/stop-stray-clusters.sh
-if pgrep -u postgres -f 'pgferry-test-' >/dev/null 2>&1; then
+if ! left=$(tools/stop-stray-clusters.sh --list-left); then
   echo "test.sh: PostgreSQL processes left behind:" >&2
-  pgrep -a -u postgres -f 'pgferry-test-' >&2 || true
+  echo "$left" >&2
   status=1
 fi
 for item in "${not_run[@]}"; do echo "test.sh: NOT RUN: ${item}" >&2; done

@@ -195,6 +195,9 @@ LocalCluster::LocalCluster(ClusterOptions options) : options_(std::move(options)
     throw std::runtime_error(fmt::format("mkdtemp {}: {}", pattern, std::strerror(errno)));
   }
   dir_ = pattern;
+  // Who made it: tools/stop-stray-clusters.sh leaves a cluster alone while its owner lives
+  // (another test run on the same machine), and removes it once the owner is gone.
+  std::ofstream(dir_ / "owner.pid") << ::getpid() << "\n";
   if (running_as_root()) {
     passwd* pw = ::getpwnam(kServerUser);
     if (!pw) {
