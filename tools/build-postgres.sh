@@ -19,6 +19,8 @@
 # - The stamp file (.pgferry-stamp) names the version and is written last: a build that
 #   failed half-way is redone from scratch on the next run. A lock file in the cache lets
 #   one build of a major run at a time.
+# - When the archive lists the source package but does not serve its files, Debian's binary
+#   packages of the same version are used instead (install_debian_build below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -113,8 +115,47 @@ log "downloading the source index (private apt state in ${work}/apt)"
 apt-get "${apt_private[@]}" update >&2 || die "apt-get update of the private deb-src list for suite ${suite} failed"
 listed="$(apt-cache "${apt_private[@]}" showsrc "postgresql-${major}" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)"
 [[ -n "$listed" ]] || die "suite ${suite} of the system's Debian archive lists no source package postgresql-${major}"
-(cd "$work/src" && apt-get "${apt_private[@]}" source --download-only "postgresql-${major}" >&2) ||
-  die "suite ${suite} lists postgresql-${major} ${listed}, but the archive did not serve its files (apt-get output above); point the system's apt sources at a mirror that has them, or set PGFERRY_PG${major}_BINDIR to an existing PostgreSQL ${major} bin directory"
+
+# Fallback when the archive lists the source package but does not serve its files (seen for
+# postgresql-17 on this machine's mirror, whose binary packages of the same version it
+# serves): Debian's own build of that version. A minimal root of the suite (debootstrap)
+# gets the postgresql-MAJOR packages, and their programs are pointed at that root's dynamic
+# loader and libraries (patchelf: interpreter and an RPATH that also covers the libraries
+# those load), so they run on this system as they are, without a chroot. The server finds
+# its share and lib directories relative to its own path, inside the root.
+install_debian_build() {
+  local root="${prefix}/root" loader libdir file
+  rm -rf "$prefix"
+  mkdir -p "$prefix"
+  log "installing Debian's binary packages postgresql-${major} ${listed} of suite ${suite} into a minimal root ${root} (debootstrap; a few minutes)"
+  start=$SECONDS
+  debootstrap --variant=minbase --include="postgresql-${major},postgresql-client-${major}" \
+    "$suite" "$root" "$uri" >"$work/debootstrap.log" 2>&1 || {
+    umount "$root/proc" "$root/sys" 2>/dev/null || true
+    tail -n 30 "$work/debootstrap.log" >&2
+    die "debootstrap of suite ${suite} with postgresql-${major} failed (log above)"
+  }
+  umount "$root/proc" "$root/sys" 2>/dev/null || true
+  rm -rf "$root/var/lib/postgresql" "$root/var/cache/apt/archives"/*.deb
+  loader="$(find "$root/usr/lib" -maxdepth 2 -name 'ld-linux*.so.*' | head -n 1)"
+  [[ -n "$loader" ]] || die "the ${suite} root has no dynamic loader (ld-linux*.so.*) under ${root}/usr/lib"
+  libdir="$(dirname "$loader")"
+  for file in "$root/usr/lib/postgresql/${major}/bin"/*; do
+    [[ "$(head -c 4 "$file" | tail -c 3)" == "ELF" ]] || continue
+    patchelf --set-interpreter "$loader" --force-rpath --set-rpath "$libdir" "$file" ||
+      die "patchelf of ${file} failed"
+  done
+  ln -s "root/usr/lib/postgresql/${major}/bin" "${prefix}/bin"
+  "${prefix}/bin/postgres" --version >&2 || die "the patched postgres of ${root} does not run"
+  echo "PostgreSQL $("${prefix}/bin/postgres" --version | awk '{print $3}') (Debian binary packages postgresql-${major} ${listed} of ${suite}, installed $(date -u +%Y-%m-%dT%H:%M:%SZ) in $((SECONDS - start))s; the source package's files were not served)" >"$stamp"
+  log "done: $(cat "$stamp")"
+  echo "${prefix}/bin"
+  exit 0
+}
+if ! (cd "$work/src" && apt-get "${apt_private[@]}" source --download-only "postgresql-${major}" >&2); then
+  log "suite ${suite} lists postgresql-${major} ${listed}, but the archive did not serve its source files (apt-get output above); falling back to Debian's binary packages of that version"
+  install_debian_build
+fi
 
 tarball="$(find "$work/src" -maxdepth 1 -name "postgresql-${major}_*.orig.tar.*" | head -n 1)"
 [[ -n "$tarball" ]] || die "the source package postgresql-${major} has no upstream tarball (*.orig.tar.*)"

@@ -15,7 +15,7 @@ packages=(
   python3-yaml systemd
 )
 if [[ "${1:-}" == "--postgres-build" ]]; then
-  packages+=(dpkg-dev bison flex libreadline-dev zlib1g-dev xz-utils bzip2 make gcc)
+  packages+=(dpkg-dev bison flex libreadline-dev zlib1g-dev xz-utils bzip2 make gcc debootstrap patchelf)
 elif [[ $# -gt 0 ]]; then
   echo "install-deps: unknown option '$1' (the only one is --postgres-build)" >&2
   exit 2
