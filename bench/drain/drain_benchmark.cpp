@@ -201,6 +201,11 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
   LocalCluster source(cluster_options);
   cluster_options.bindir = options.target_bindir;
   LocalCluster target(cluster_options);
+  // Before PostgreSQL 16 the launcher starts no apply worker within
+  // wal_retrieve_retry_interval (5 s) of the last one it started: the second native
+  // subscription would wait for that, not drain.
+  psql(target, "ALTER SYSTEM SET wal_retrieve_retry_interval = '50ms'");
+  psql(target, "SELECT pg_reload_conf()");
   prepare_database(workload, source, "postgres");
   prepare_database(workload, target, "t_native");
   prepare_database(workload, target, "t_native_bs");

@@ -448,9 +448,9 @@ TEST_F(ApplierTest, CoalescedUpdatesOfOneHugeTransactionGoInBoundedBatches) {
 // one group go set-based: a handful of statements, not one per row; and the rows end as the
 // source left them.
 TEST_F(ApplierTest, UpdatesWithUnchangedToastAndDeletesGoSetBased) {
-  sql_->exec("CREATE TABLE docs (id int PRIMARY KEY, small int, big text)");
+  sql_->exec("CREATE TABLE toasted (id int PRIMARY KEY, small int, big text)");
   auto relation =
-      make_relation(24, "public", "docs", {{"id", true}, {"small", false}, {"big", false}});
+      make_relation(26, "public", "toasted", {{"id", true}, {"small", false}, {"big", false}});
   std::string body(5'000, 'b');
   auto a = applier();
   Source source(*a);
@@ -479,9 +479,9 @@ TEST_F(ApplierTest, UpdatesWithUnchangedToastAndDeletesGoSetBased) {
   EXPECT_LT(a->counters().statements_sent - sent_before, 15u);
   EXPECT_EQ(value("SELECT string_agg(id || ':' || coalesce(small::text, 'NULL') || ':' || "
                   "CASE WHEN big = repeat('b', 5000) THEN 'body' ELSE big END, ' ' ORDER BY id) "
-                  "FROM docs WHERE id <= 3"),
+                  "FROM toasted WHERE id <= 3"),
             "1:6:new body 2:NULL:two 3:6:body");
-  EXPECT_EQ(value("SELECT count(*) || ':' || sum(small) FROM docs"),
+  EXPECT_EQ(value("SELECT count(*) || ':' || sum(small) FROM toasted"),
             "20:420");  // 6 + 2 * (3 + ... + 20)
   EXPECT_EQ(a->counters().rows_deleted, 20u);
   EXPECT_EQ(progress(), last);

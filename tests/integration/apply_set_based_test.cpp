@@ -29,6 +29,16 @@ struct Scenario {
   std::vector<std::string> backlog;                         // one source transaction each
 };
 
+// kv (id, a, n) with rows 1..`rows`.
+Scenario kv_scenario(int rows) {
+  Scenario s;
+  s.schema = "CREATE TABLE kv (id int PRIMARY KEY, a text, n int)";
+  s.tables = {{"kv", "id"}};
+  s.setup = {
+      fmt::format("INSERT INTO kv SELECT g, 'a' || g, g FROM generate_series(1, {}) g", rows)};
+  return s;
+}
+
 }  // namespace
 
 class ApplySetBased : public ClusterPairTest {
@@ -142,10 +152,7 @@ TEST_F(ApplySetBased, KeyUpdatedTwiceWithDifferentColumnSets) {
 // Delete a key, insert it again (other values), update it; a delete and re-insert in one
 // transaction; a key updated then deleted then re-inserted.
 TEST_F(ApplySetBased, DeleteThenReinsertOfAKeyInOneGroup) {
-  Scenario s;
-  s.schema = "CREATE TABLE kv (id int PRIMARY KEY, a text, n int)";
-  s.tables = {{"kv", "id"}};
-  s.setup = {"INSERT INTO kv SELECT g, 'a' || g, g FROM generate_series(1, 40) g"};
+  Scenario s = kv_scenario(40);
   s.backlog = {
       "DELETE FROM kv WHERE id = 1",
       "INSERT INTO kv VALUES (1, 'again', 100)",
@@ -164,10 +171,7 @@ TEST_F(ApplySetBased, DeleteThenReinsertOfAKeyInOneGroup) {
 
 // Rows inserted and deleted again inside the group: the delete must go after the insert.
 TEST_F(ApplySetBased, InsertThenDeleteInOneGroup) {
-  Scenario s;
-  s.schema = "CREATE TABLE kv (id int PRIMARY KEY, a text, n int)";
-  s.tables = {{"kv", "id"}};
-  s.setup = {"INSERT INTO kv SELECT g, 'a' || g, g FROM generate_series(1, 10) g"};
+  Scenario s = kv_scenario(10);
   s.backlog = {
       "UPDATE kv SET n = 0 WHERE id = 1",  // changes batched before the inserts
       "INSERT INTO kv VALUES (100, 'short-lived', 1)",
@@ -188,10 +192,7 @@ TEST_F(ApplySetBased, InsertThenDeleteInOneGroup) {
 // A key change that moves a row onto a key deleted just before (in the batch), and a swap
 // of keys through a deleted one.
 TEST_F(ApplySetBased, KeyChangeOntoAJustDeletedKey) {
-  Scenario s;
-  s.schema = "CREATE TABLE kv (id int PRIMARY KEY, a text, n int)";
-  s.tables = {{"kv", "id"}};
-  s.setup = {"INSERT INTO kv SELECT g, 'a' || g, g FROM generate_series(1, 20) g"};
+  Scenario s = kv_scenario(20);
   s.backlog = {
       "UPDATE kv SET n = 50 WHERE id = 5",
       "DELETE FROM kv WHERE id = 6",
