@@ -408,7 +408,7 @@ TEST_F(ApplierTest, CoalescedUpdatesEndAsTheLastTupleAndTriggersSeeEveryChange) 
       if (i % 10 == 0) source.update(audited, 0, {}, {T("1"), T(std::to_string(i))});
     });
   }
-  // Unchanged TOAST is never coalesced; it lands after the coalesced update of the same key.
+  // Unchanged TOAST is coalesced too: the key ends with the union of the columns carried.
   Lsn last = source.transaction([&] {
     source.update(acc, 0, {}, {T("3"), T("7"), T("x")});
     source.update(acc, 0, {}, {T("3"), T("8"), U});
@@ -442,6 +442,49 @@ TEST_F(ApplierTest, CoalescedUpdatesOfOneHugeTransactionGoInBoundedBatches) {
   EXPECT_EQ(value("SELECT string_agg(id || ':' || n, ' ' ORDER BY id) FROM counters"),
             "1:500 2:496 3:497 4:498 5:499");
   EXPECT_GT(a->counters().statements_sent, 20u);
+}
+
+// Updates that carry unchanged TOAST or different column sets, and deletes, of many keys in
+// one group go set-based: a handful of statements, not one per row; and the rows end as the
+// source left them.
+TEST_F(ApplierTest, UpdatesWithUnchangedToastAndDeletesGoSetBased) {
+  sql_->exec("CREATE TABLE toasted (id int PRIMARY KEY, small int, big text)");
+  auto relation =
+      make_relation(26, "public", "toasted", {{"id", true}, {"small", false}, {"big", false}});
+  std::string body(5'000, 'b');
+  auto a = applier();
+  Source source(*a);
+  source.transaction([&] {
+    for (int id = 1; id <= 40; ++id)
+      source.insert(relation, {T(std::to_string(id)), T("0"), T(body)});
+  });
+  a->flush();
+  auto sent_before = a->counters().statements_sent;
+  Lsn last;
+  for (int id = 1; id <= 40; ++id) {
+    last = source.transaction([&] {
+      source.update(relation, 0, {}, {T(std::to_string(id)), T(std::to_string(id * 2)), U});
+    });
+  }
+  last = source.transaction([&] {
+    // Key 1: a new big value, then unchanged TOAST again; key 2 the other way round.
+    source.update(relation, 0, {}, {T("1"), T("5"), T("new body")});
+    source.update(relation, 0, {}, {T("1"), T("6"), U});
+    source.update(relation, 0, {}, {T("2"), N, T("two")});
+    // Updated above, now deleted: the update need not be sent, the delete must find the row.
+    for (int id = 21; id <= 40; ++id) source.remove(relation, 'K', {T(std::to_string(id)), N, N});
+  });
+  a->flush();
+  // One delete, two update shapes (their statements prepared once), progress and commit.
+  EXPECT_LT(a->counters().statements_sent - sent_before, 15u);
+  EXPECT_EQ(value("SELECT string_agg(id || ':' || coalesce(small::text, 'NULL') || ':' || "
+                  "CASE WHEN big = repeat('b', 5000) THEN 'body' ELSE big END, ' ' ORDER BY id) "
+                  "FROM toasted WHERE id <= 3"),
+            "1:6:new body 2:NULL:two 3:6:body");
+  EXPECT_EQ(value("SELECT count(*) || ':' || sum(small) FROM toasted"),
+            "20:420");  // 6 + 2 * (3 + ... + 20)
+  EXPECT_EQ(a->counters().rows_deleted, 20u);
+  EXPECT_EQ(progress(), last);
 }
 
 TEST_F(ApplierTest, UpdateOfANewTableWhileACopyIsOpen) {

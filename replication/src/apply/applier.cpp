@@ -8,7 +8,8 @@
 //                         prepared statements, result checks
 //     target_tables.hpp   the target side of each source relation version
 //     insert_runs.hpp     runs of inserts: COPY text/binary or prepared INSERTs
-//     update_batches.hpp  coalesced updates (and inserts meanwhile) sent set-based per table
+//     update_batches.hpp  coalesced updates, deletes by key (and inserts meanwhile) sent
+//                         set-based per table
 //     keyed_changes.hpp   other updates and deletes, one statement each by replica identity
 //     group_progress.hpp  grouping, the progress row, applied and durable positions, idle
 //     streamed_apply.hpp  the second connection that applies a streamed transaction live
@@ -16,8 +17,9 @@
 //   reach the target before anything that could observe it: the insert run is sent before
 //   any other change of its relation, before any statement (catalog query, batch, truncate,
 //   COMMIT) while it copies, and before the batches; the batches before any change that is
-//   not an insert into a batchable table (while updates are batched, such inserts join the
-//   batch instead of a COPY) and before COMMIT.
+//   not an insert, key-preserving update or delete by key of a batchable table (while
+//   changes are batched, such inserts join the batch instead of a COPY), before a delete
+//   of a key the batch inserted, and before COMMIT.
 // - Exactly once. A source transaction whose commit record lies before the applied position
 //   is skipped whole (decided at Begin from final_lsn, checked again at Commit with end_lsn).
 // - A streamed transaction applied live: this applier commits its open group before each of
@@ -178,6 +180,7 @@ struct Applier::Impl {
         batches_(pipeline_, options_, counters_),
         keyed_(pipeline_, counters_),
         streamed_(options_) {
+    if (conn_.replica_role()) tables_.under_replica_role();
     if (!conn_.replica_role() && !options_.allow_target_triggers) {
       tables_.refuse_firing(session_.replica_role_grant);
     }
@@ -276,10 +279,27 @@ void Applier::Impl::update(const Relation& relation, const pgoutput::Update& upd
 }
 
 void Applier::Impl::delete_row(const Relation& relation, const pgoutput::Delete& del) {
-  flush_batches();
   check_tuple(relation, del.old_tuple, "DELETE");
-  const apply::TargetTable& table = tables_.table_for(relation, current_.final_lsn);
-  progress_.add_row(keyed_.delete_row(table, del, current_.final_lsn));
+  // As for an update: the relation's inserts first, no catalog query while a COPY is open.
+  if (inserts_.holds(relation.id) || (inserts_.copying() && !tables_.mapped(relation))) {
+    inserts_.flush();
+  }
+  const Lsn lsn = current_.final_lsn;
+  const apply::TargetTable& table = tables_.table_for(relation, lsn);
+  std::size_t bytes = 0;
+  auto added = batches_.add_delete(table, del, lsn, bytes);
+  if (added == apply::UpdateBatches::Added::send_first) {
+    // The key was inserted (or deleted) in the batch: the delete goes after it.
+    flush_batches();
+    added = batches_.add_delete(table, del, lsn, bytes);
+  }
+  if (added == apply::UpdateBatches::Added::yes) {
+    progress_.add_row(bytes);
+    if (batches_.full()) flush_batches();
+    return;
+  }
+  flush_batches();
+  progress_.add_row(keyed_.delete_row(table, del, lsn));
 }
 
 void Applier::Impl::set_lock_timeout(std::optional<std::chrono::seconds> timeout) {

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+
 namespace pgferry::replication::apply {
 
 namespace {
@@ -14,6 +16,24 @@ using pgoutput::TupleView;
 void append_shape(std::string& key, TupleView tuple, const std::vector<int>& columns) {
   for (int column : columns) key += static_cast<char>(tuple[static_cast<std::size_t>(column)].kind);
   key += '|';
+}
+
+void append_number(std::string& key, std::uint64_t number) {
+  char digits[20];
+  auto end = std::to_chars(digits, digits + sizeof digits, number).ptr;
+  key.append(digits, end);
+  key += '/';
+}
+
+// "<op>/<relation>/<version>/<match>/": the start of a statement cache key.
+void start_key(std::string& key, char op, const TargetTable& table, char match) {
+  key.clear();
+  key += op;
+  key += '/';
+  append_number(key, table.id.value);
+  append_number(key, table.version);
+  key += match;
+  key += '/';
 }
 
 }  // namespace
@@ -28,21 +48,22 @@ KeyedChanges::Match KeyedChanges::choose_match(const TargetTable& table, char ol
   return Match::primary_key;
 }
 
-std::vector<int> KeyedChanges::match_columns(const TargetTable& table, Match match,
-                                             std::string_view what) {
-  std::vector<int> columns;
+const std::vector<int>& KeyedChanges::match_columns(const TargetTable& table, Match match,
+                                                    std::string_view what) {
+  const std::vector<int>* found = &all_columns_;
   switch (match) {
     case Match::key:
-      columns = table.key;
+      found = &table.key;
       break;
     case Match::primary_key:
-      columns = table.primary_key;
+      found = &table.primary_key;
       break;
     case Match::full:
-      columns.resize(table.columns.size());
-      for (std::size_t i = 0; i < columns.size(); ++i) columns[i] = static_cast<int>(i);
+      all_columns_.resize(table.columns.size());
+      for (std::size_t i = 0; i < all_columns_.size(); ++i) all_columns_[i] = static_cast<int>(i);
       break;
   }
+  const std::vector<int>& columns = *found;
   // REPLICA IDENTITY FULL of a table without columns matches any row (WHERE true): one
   // row goes, as the server's apply worker finds one (RelationFindReplTupleSeq).
   if (columns.empty() && match != Match::full) {
@@ -107,12 +128,13 @@ std::size_t KeyedChanges::update(const Relation& relation, const TargetTable& ta
                                  const pgoutput::Update& update, Lsn commit_lsn) {
   TupleView old_tuple = update.old_kind != 0 ? update.old_tuple : update.new_tuple;
   Match match = choose_match(table, update.old_kind, old_tuple);
-  std::vector<int> where = match_columns(table, match, "UPDATE of");
+  const std::vector<int>& where = match_columns(table, match, "UPDATE of");
   if (table.columns.empty()) return update_empty_row(table, commit_lsn);
 
   // SET: every column the new tuple carries as a value; without an old tuple the key did not
   // change, so key columns are left out (unless nothing else is left).
-  std::vector<int> set;
+  std::vector<int>& set = set_;
+  set.clear();
   for (std::size_t i = 0; i < update.new_tuple.size(); ++i) {
     if (update.new_tuple[i].kind == ColumnKind::unchanged_toast) continue;
     if (update.old_kind == 0 && relation.columns[i].is_key) continue;
@@ -120,9 +142,14 @@ std::size_t KeyedChanges::update(const Relation& relation, const TargetTable& ta
   }
   if (set.empty()) set = table.key;
 
-  std::string key = fmt::format("U/{}/{}/{}/{}/", table.id.value, table.version,
-                                static_cast<char>(match), update.old_kind);
-  for (int column : set) key += fmt::format("{},", column);
+  // The SET columns as one byte each ('s' set, '-' not), then the WHERE shape.
+  std::string& key = statement_key_;
+  start_key(key, 'U', table, static_cast<char>(match));
+  key += update.old_kind == 0 ? '0' : update.old_kind;
+  key += '/';
+  std::size_t columns_at = key.size();
+  key.append(table.columns.size(), '-');
+  for (int column : set) key[columns_at + static_cast<std::size_t>(column)] = 's';
   key += '|';
   append_shape(key, old_tuple, where);
 
@@ -145,9 +172,8 @@ std::size_t KeyedChanges::update(const Relation& relation, const TargetTable& ta
     append_where(sql, table, match, where, old_tuple, set_params + 1);
     return sql;
   });
-  Statement update_statement = prepared;
   format_key(table, match == Match::full ? table.key : where, old_tuple);
-  pipeline_.send_prepared(update_statement, {Op::update, commit_lsn, &table, key_text_});
+  pipeline_.send_prepared(prepared, {Op::update, commit_lsn, &table, key_text_});
   ApplyCounters::add(counters_.rows_updated, 1);
   return params.bytes();
 }
@@ -156,18 +182,17 @@ std::size_t KeyedChanges::update_empty_row(const TargetTable& table, Lsn commit_
   // An UPDATE of a table without columns changes nothing in its row, and SQL has no UPDATE
   // without a SET: one row is replaced by an equal one (the server's apply worker writes a
   // new version of the one row it finds). It must find one, as any update.
-  const auto& prepared =
-      pipeline_.statement(fmt::format("U0/{}/{}", table.id.value, table.version), 0, [&] {
-        return fmt::format(
-            "WITH found AS (DELETE FROM {0} WHERE ctid = (SELECT ctid FROM {0} LIMIT 1) "
-            "RETURNING 1) INSERT INTO {0} SELECT FROM found",
-            table.qualified);
-      });
-  Statement update_statement = prepared;
+  start_key(statement_key_, 'E', table, '-');
+  const auto& prepared = pipeline_.statement(statement_key_, 0, [&] {
+    return fmt::format(
+        "WITH found AS (DELETE FROM {0} WHERE ctid = (SELECT ctid FROM {0} LIMIT 1) "
+        "RETURNING 1) INSERT INTO {0} SELECT FROM found",
+        table.qualified);
+  });
   Params& params = pipeline_.params();
   params.clear();
   params.finish();
-  pipeline_.send_prepared(update_statement, {Op::update, commit_lsn, &table});
+  pipeline_.send_prepared(prepared, {Op::update, commit_lsn, &table});
   ApplyCounters::add(counters_.rows_updated, 1);
   return 0;
 }
@@ -175,9 +200,9 @@ std::size_t KeyedChanges::update_empty_row(const TargetTable& table, Lsn commit_
 std::size_t KeyedChanges::delete_row(const TargetTable& table, const pgoutput::Delete& del,
                                      Lsn commit_lsn) {
   Match match = choose_match(table, del.old_kind, del.old_tuple);
-  std::vector<int> where = match_columns(table, match, "DELETE from");
-  std::string key =
-      fmt::format("D/{}/{}/{}/", table.id.value, table.version, static_cast<char>(match));
+  const std::vector<int>& where = match_columns(table, match, "DELETE from");
+  std::string& key = statement_key_;
+  start_key(key, 'D', table, static_cast<char>(match));
   append_shape(key, del.old_tuple, where);
   Params& params = pipeline_.params();
   params.clear();
@@ -191,9 +216,8 @@ std::size_t KeyedChanges::delete_row(const TargetTable& table, const pgoutput::D
     append_where(sql, table, match, where, del.old_tuple, 1);
     return sql;
   });
-  Statement delete_statement = prepared;
   format_key(table, match == Match::full ? table.key : where, del.old_tuple);
-  pipeline_.send_prepared(delete_statement, {Op::delete_, commit_lsn, &table, key_text_});
+  pipeline_.send_prepared(prepared, {Op::delete_, commit_lsn, &table, key_text_});
   ApplyCounters::add(counters_.rows_deleted, 1);
   return params.bytes();
 }

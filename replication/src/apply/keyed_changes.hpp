@@ -8,7 +8,8 @@
 //   primary key when the source sends all of its columns, else every old column compared
 //   through its text form, one row only (by ctid), as the server's apply worker does.
 // - One statement per relation version, operation, match and column shape (which columns
-//   are NULL or unchanged): NULLs in SET are parameters, NULLs in WHERE become IS NULL.
+//   are NULL or unchanged): NULLs in SET are parameters, NULLs in WHERE become IS NULL. The
+//   key that finds a prepared one is built in a reused string, without formatting.
 // - A table without columns (CREATE TABLE t ()) under REPLICA IDENTITY FULL: a delete
 //   removes one row, an update replaces one row by an equal one, as the server's apply
 //   worker does; either must find a row.
@@ -43,8 +44,10 @@ class KeyedChanges {
   // How an UPDATE or DELETE finds its row.
   enum class Match : char { key = 'k', primary_key = 'p', full = 'f' };
   static Match choose_match(const TargetTable& table, char old_kind, pgoutput::TupleView old_tuple);
-  // The columns that find the row (`what`: "UPDATE of", "DELETE from", to name a miss).
-  std::vector<int> match_columns(const TargetTable& table, Match match, std::string_view what);
+  // The columns that find the row (`what`: "UPDATE of", "DELETE from", to name a miss);
+  // valid until the next call.
+  const std::vector<int>& match_columns(const TargetTable& table, Match match,
+                                        std::string_view what);
   static void append_where(std::string& sql, const TargetTable& table, Match match,
                            const std::vector<int>& columns, pgoutput::TupleView tuple,
                            int first_param);
@@ -56,6 +59,10 @@ class KeyedChanges {
   Pipeline& pipeline_;
   ApplyCounters& counters_;
   std::string key_text_;
+  // Scratch reused from row to row, so that finding a prepared statement allocates nothing.
+  std::string statement_key_;
+  std::vector<int> all_columns_;
+  std::vector<int> set_;
 };
 
 }  // namespace pgferry::replication::apply

@@ -22,6 +22,8 @@ std::string_view op_name(Op op) {
       return "UPDATE (coalesced)";
     case Op::batch_insert:
       return "INSERT (batched)";
+    case Op::batch_delete:
+      return "DELETE (batched)";
     case Op::delete_:
       return "DELETE";
     case Op::truncate:

@@ -52,6 +52,7 @@ enum class Op : std::uint8_t {
   update,
   batch_insert,
   batch_update,
+  batch_delete,
   delete_,
   truncate,
   progress,

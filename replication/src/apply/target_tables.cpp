@@ -79,11 +79,15 @@ const TargetTable& TargetTables::map(const Relation& relation, Lsn commit_lsn) {
     }
     table.primary_key.push_back(static_cast<int>(source - relation.columns.begin()));
   }
+  table.row_key = relation.replica_identity == 'f' ? table.primary_key : table.key;
   if (!table.key.empty()) {
+    // $2: under the replica role, where only ENABLE ALWAYS / REPLICA triggers fire and
+    // foreign keys are neither checked nor acted on.
     auto plain = pipeline_.query(
-        "SELECT NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = r.oid AND NOT tgisinternal) "
-        "AND NOT EXISTS (SELECT FROM pg_constraint WHERE contype = 'f' AND (conrelid = r.oid OR "
-        "confrelid = r.oid)) "
+        "SELECT NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = r.oid AND CASE WHEN $2 THEN "
+        "tgenabled IN ('A', 'R') ELSE NOT tgisinternal END) "
+        "AND ($2 OR NOT EXISTS (SELECT FROM pg_constraint WHERE contype = 'f' AND (conrelid = "
+        "r.oid OR confrelid = r.oid))) "
         "AND NOT EXISTS (SELECT FROM pg_index WHERE indrelid = r.oid AND (indisunique OR "
         "indisexclusion) AND NOT indisprimary) "
         "AND NOT EXISTS (SELECT FROM pg_rules WHERE schemaname = n.nspname AND tablename = "
@@ -97,7 +101,7 @@ const TargetTable& TargetTables::map(const Relation& relation, Lsn commit_lsn) {
         "OR b.typtype = 'c')) "
         "FROM (SELECT to_regclass($1)::oid AS oid) r JOIN pg_class c ON c.oid = r.oid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace",
-        {table.qualified}, commit_lsn);
+        {table.qualified, replica_role_ ? "true" : "false"}, commit_lsn);
     table.batchable = plain.rows() == 1 && plain.get(0, 0) == "t";
     for (const auto& type : table.types) {
       if (type.ends_with("]")) table.batchable = false;

@@ -11,8 +11,11 @@
 //   encoder does not take.
 // - Batchable: no triggers, no rules, no foreign keys to or from it, no unique index but the
 //   primary key, no array, composite or non-comma-delimited column types (batches travel as
-//   one text array per column). Such a table's key-preserving updates may be coalesced and
-//   applied later in the group (update_batches.hpp).
+//   one text array per column). Such a table's key-preserving updates and deletes by key may
+//   be coalesced and applied later in the group (update_batches.hpp). Under the replica role
+//   (session_replication_role = replica) foreign-key checks and actions and ordinary
+//   triggers do not run, so only triggers that fire there (ENABLE ALWAYS / REPLICA) count,
+//   and foreign keys do not: nothing on the target observes the order across tables.
 // - Without the replica role (the target role may not set session_replication_role), a
 //   table whose user triggers or foreign-key actions would fire again for replicated
 //   changes is refused when first mapped, unless allow_target_triggers (refuse_firing()).
@@ -48,6 +51,9 @@ struct TargetTable {
   mutable bool binary_copy = false;
   std::vector<int> key;          // source columns flagged as replica identity key
   std::vector<int> primary_key;  // target primary key as source columns; empty if unusable
+  // What finds a row in a set-based batch (update_batches.hpp): the replica identity key, or
+  // under REPLICA IDENTITY FULL the primary key (empty without one: not batched by key).
+  std::vector<int> row_key;
   // See NOTES.
   bool batchable = false;
 };
@@ -81,6 +87,8 @@ class TargetTables {
     refuse_firing_ = true;
     replica_role_grant_ = std::move(grant);
   }
+  // The session runs with session_replication_role = replica (see NOTES: batchable).
+  void under_replica_role() { replica_role_ = true; }
   // False when table_for() would query the catalog.
   bool mapped(const Relation& relation) const {
     auto it = tables_.find(relation.id);
@@ -94,6 +102,7 @@ class TargetTables {
   Pipeline& pipeline_;
   std::unordered_map<RelationId, TargetTable> tables_;
   bool refuse_firing_ = false;
+  bool replica_role_ = false;
   std::string replica_role_grant_;
 };
 
