@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes the pgoutput decoder and transaction assembler with libFuzzer for SECONDS
 # (0 skips). Configures a separate clang build (build-fuzz, ASan + UBSan + fuzzer
-# coverage), builds only the fuzz target and the replication library, seeds the corpus
-# from the captured fixtures, and exits non-zero on a crash.
+# coverage, -fno-sanitize-recover=all so that a UBSan finding in the library is a crash too),
+# builds only the fuzz target and the replication library, seeds the corpus from the captured
+# fixtures, and exits non-zero on a crash. tools/sanitize.sh runs it on its build-asan.
 #   Usage: tools/fuzz.sh SECONDS      Environment: FUZZ_BUILD_DIR (default build-fuzz)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   cmake -S . -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_COMPILER="$clangxx" -DPGFERRY_BUILD_FUZZ=ON -DPGFERRY_BUILD_TESTS=OFF \
     -DPGFERRY_BUILD_BENCH=OFF -DPGFERRY_WERROR=ON \
-    -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" \
+    -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
     >"$build_dir/configure.log" 2>&1 || { cat "$build_dir/configure.log" >&2; exit 1; }
 fi
 cmake --build "$build_dir" --target decoder_fuzz --parallel "${FUZZ_JOBS:-1}"
