@@ -15,12 +15,8 @@ using namespace std::chrono_literals;
 class AgentReadiness : public ClusterPairTest {};
 
 TEST_F(AgentReadiness, ReadyFollowsTheSession) {
-  const char* schema = "CREATE TABLE items (id int PRIMARY KEY)";
-  connect(source()).exec(schema);
-  connect(target()).exec(schema);
+  init_agent_pair(source(), target(), "ready", "CREATE TABLE items (id int PRIMARY KEY)");
   PgferryPair pair{source().conninfo(), target().conninfo(), "ready"};
-  auto init = pair.run({"init", "--no-data"});
-  ASSERT_EQ(init.exit_code, 0) << init.output;
 
   auto port = static_cast<unsigned short>(pgferry::tools::free_port());
   PgferryProcess agent(pair.args({"run", "--metrics-listen", fmt::format("127.0.0.1:{}", port)}),

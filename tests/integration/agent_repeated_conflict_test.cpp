@@ -19,12 +19,9 @@ using namespace std::chrono_literals;
 class AgentRepeatedConflict : public ClusterPairTest {};
 
 TEST_F(AgentRepeatedConflict, StopsAfterTheBoundWithTheFix) {
-  const char* schema = "CREATE TABLE items (id int PRIMARY KEY, v text)";
-  connect(source()).exec(schema);
-  connect(target()).exec(schema);
+  init_agent_pair(source(), target(), "conflict",
+                  "CREATE TABLE items (id int PRIMARY KEY, v text)");
   PgferryPair pair{source().conninfo(), target().conninfo(), "conflict"};
-  auto init = pair.run({"init", "--no-data"});
-  ASSERT_EQ(init.exit_code, 0) << init.output;
 
   auto src = connect(source());
   src.exec("INSERT INTO items VALUES (1, 'a')");
