@@ -2,7 +2,8 @@
 # Builds pgferry and runs its test suite: unit tests, then integration tests against real
 # PostgreSQL clusters. Usage: tools/test.sh [ctest args...]   e.g. tools/test.sh -L unit
 # Environment: BUILD_DIR (default build), PGFERRY_SANITIZE=ON, PGFERRY_FUZZ_SECONDS (default 60;
-# 0 skips the fuzz run), PGFERRY_PG_CACHE (where tools/build-postgres.sh keeps PostgreSQL 17
+# 0 skips the fuzz run; a full run fuzzes and runs the unit tests under ASan+UBSan,
+# tools/sanitize.sh), PGFERRY_PG_CACHE (where tools/build-postgres.sh keeps PostgreSQL 17
 # and 18), PGFERRY_PG17_BINDIR / PGFERRY_PG18_BINDIR (use these builds instead).
 # The cross-version tests (label crossversion) need PostgreSQL 17 and 18: a full run (no
 # arguments) or one naming crossversion builds them first when the cache lacks them
@@ -53,8 +54,9 @@ if ((${#ctest_exclude[@]} > 0)); then
 fi
 (cd "$build_dir" && ctest --output-on-failure --parallel 2 "${exclude[@]}" "$@") || status=$?
 
-if [[ -x tools/fuzz.sh && $# -eq 0 ]]; then
-  tools/fuzz.sh "${PGFERRY_FUZZ_SECONDS:-60}" || status=$?
+# The unit tests and the decoder fuzz again under ASan+UBSan (a second, clang build: build-asan).
+if [[ $# -eq 0 ]]; then
+  tools/sanitize.sh "${PGFERRY_FUZZ_SECONDS:-60}" || status=$?
 fi
 
 # No server may outlive the run.

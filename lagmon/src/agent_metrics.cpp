@@ -38,6 +38,10 @@ AgentMetrics::AgentMetrics(MetricsRegistry& r)
       reconnects(r.counter("pgferry_reconnects_total",
                            "Reconnections after a lost source or target connection.")),
       errors(r.counter("pgferry_errors_total", "Errors that interrupted streaming or applying.")),
+      conflicts_at_lsn(r.gauge("pgferry_conflicts_at_lsn",
+                               "Lock or statement timeouts, deadlocks or serialization failures in "
+                               "a row at the applied position (0 once it moves); the agent stops "
+                               "at --max-retries-same-lsn.")),
       batch_transactions(r.histogram("pgferry_batch_transactions",
                                      "Source transactions grouped into one target transaction.",
                                      {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000})),
@@ -54,6 +58,13 @@ std::unique_ptr<HttpServer> serve_agent_endpoints(const std::string& listen,
         }
         if (path == "/status") {
           return HttpResponse{200, "application/json", status.get().dump(2) + "\n"};
+        }
+        if (path == "/ready") {
+          auto current = status.get();
+          bool ready = current.value("ready", false);
+          nlohmann::json body{{"ready", ready}, {"state", current.value("state", "starting")}};
+          if (!ready) body["reason"] = current.value("not_ready_reason", "");
+          return HttpResponse{ready ? 200 : 503, "application/json", body.dump() + "\n"};
         }
         return std::nullopt;
       });

@@ -21,12 +21,19 @@ AgentReporter::AgentReporter(std::string name, std::string publication, const st
   publish("starting", {}, {}, {});
 }
 
+unsigned short AgentReporter::port() const {
+  return server_ ? server_->port() : 0;
+}
+
 void AgentReporter::session_started() {
   last_ = {};
   last_streamed_ = 0;
   last_live_ = 0;
   last_bytes_ = 0;
   metrics_.up.set(1);
+  ready_ = true;
+  publish("streaming", {}, {}, {});
+  last_status_ = {};  // the first update publishes the positions at once
 }
 
 void AgentReporter::session_lost(const std::string& error) {
@@ -34,6 +41,15 @@ void AgentReporter::session_lost(const std::string& error) {
   metrics_.errors.inc();
   metrics_.reconnects.inc();
   last_error_ = error;
+  ready_ = false;
+  not_ready_reason_ = error;
+  publish("reconnecting", {}, {}, {});
+}
+
+void AgentReporter::retrying(const repl::AgentRetry& retry) {
+  if (retry.conflicts_at_lsn == 0) return;  // not a conflict: neither counts nor resets
+  conflict_ = retry;
+  metrics_.conflicts_at_lsn.set(retry.conflicts_at_lsn);
   publish("reconnecting", {}, {}, {});
 }
 
@@ -58,6 +74,11 @@ void AgentReporter::update(const repl::AgentProgress& progress) {
   }
   last_ = c;
   auto durable = progress.durable;
+  if (conflict_ && durable > conflict_->applied) {
+    conflict_.reset();
+    metrics_.conflicts_at_lsn.set(0);
+    last_status_ = {};  // publish the change now
+  }
   auto wal_end = std::max(progress.server_wal_end, progress.received);
   metrics_.applied_lsn.set(static_cast<double>(durable.value()));
   metrics_.received_lsn.set(static_cast<double>(progress.received.value()));
@@ -79,6 +100,8 @@ void AgentReporter::update(const repl::AgentProgress& progress) {
 }
 
 void AgentReporter::finished(const repl::AgentResult& result) {
+  ready_ = false;
+  not_ready_reason_ = "the agent has finished";
   const char* state = "stopped";
   if (result.outcome == repl::AgentOutcome::reached_until) state = "done";
   if (result.outcome == repl::AgentOutcome::fenced) state = "fenced";
@@ -108,7 +131,17 @@ void AgentReporter::publish(const char* state, repl::Lsn applied, repl::Lsn rece
       {"reconnects", metrics_.reconnects.value()},
       {"last_error", last_error_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_error_)},
       {"uptime_seconds", std::chrono::duration<double>(Clock::now() - started_).count()},
+      {"ready", ready_},
+      {"not_ready_reason", ready_ ? nlohmann::json(nullptr) : nlohmann::json(not_ready_reason_)},
+      {"repeated_failure", repeated_failure()},
   });
+}
+
+nlohmann::json AgentReporter::repeated_failure() const {
+  if (!conflict_) return nullptr;
+  return {{"reason", conflict_->reason},     {"count", conflict_->conflicts_at_lsn},
+          {"max", conflict_->max_conflicts}, {"lsn", conflict_->applied.to_string()},
+          {"error", conflict_->error},       {"fix", conflict_->fix}};
 }
 
 }  // namespace pgferry::lagmon

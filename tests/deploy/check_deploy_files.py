@@ -6,7 +6,8 @@
   file and the hardening options are there; every option of its ExecStart is one the
   binary knows.
 - deploy/kubernetes/pgferry.yaml: parses; a Deployment with one replica and the Recreate
-  strategy, liveness and readiness probes on /status at the port of --metrics-listen,
+  strategy, the liveness probe on /status and the readiness probe on /ready (200 only
+  while a session streams) at the port of --metrics-listen,
   Prometheus scrape annotations for that port, and the conninfo from a Secret that the
   file defines.
 Usage: check_deploy_files.py BINARY DEPLOY_DIR
@@ -102,9 +103,9 @@ def check_kubernetes(binary, path):
     check(not listen.startswith("127.") and not listen.startswith(":"),
           "kubernetes: --metrics-listen must bind beyond localhost for probes and scraping")
     ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe, path in (("livenessProbe", "/status"), ("readinessProbe", "/ready")):
         get = container.get(probe, {}).get("httpGet", {})
-        check(get.get("path") == "/status", f"kubernetes: {probe} not on /status")
+        check(get.get("path") == path, f"kubernetes: {probe} not on {path}")
         probe_port = get.get("port")
         check(ports.get(probe_port, probe_port) == port,
               f"kubernetes: {probe} port is not the --metrics-listen port {port}")

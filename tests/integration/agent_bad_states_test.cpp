@@ -2,10 +2,14 @@
 // names the object and the fix, with nothing applied twice: the slot held by another
 // process (its pid and application_name), the slot dropped, the publication dropped while
 // streaming, a restored target (progress record behind the slot, or past the source's WAL
-// end), a target gone read-only, a table missing on the target (the source commit LSN) and
-// a slot invalidated by max_slot_wal_keep_size.
+// end), a target gone read-only, a table missing on the target (the source commit LSN),
+// a slot invalidated by max_slot_wal_keep_size, and --source pointed at a standby of the
+// source (a pg_basebackup -R of it, streaming from it).
 #include <fmt/format.h>
 #include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include "support/harness.hpp"
 
@@ -204,5 +208,43 @@ TEST_F(AgentBadStates, InvalidatedSlotStops) {
       << result.output;
   EXPECT_TRUE(has(result.output, "fix: the slot lost WAL it needs")) << result.output;
   EXPECT_EQ(count(target(), "invalidated_items"), "0");
+  cleanup(common);
+}
+
+TEST_F(AgentBadStates, StandbySourceStops) {
+  auto common = init("standby_source", "standby_items");
+  connect(source()).exec("INSERT INTO standby_items VALUES (1, 'a')");
+  // A standby of the source: a fresh cluster's data directory replaced by a base backup of
+  // the source (-R: standby.signal and primary_conninfo), on its own port and socket.
+  auto standby = start_cluster();
+  standby->stop();
+  std::filesystem::remove_all(standby->data_dir());
+  ASSERT_EQ(standby->run_tool({"pg_basebackup", "-D", standby->data_dir().string(), "-d",
+                               source().conninfo(), "-R", "-X", "stream", "-c", "fast"},
+                              standby->dir() / "basebackup.log"),
+            0);
+  std::ofstream(standby->data_dir() / "postgresql.auto.conf", std::ios::app)
+      << fmt::format("port = {}\nunix_socket_directories = '{}'\n", standby->port(),
+                     standby->socket_dir().string());
+  standby->start();
+  ASSERT_EQ(query_value(connect(*standby), "SELECT pg_is_in_recovery()"), "t");
+  ASSERT_TRUE(wait_until(
+      [&] { return query_value(connect(*standby), "SELECT count(*) FROM standby_items") == "1"; }));
+
+  auto result = run_pgferry({"--source", standby->conninfo(), "--target", target().conninfo(),
+                             "--name", "standby_source", "run"});
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_TRUE(has(result.output,
+                  "the server is in recovery (a standby, or promoted elsewhere); fix: point "
+                  "--source at the primary"))
+      << result.output;
+  EXPECT_TRUE(has(result.output, "stopping reason=")) << result.output;
+  EXPECT_EQ(count(target(), "standby_items"), "0");
+  // Pointed back at the primary, the same name goes on from where it was.
+  auto until = query_value(connect(source()), "SELECT pg_current_wal_lsn()::text");
+  auto again = run_pgferry(with(common, {"run", "--until", until}));
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(count(target(), "standby_items"), "1");
+  standby.reset();
   cleanup(common);
 }

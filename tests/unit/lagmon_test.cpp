@@ -1,7 +1,11 @@
 // lagmon without a server: Prometheus exposition, lag arithmetic, trend/ETA, rendering,
-// timestamp parsing, the HTTP endpoint.
+// timestamp parsing, the HTTP endpoint, the agent's readiness (/ready) and repeated conflicts
+// in /status and /metrics.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
+#include "pgferry/lagmon/agent_reporter.hpp"
 #include "pgferry/lagmon/http_server.hpp"
 #include "pgferry/lagmon/metrics.hpp"
 #include "pgferry/lagmon/render.hpp"
@@ -120,4 +124,72 @@ TEST(HttpServer, ServesAndRejects) {
   EXPECT_EQ(http_get(server.port(), "/nope").first, 404);
   EXPECT_THROW(lagmon::HttpServer("nonsense", {}), pgferry::replication::ConfigError);
   EXPECT_THROW(lagmon::HttpServer("127.0.0.1:99999", {}), pgferry::replication::ConfigError);
+}
+
+TEST(AgentReporter, ReadyOnlyWhileASessionStreams) {
+  namespace repl = pgferry::replication;
+  lagmon::AgentReporter reporter("ready_test", "ready_test", "127.0.0.1:0");
+  ASSERT_GT(reporter.port(), 0);
+  auto ready = [&] {
+    auto [status, body] = http_get(reporter.port(), "/ready");
+    return std::make_pair(status, nlohmann::json::parse(body));
+  };
+  auto status_doc = [&] {
+    auto [status, body] = http_get(reporter.port(), "/status");
+    EXPECT_EQ(status, 200);  // liveness: always, while the process answers
+    return nlohmann::json::parse(body);
+  };
+  auto gauge = [&](const std::string& name) {
+    return prometheus_value(parse_prometheus_text(http_get(reporter.port(), "/metrics").second),
+                            name);
+  };
+
+  auto [code, body] = ready();
+  EXPECT_EQ(code, 503);
+  EXPECT_EQ(body["ready"], false);
+  EXPECT_EQ(body["state"], "starting");
+  EXPECT_EQ(body["reason"], "no session yet");
+
+  reporter.session_started();
+  std::tie(code, body) = ready();
+  EXPECT_EQ(code, 200) << body;
+  EXPECT_EQ(body["state"], "streaming");
+  EXPECT_EQ(status_doc()["ready"], true);
+
+  reporter.session_lost("source: connection refused");
+  std::tie(code, body) = ready();
+  EXPECT_EQ(code, 503);
+  EXPECT_EQ(body["state"], "reconnecting");
+  EXPECT_EQ(body["reason"], "source: connection refused");
+
+  // A conflict that recurs at one position shows in /status and /metrics ...
+  repl::AgentRetry retry{
+      "target: lock timeout",        "lock timeout", "end the session", Lsn(0x1000), 4, 30,
+      std::chrono::milliseconds(800)};
+  reporter.retrying(retry);
+  auto doc = status_doc();
+  EXPECT_EQ(doc["repeated_failure"]["count"], 4) << doc;
+  EXPECT_EQ(doc["repeated_failure"]["max"], 30);
+  EXPECT_EQ(doc["repeated_failure"]["lsn"], "0/1000");
+  EXPECT_EQ(doc["repeated_failure"]["fix"], "end the session");
+  EXPECT_EQ(gauge("pgferry_conflicts_at_lsn"), 4);
+  // ... a retry that is not a conflict changes nothing ...
+  reporter.retrying(repl::AgentRetry{"gone", "connection lost", "", Lsn(0x1000), 0, 30, {}});
+  EXPECT_EQ(gauge("pgferry_conflicts_at_lsn"), 4);
+  // ... and it clears once the applied position moves past it.
+  reporter.session_started();
+  repl::AgentProgress progress;
+  progress.durable = Lsn(0x1000);
+  reporter.update(progress);
+  EXPECT_EQ(gauge("pgferry_conflicts_at_lsn"), 4);
+  progress.durable = Lsn(0x2000);
+  reporter.update(progress);
+  EXPECT_EQ(gauge("pgferry_conflicts_at_lsn"), 0);
+  EXPECT_TRUE(status_doc()["repeated_failure"].is_null());
+  EXPECT_EQ(ready().first, 200);
+
+  reporter.finished(repl::AgentResult{});
+  std::tie(code, body) = ready();
+  EXPECT_EQ(code, 503);
+  EXPECT_EQ(body["state"], "stopped");
 }

@@ -37,6 +37,28 @@ TEST(Retry, TransientErrorsAreRetried) {
   EXPECT_TRUE(repl::classify_error(repl::ConnectionError("gone", "XX000", Side::target)).retry);
 }
 
+TEST(Retry, ConflictsAreMarkedWithTheirFix) {
+  // These may recur on every replay of one transaction: the agent counts them.
+  for (const char* state : {"55P03", "40001", "40P01", "57014"}) {
+    auto verdict = sql(state);
+    EXPECT_TRUE(verdict.retry) << state;
+    EXPECT_TRUE(verdict.conflict) << state;
+    EXPECT_FALSE(verdict.fix.empty()) << state;
+  }
+  EXPECT_NE(sql("55P03").fix.find("pg_blocking_pids"), std::string::npos);
+  // These clear by themselves (a server back, a walsender gone): never counted.
+  for (const char* state : {"57P01", "57P02", "57P03", "57P05", "53300", "55006", "08006"}) {
+    EXPECT_FALSE(sql(state).conflict) << state;
+  }
+  EXPECT_FALSE(repl::classify_error(repl::ConnectionError("gone", "", Side::source)).conflict);
+}
+
+TEST(Retry, AnUnusableSpoolDirectoryStops) {
+  auto verdict = repl::classify_error(repl::SpoolError("spool directory /x: no space left"));
+  EXPECT_FALSE(verdict.retry);
+  EXPECT_EQ(verdict.reason, "spool directory unusable");
+}
+
 TEST(Retry, ARefusedLoginStops) {
   for (const char* what :
        {"source: connection to server on socket \"/tmp/.s.PGSQL.5432\" failed: FATAL:  password "

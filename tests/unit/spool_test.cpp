@@ -1,6 +1,7 @@
 // The zstd spool of streamed transactions: round trip in order (small and large
-// messages), subtransaction aborts drop exactly their changes, files are cleaned up, and
-// a write error names the spool file.
+// messages), subtransaction aborts drop exactly their changes, files are cleaned up, a
+// full disk names the directory and the space needed, and a file in the directory's place
+// stops at open. (A small filesystem and a read-only mount: agent_spool_full_test.)
 #include "pgferry/replication/decode/spool.hpp"
 
 #include <gtest/gtest.h>
@@ -11,6 +12,7 @@
 #include <string>
 
 #include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/retry.hpp"
 
 namespace repl = pgferry::replication;
 namespace fs = std::filesystem;
@@ -131,7 +133,7 @@ TEST(Spool, StaleFilesAreRemovedAndReopenReplaces) {
   EXPECT_EQ(replay_all(again), (std::vector<std::string>{"second"}));
 }
 
-TEST(Spool, WriteErrorNamesTheFile) {
+TEST(Spool, WriteErrorNamesTheDirectoryAndTheSpaceNeeded) {
   // /dev/full accepts open() and fails every write with ENOSPC.
   if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full on this system";
   try {
@@ -143,16 +145,38 @@ TEST(Spool, WriteErrorNamesTheFile) {
     }
     txn.replay([](std::span<const std::byte>) {});
     FAIL() << "no error writing to /dev/full";
-  } catch (const repl::Error& e) {
+  } catch (const repl::SpoolError& e) {
     std::string what = e.what();
-    EXPECT_NE(what.find("/dev/full"), std::string::npos) << what;
-    EXPECT_NE(what.find("No space left"), std::string::npos) << what;
+    EXPECT_NE(what.find("spool directory /dev: no space left for streamed transaction xid 9 "
+                        "(file full: write failed): it needs more than "),
+              std::string::npos)
+        << what;
+    EXPECT_NE(what.find("compressed from "), std::string::npos) << what;
+    EXPECT_NE(what.find("fix: give --spool-dir a directory"), std::string::npos) << what;
+    EXPECT_FALSE(repl::classify_error(e).retry);
   }
   EXPECT_TRUE(fs::exists("/dev/full"));  // never removes what it did not create
 }
 
-TEST(Spool, UncreatableDirectoryIsAConfigError) {
+TEST(Spool, AFileInPlaceOfTheDirectoryStopsNamingIt) {
   TempDir dir;
   std::ofstream(dir.path() / "file") << "x";
-  EXPECT_THROW(repl::Spool(dir.path() / "file" / "sub"), repl::ConfigError);
+  for (const auto& spool_dir : {dir.path() / "file" / "sub", dir.path() / "file"}) {
+    try {
+      repl::Spool spool(spool_dir);
+      FAIL() << "no error for " << spool_dir;
+    } catch (const repl::SpoolError& e) {
+      std::string what = e.what();
+      EXPECT_NE(what.find("spool directory " + spool_dir.string() + ": cannot create it"),
+                std::string::npos)
+          << what;
+      EXPECT_NE(what.find("fix: "), std::string::npos) << what;
+    }
+  }
+}
+
+TEST(Spool, OpeningChecksTheDirectoryIsWritableAndLeavesNoProbe) {
+  TempDir dir;
+  repl::Spool spool(dir.path() / "spool");
+  EXPECT_TRUE(fs::is_empty(dir.path() / "spool"));
 }

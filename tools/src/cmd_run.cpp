@@ -43,6 +43,8 @@ struct RunOptions {
   int lock_timeout_s = static_cast<int>(repl::ApplierOptions{}.lock_timeout.count());
   bool allow_target_triggers = false;
   int reconnect_timeout_s = 600;
+  unsigned max_retries_same_lsn = repl::AgentOptions{}.max_retries_same_lsn;
+  std::string spool_dir;       // empty: <temp>/pgferry-spool-<name>
   std::string metrics_listen;  // empty: no HTTP endpoint
   int sync_sequences_s = 0;    // 0: the agent does not sync sequences
   std::string log_level_file;  // empty: SIGHUP toggles debug
@@ -107,6 +109,8 @@ repl::AgentOptions agent_options(const CommonOptions& common, const RunOptions& 
   agent.spool_streamed = options.spool_streamed;
   if (!options.until.empty()) agent.until = repl::Lsn::from_string(options.until, "--until");
   agent.reconnect_timeout = std::chrono::seconds(options.reconnect_timeout_s);
+  agent.max_retries_same_lsn = options.max_retries_same_lsn;
+  agent.spool_dir = options.spool_dir;
   return agent;
 }
 
@@ -222,8 +226,17 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
   cmd->add_option("--reconnect-timeout", options->reconnect_timeout_s,
                   "give up after this many seconds without a successful reconnect")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-retries-same-lsn", options->max_retries_same_lsn,
+                  "stop (exit 1) after this many lock or statement timeouts, deadlocks or "
+                  "serialization failures in a row at one applied position (0: retry forever)")
+      ->capture_default_str();
+  cmd->add_option("--spool-dir", options->spool_dir,
+                  "directory for the spool of large streamed transactions (default: "
+                  "$TMPDIR/pgferry-spool-NAME); needs room for the largest one, compressed")
+      ->type_name("DIR");
   cmd->add_option("--metrics-listen", options->metrics_listen,
-                  "serve /metrics (Prometheus) and /status (JSON) on HOST:PORT, e.g. "
+                  "serve /metrics (Prometheus), /status (JSON) and /ready (200 while streaming, "
+                  "else 503) on HOST:PORT, e.g. "
                   "127.0.0.1:9187 (\":PORT\" binds localhost)");
   cmd->add_option("--sync-sequences", options->sync_sequences_s,
                   "sync target sequences from the source every SECS seconds (0: never)")

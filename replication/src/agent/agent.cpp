@@ -30,6 +30,13 @@
 //   with jitter (200 ms doubling to 30 s; back to 200 ms after a session that made progress
 //   or lasted a minute), logged with the reason. Retrying gives up only when no session
 //   could start for reconnect_timeout. Anything else ends run() with the error and its fix.
+// - A conflict (classify_error's `conflict`: lock or statement timeout, deadlock,
+//   serialization failure) can be deterministic: the same transaction meets the same lock or
+//   timeout on every replay. Conflicts are counted while the applied position stays where it
+//   is (other retryable errors neither count nor reset; progress resets): from the third on
+//   each retry is an `error` line with the count, the bound and the fix, observers see every
+//   retry (AgentRetry: /status, a gauge), and at max_retries_same_lsn run() stops with the
+//   error and its fix rather than loop for days (0: no bound).
 // - Before each session the source's state is checked with a normal connection: the slot
 //   exists and is not active (else: its pid and application_name), the publication exists,
 //   the source is not a standby, and the progress record is consistent with the slot:
@@ -76,6 +83,8 @@ constexpr auto kFirstBackoff = 200ms;
 constexpr auto kMaxBackoff = 30s;
 // A session that lasted this long resets the backoff even if it applied nothing.
 constexpr auto kHealthySession = 60s;
+// Conflicts in a row at one position from which each retry is logged as an error.
+constexpr unsigned kConflictsLoggedAsError = 3;
 
 const char* outcome_text(AgentOutcome outcome) {
   switch (outcome) {
@@ -97,6 +106,9 @@ void AgentObservers::session_started() {
 void AgentObservers::session_lost(const std::string& error) {
   for (auto* o : observers_) o->session_lost(error);
 }
+void AgentObservers::retrying(const AgentRetry& retry) {
+  for (auto* o : observers_) o->retrying(retry);
+}
 void AgentObservers::update(const AgentProgress& progress) {
   for (auto* o : observers_) o->update(progress);
 }
@@ -113,6 +125,9 @@ struct Agent::Session {
   // Of the current session, once connected: for the backoff reset.
   Clock::time_point connected_at;
   Lsn start_applied;
+  // Conflicts in a row while the applied position stayed at conflict_lsn.
+  unsigned conflicts = 0;
+  Lsn conflict_lsn;
 };
 
 Agent::Agent(AgentOptions options, AgentObserver* observer)
@@ -179,6 +194,26 @@ AgentResult Agent::run() {
         return done(AgentOutcome::stopped);
       }
       observer_->session_lost(e.what());
+      AgentRetry retry{e.what(),    verdict.reason,
+                       verdict.fix, session.result.applied,
+                       0,           options_.max_retries_same_lsn,
+                       {}};
+      if (session.result.applied != session.conflict_lsn) {
+        session.conflict_lsn = session.result.applied;
+        session.conflicts = 0;
+      }
+      if (verdict.conflict) retry.conflicts_at_lsn = ++session.conflicts;
+      if (verdict.conflict && options_.max_retries_same_lsn > 0 &&
+          session.conflicts >= options_.max_retries_same_lsn) {
+        auto message = fmt::format(
+            "{} ({} times in a row at lsn={}, --max-retries-same-lsn {}); fix: {}", e.what(),
+            session.conflicts, session.result.applied, options_.max_retries_same_lsn, verdict.fix);
+        spdlog::error("run slot={} lsn={} stopping reason=\"{} repeats\": {}", options_.name,
+                      session.result.applied, verdict.reason, message);
+        const auto* pg = dynamic_cast<const PgError*>(&e);
+        throw SqlError(message, pg != nullptr ? pg->sqlstate() : std::string(),
+                       pg != nullptr ? pg->side() : Side::none);
+      }
       auto now = Clock::now();
       if (connected) {
         failing_since = now;
@@ -200,8 +235,19 @@ AgentResult Agent::run() {
             "the source does not have, and a transaction applied while a large one streams "
             "waits for it; rerun with --spool-streamed)";
       }
-      spdlog::warn("run slot={} lsn={} retry reason=\"{}\" in_ms={}: {}{}", options_.name,
-                   session.result.applied, verdict.reason, wait.count(), e.what(), hint);
+      retry.wait = wait;
+      observer_->retrying(retry);
+      if (retry.conflicts_at_lsn >= kConflictsLoggedAsError) {
+        // Likely deterministic: say so every time, with the way out, before the bound stops it.
+        spdlog::error(
+            "run slot={} lsn={} retry reason=\"{}\" in_ms={} conflicts_at_lsn={} max={}: {}; "
+            "fix: {}",
+            options_.name, session.result.applied, verdict.reason, wait.count(),
+            retry.conflicts_at_lsn, options_.max_retries_same_lsn, e.what(), verdict.fix);
+      } else {
+        spdlog::warn("run slot={} lsn={} retry reason=\"{}\" in_ms={}: {}{}", options_.name,
+                     session.result.applied, verdict.reason, wait.count(), e.what(), hint);
+      }
       auto wake = Clock::now() + wait;
       while (Clock::now() < wake && !stop_requested()) std::this_thread::sleep_for(20ms);
       if (stop_requested()) return done(AgentOutcome::stopped);
@@ -304,6 +350,7 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
   stream_options.messages = true;  // fences
   stream_options.status_interval = options_.status_interval;
   stream_options.protocol_version = options_.protocol_version;
+  stream_options.spool_dir = options_.spool_dir;
   ReplicationStream stream(options_.source_conninfo, stream_options, applier);
   stream.start();
   connected = true;

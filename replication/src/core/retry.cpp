@@ -13,11 +13,21 @@ namespace pgferry::replication {
 namespace {
 
 ErrorVerdict retry(std::string reason) {
-  return {true, std::move(reason), {}};
+  return {true, std::move(reason), {}, false};
+}
+// Retryable, but it may recur on every replay of the same transaction (see the NOTES).
+ErrorVerdict conflict(std::string reason, std::string fix) {
+  return {true, std::move(reason), std::move(fix), true};
 }
 ErrorVerdict stop(std::string reason, std::string fix) {
-  return {false, std::move(reason), std::move(fix)};
+  return {false, std::move(reason), std::move(fix), false};
 }
+
+// Who holds the lock: the query to run on the target.
+constexpr const char* kFindBlocker =
+    "on the target, SELECT pid, state, xact_start, query FROM pg_stat_activity WHERE pid = ANY "
+    "(SELECT unnest(pg_blocking_pids(pid)) FROM pg_stat_activity WHERE application_name LIKE "
+    "'pgferry%') names the session in the way";
 
 bool contains(std::string_view text, std::string_view part) {
   return text.find(part) != std::string_view::npos;
@@ -34,10 +44,34 @@ ErrorVerdict classify_sqlstate(const PgError& e) {
   if (state == "57P02") return retry("server crash shutdown");
   if (state == "57P03") return retry("server starting up or in recovery");
   if (state == "57P05") return retry("idle session timeout");
-  if (state == "57014") return retry("statement cancelled");
-  if (state == "40001") return retry("serialization failure");
-  if (state == "40P01") return retry("deadlock");
-  if (state == "55P03") return retry("lock timeout");
+  if (state == "57014") {
+    return conflict("statement cancelled",
+                    "a statement_timeout of the target role or database (ALTER ROLE/DATABASE ... "
+                    "SET statement_timeout) or someone cancelling the apply session stops the "
+                    "transaction named above every time: reset the timeout for the pgferry role "
+                    "(ALTER ROLE ... SET statement_timeout = 0), then restart");
+  }
+  if (state == "40001") {
+    return conflict("serialization failure",
+                    "the target transaction named above fails the same way on every replay: look "
+                    "for target-side triggers or a default_transaction_isolation of the target "
+                    "role that the source does not have, then restart");
+  }
+  if (state == "40P01") {
+    return conflict("deadlock",
+                    fmt::format("another session on the target keeps taking the rows or tables "
+                                "named above in the opposite order; {}; end it, then restart",
+                                kFindBlocker));
+  }
+  if (state == "55P03") {
+    return conflict("lock timeout",
+                    fmt::format("a session on the target holds a lock on the table named above "
+                                "(or the target role or database has a lock_timeout default); "
+                                "{}; end that session (pg_terminate_backend), or rerun with "
+                                "--spool-streamed if the holder is a streamed transaction's own "
+                                "apply, then restart",
+                                kFindBlocker));
+  }
   if (state == "53300") return retry("too many connections");
   if (state == "55006") return retry("replication slot in use by another process");
 
@@ -121,6 +155,8 @@ ErrorVerdict classify_error(const std::exception& error) {
     return verdict;
   }
   if (dynamic_cast<const ConfigError*>(&error)) return stop("bad option", {});
+  // Its message names the directory, the space needed and the fix.
+  if (dynamic_cast<const SpoolError*>(&error)) return stop("spool directory unusable", {});
   if (dynamic_cast<const ProtocolError*>(&error)) {
     return stop("replication protocol error",
                 "report it with the log; restarting resumes from the progress record");

@@ -2,11 +2,13 @@
 #include "pgferry/replication/decode/spool.hpp"
 
 #include <fmt/format.h>
+#include <sys/statvfs.h>
 #include <zstd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <iterator>
 #include <system_error>
 
 #include "pgferry/replication/core/error.hpp"
@@ -21,6 +23,32 @@ constexpr const char* kSpoolSuffix = ".spool.zst";
 ZSTD_CCtx* cctx(void* context) {
   return static_cast<ZSTD_CCtx*>(context);
 }
+
+// 0 B, 512 B, 1.5 KiB, 12.3 MiB: the sizes of a full-disk message.
+std::string size_text(std::uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  std::size_t unit = 0;
+  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.1f} {}", value, kUnits[unit]);
+}
+
+// "; the filesystem holds 2.0 MiB, 0 B free" for `dir`, or nothing when statvfs fails.
+std::string filesystem_space(const std::filesystem::path& dir) {
+  struct statvfs fs {};
+  if (::statvfs(dir.c_str(), &fs) != 0) return {};
+  return fmt::format("; the filesystem holds {}, {} free",
+                     size_text(std::uint64_t{fs.f_blocks} * fs.f_frsize),
+                     size_text(std::uint64_t{fs.f_bavail} * fs.f_frsize));
+}
+
+constexpr const char* kSpoolFix =
+    "give --spool-dir a directory on a filesystem with room for the largest streamed "
+    "transaction (compressed), or free space there, then restart: nothing past the applied "
+    "position was confirmed to the source, so it sends the transaction again";
 
 }  // namespace
 
@@ -46,12 +74,22 @@ TransactionSpool::~TransactionSpool() {
   if (std::filesystem::is_regular_file(path_, ignored)) std::filesystem::remove(path_, ignored);
 }
 
-void TransactionSpool::fail(const char* action) const {
+void TransactionSpool::fail(const char* action, std::size_t more) const {
   int error = errno;
-  throw Error(
-      fmt::format("spool {} (xid {}): {}: {}; free space there or point the spool "
-                  "directory elsewhere",
-                  path_.string(), xid_.value, action, std::strerror(error)));
+  auto dir = path_.parent_path();
+  if (error == ENOSPC || error == EDQUOT) {
+    // The transaction is still streaming: what it wrote so far (and the write that failed) is
+    // the least it needs; the compression ratio tells the reader what its raw size costs.
+    throw SpoolError(fmt::format(
+        "spool directory {}: no space left for streamed transaction xid {} (file {}: {}): it needs "
+        "more than {} free (written so far: {}, compressed from {} of changes, and the "
+        "transaction is still streaming){}; fix: {}",
+        dir.string(), xid_.value, path_.filename().string(), action, size_text(file_bytes_ + more),
+        size_text(file_bytes_), size_text(raw_bytes_), filesystem_space(dir), kSpoolFix));
+  }
+  throw SpoolError(fmt::format(
+      "spool directory {}: streamed transaction xid {} (file {}: {}): {}; fix: {}", dir.string(),
+      xid_.value, path_.filename().string(), action, std::strerror(error), kSpoolFix));
 }
 
 void TransactionSpool::append(Xid subxid, std::span<const std::byte> message) {
@@ -109,7 +147,7 @@ void TransactionSpool::compress(std::span<const std::byte> input, bool end) {
 void TransactionSpool::write_out(const void* data, std::size_t size) {
   if (size == 0) return;
   errno = 0;
-  if (std::fwrite(data, 1, size, file_) != size) fail("write failed");
+  if (std::fwrite(data, 1, size, file_) != size) fail("write failed", size);
   file_bytes_ += size;
 }
 
@@ -213,9 +251,25 @@ Spool::Spool(std::filesystem::path dir, int compression_level)
     : dir_(std::move(dir)), compression_level_(compression_level) {
   std::error_code error;
   std::filesystem::create_directories(dir_, error);
+  if (!error && !std::filesystem::is_directory(dir_, error) && !error) {
+    error = std::make_error_code(std::errc::not_a_directory);
+  }
   if (error) {
-    throw ConfigError(
-        fmt::format("spool directory {}: cannot create it: {}", dir_.string(), error.message()));
+    throw SpoolError(fmt::format("spool directory {}: cannot create it: {}; fix: {}", dir_.string(),
+                                 error.message(), kSpoolFix));
+  }
+  // A read-only mount or a directory we may not write into stops here, at start, not at the
+  // first large transaction; `touch` of a probe file (written and removed).
+  auto probe = dir_ / ".pgferry-write-check";
+  errno = 0;
+  std::FILE* file = std::fopen(probe.c_str(), "wb");
+  bool written = file != nullptr && std::fputc('x', file) != EOF && std::fflush(file) == 0;
+  int write_error = errno;
+  if (file != nullptr) std::fclose(file);
+  std::filesystem::remove(probe, error);
+  if (!written) {
+    throw SpoolError(fmt::format("spool directory {}: cannot write a file in it: {}; fix: {}",
+                                 dir_.string(), std::strerror(write_error), kSpoolFix));
   }
   for (const auto& entry : std::filesystem::directory_iterator(dir_, error)) {
     const auto name = entry.path().filename().string();

@@ -31,11 +31,13 @@ struct AgentMetrics {
   Counter& streamed_spool;  // streamed transactions replayed from the spool at commit
   Counter& reconnects;
   Counter& errors;
+  Gauge& conflicts_at_lsn;        // retryable conflicts in a row at the applied position
   Histogram& batch_transactions;  // source transactions per target transaction
   Histogram& batch_rows;          // rows per target transaction
 };
 
-// The /status document, replaced whole by the run loop; read by the HTTP thread.
+// The /status document, replaced whole by the run loop; read by the HTTP thread. Readiness
+// is the status document's `ready` field: true only while a session streams.
 class StatusBoard {
  public:
   void set(nlohmann::json status) {
@@ -52,7 +54,9 @@ class StatusBoard {
   nlohmann::json status_ = nlohmann::json::object();
 };
 
-// Serves GET /metrics (Prometheus text) and GET /status (JSON) on `listen`.
+// Serves GET /metrics (Prometheus text), GET /status (JSON, 200 while the process runs: the
+// liveness probe) and GET /ready (200 while a session streams, else 503; both with a JSON
+// body: ready, state and, when not ready, the reason) on `listen`.
 std::unique_ptr<HttpServer> serve_agent_endpoints(const std::string& listen,
                                                   const MetricsRegistry& registry,
                                                   const StatusBoard& status);

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <utility>
@@ -47,6 +48,12 @@ struct AgentOptions {
   bool stop_at_fence = true;
   // Give up after this long without a successful reconnect.
   std::chrono::seconds reconnect_timeout{600};
+  // Stop (exit 1) after this many conflicts in a row (classify_error's `conflict`: lock or
+  // statement timeout, deadlock, serialization failure) with the applied position unmoved;
+  // 0: retry them forever. From the third on, each is logged as an error with its fix.
+  unsigned max_retries_same_lsn = 30;
+  // Where streamed transactions are spooled; empty: <temp>/pgferry-spool-<name>.
+  std::filesystem::path spool_dir;
 };
 
 enum class AgentOutcome { reached_until, fenced, stopped };
@@ -73,6 +80,17 @@ struct AgentProgress {
   std::uint64_t streamed_live = 0;   // of those, applied as they streamed
 };
 
+// The agent is about to retry after an error (told after session_lost).
+struct AgentRetry {
+  std::string error;
+  std::string reason;             // classify_error's short reason
+  std::string fix;                // what clears it, when it keeps coming back
+  Lsn applied;                    // the position the next session resumes from
+  unsigned conflicts_at_lsn = 0;  // conflicts in a row at `applied` (0: not a conflict)
+  unsigned max_conflicts = 0;     // the bound that stops the agent (0: none)
+  std::chrono::milliseconds wait{0};
+};
+
 // Called on the agent's thread; keep update() cheap (it runs after every poll, every 20 to
 // 100 ms). An exception from an observer ends run().
 class AgentObserver {
@@ -82,6 +100,7 @@ class AgentObserver {
   virtual void session_started() {}
   // A connection was lost; the agent reconnects after a backoff.
   virtual void session_lost(const std::string& /*error*/) {}
+  virtual void retrying(const AgentRetry& /*retry*/) {}
   virtual void update(const AgentProgress& /*progress*/) {}
   // run() returns `result`.
   virtual void finished(const AgentResult& /*result*/) {}
@@ -94,6 +113,7 @@ class AgentObservers final : public AgentObserver {
       : observers_(std::move(observers)) {}
   void session_started() override;
   void session_lost(const std::string& error) override;
+  void retrying(const AgentRetry& retry) override;
   void update(const AgentProgress& progress) override;
   void finished(const AgentResult& result) override;
 

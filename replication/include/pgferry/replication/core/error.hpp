@@ -6,6 +6,8 @@
 //   │   ├── ConnectionError  cannot connect / connection lost: retryable
 //   │   └── SqlError         a statement failed
 //   ├── ConfigError          bad user input: conninfo, options, LSN strings
+//   ├── SpoolError           the spool directory cannot take a streamed transaction (full,
+//   │                        read-only, not a directory): stops, names the directory
 //   ├── CheckFailed          preflight found fatal problems
 //   ├── TimedOut             a wait ran past its deadline
 //   └── CutoverAborted       cutover stopped and unfenced the source
@@ -64,6 +66,13 @@ class SqlError : public PgError {
 };
 
 class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
+
+// The spool directory (decode/spool.hpp) cannot be written: no space, read-only, not a
+// directory. Nothing past the applied position has been confirmed, so stopping loses nothing.
+class SpoolError : public Error {
  public:
   using Error::Error;
 };

@@ -11,11 +11,17 @@
 //   many connections (53300) and the slot held by another process (55006: the walsender of a
 //   previous run may outlive it for a moment). A retry replays from the progress record, so nothing
 //   is applied twice.
+// - The concurrency failures and the cancelled statement are marked `conflict`: the same
+//   transaction can meet the same lock, trigger or timeout on every replay (a session on the
+//   target that never lets go, a lock_timeout or statement_timeout default of the target role),
+//   so the agent counts them at one source position and stops after --max-retries-same-lsn,
+//   with the fix given here, instead of looping for days.
 // - Stop: anything the same input would hit again: a missing table, column, slot or
 //   publication, a type mismatch or bad value (22xxx), a constraint the target has and the
 //   source has not (23xxx), a permission error (42501), a read-only target (25006), a
-//   protocol error, bad options, and any error this table does not know (a retry loop that
-//   hides a bug is worse than a stop with its message).
+//   spool directory that cannot take a streamed transaction (full, read-only), a protocol error,
+//   bad options, and any error this table does not know (a retry loop that hides a bug is worse
+//   than a stop with its message).
 // - Backoff: the delay doubles from `first` to `max`; each wait is drawn uniformly from
 //   [delay/2, delay] ("equal jitter") so that several agents restarted by the same outage
 //   do not reconnect in step.
@@ -32,7 +38,12 @@ namespace pgferry::replication {
 struct ErrorVerdict {
   bool retry = false;
   std::string reason;  // short, for the log: "connection lost", "deadlock", "missing table"
-  std::string fix;     // with retry == false: what a human does next (empty if unknown)
+  std::string fix;     // what a human does next (empty if unknown); with retry, for when the
+                       // same error keeps coming back (a conflict)
+  // A retryable conflict on the target (serialization failure, deadlock, lock or statement
+  // timeout): it clears when the other party lets go, but one that recurs at the same source
+  // position may never clear; the agent counts those and stops after a bound.
+  bool conflict = false;
 };
 
 // Classifies the error that ended a session (see the NOTES for the table).

@@ -13,9 +13,15 @@
 //   LSN order, so what follows the first change of an aborted subtransaction up to the
 //   abort belongs to it or to its own subtransactions. Nothing is rewritten on disk: the
 //   dropped record ranges are remembered and skipped on replay.
-// - Any write error (full disk, I/O error) throws an Error naming the spool file. Nothing
-//   has been confirmed to the source for the transaction yet, so the stream restarts and
-//   the server sends it again: an error, never data loss.
+// - Any write error (full disk, read-only, I/O error) throws SpoolError naming the directory
+//   and the file; on a full disk (ENOSPC, EDQUOT) it also says the space needed: at least
+//   what this transaction has written (it is still streaming, its final size is known only
+//   at its commit; the ratio to its raw changes tells how it compresses), and the
+//   filesystem's size and free space. Nothing has been confirmed to the source for the
+//   transaction, so a later session (with room) gets it again: an error, never data loss.
+// - A Spool checks its directory when it opens it (each session): it must be a directory
+//   where a file can be created and written, so that a read-only mount or a file in its
+//   place stops the agent at start rather than at the first large transaction.
 // - Files left by an earlier process are removed when a Spool opens its directory: the
 //   server streams every unconfirmed transaction again on a new session.
 #pragma once
@@ -63,7 +69,8 @@ class TransactionSpool {
   void compress(std::span<const std::byte> input, bool end);
   void flush_staging(bool end);
   void write_out(const void* data, std::size_t size);
-  [[noreturn]] void fail(const char* action) const;
+  // Throws SpoolError for errno; `more`: bytes of the write that failed.
+  [[noreturn]] void fail(const char* action, std::size_t more = 0) const;
 
   struct ContextDeleter {
     void operator()(void* context) const;
@@ -87,7 +94,8 @@ class TransactionSpool {
 // The spool directory: one TransactionSpool per open streamed transaction.
 class Spool {
  public:
-  // Creates `dir` if missing and removes stale *.spool.zst files in it.
+  // Creates `dir` if missing, checks that a file can be written in it (SpoolError naming it
+  // otherwise) and removes stale *.spool.zst files in it.
   explicit Spool(std::filesystem::path dir, int compression_level = 1);
 
   // A new spool for `xid` (replacing one left open by an earlier stream of the same xid).
