@@ -3,15 +3,33 @@
 //
 // NOTES
 // - The loop: poll the stream (which drives the Applier through the assembler), let the
-//   applier commit a group whose time bound passed, or at once when the stream delivered
-//   nothing for kQuietCommit (the group bounds are large, for a backlog; at the head of the
-//   stream this keeps the apply delay short), confirm the applier's durable position, and
-//   hand the observer a snapshot (plain values, no call per row).
+//   applier commit a group whose time bound passed, or at once when nothing more has arrived
+//   (see head of the stream), confirm the applier's durable position, and hand the observer
+//   a snapshot (plain values, no call per row).
+// - Head of the stream: the group bounds are large, for a backlog. A group is committed as
+//   soon as the applier has applied everything the receiver had queued (as PostgreSQL's
+//   group commit does: commit when there is nothing else to do). At the head of the stream
+//   that is after each poll, so a transaction waits for no later one (until issue 17 the
+//   group waited for 20 ms of quiet, which a steady load of a few hundred transactions a
+//   second never gives: it was committed at its 1 s time bound, and the delay from source
+//   commit to target commit was up to a second). Behind, the queue is not empty when the
+//   applier looks, the group grows to its bounds and the commits stay few; when the applier
+//   is ahead of the walsender it commits more often, with time to spare.
 // - until: done once the durable position reaches it. When the last transaction ended
 //   before it, only the walsender's keepalive tells that nothing else is coming (the
 //   Applier records its wal_end at idle); a status update with reply_requested asks for one.
-//   The agent asks the same whenever the stream has been quiet for 500 ms, so that the
-//   applied position (and the lag) follows WAL that carries nothing for us.
+// - Idle beside a busy database: WAL of another database carries nothing for us, so the
+//   applied position (and the lag) follows it only through keepalives. The walsender sends
+//   one by itself whenever it asks for more WAL while our reported write position is behind
+//   its own (walsender.c, WalSndWaitForWal), i.e. about once per WAL page it reads while
+//   another database writes; the agent asks for one (reply_requested) whenever the stream
+//   has been quiet for idle_interval (100 ms), for the WAL the walsender read without
+//   waiting. The applier writes the keepalive's position to the progress row at most every
+//   idle_interval too. That rate limit, 1 s until issue 17 (and the ping after 500 ms), is
+//   what made `pgferry lag` read up to a second of the other database's WAL. Costs: at full
+//   idle a status update and a keepalive per idle_interval on the walsender; while another
+//   database writes, a progress-row commit per idle_interval on the target (both measured
+//   by `pgferry_delay_bench --idle-lag`).
 // - Fence: the applier commits the fence's transaction at once and, with stop_at_fence,
 //   applies nothing after it (what the same poll delivered past it is ignored, never
 //   committed, a streamed transaction applied live is rolled back, and the progress row
@@ -69,8 +87,6 @@ using Clock = std::chrono::steady_clock;
 
 // A group is committed once the stream delivered nothing for this long.
 constexpr auto kQuietCommit = 20ms;
-// With nothing received for this long, ask the walsender for a keepalive.
-constexpr auto kKeepalivePing = 500ms;
 constexpr auto kLogInterval = 10s;
 constexpr auto kFirstBackoff = 200ms;
 constexpr auto kMaxBackoff = 30s;
@@ -126,6 +142,9 @@ Agent::Agent(AgentOptions options, AgentObserver* observer)
   if (options_.status_interval.count() <= 0) {
     throw ConfigError("--status-interval-ms must be positive");
   }
+  if (options_.idle_interval.count() <= 0) {
+    throw ConfigError("--idle-interval-ms must be positive");
+  }
   if (options_.reconnect_timeout.count() <= 0) {
     throw ConfigError("--reconnect-timeout must be positive");
   }
@@ -140,7 +159,9 @@ ApplierOptions Agent::applier_options() const {
   if (options_.streaming && !options_.spool_streamed) {
     applier.streamed_conninfo = options_.target_conninfo;
   }
-  if (options_.until) applier.idle_progress_interval = 100ms;
+  // At idle the progress row follows the walsender's keepalives this often (see the NOTES).
+  applier.idle_progress_interval = options_.idle_interval;
+  if (options_.until) applier.idle_progress_interval = std::min(options_.idle_interval, 100ms);
   return applier;
 }
 
@@ -343,17 +364,14 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
   auto last_ping = Clock::now();
   Lsn last_received = stream.received_lsn();
   while (true) {
-    // Nothing more for a short while: the source is quiet, commit what is applied now
-    // rather than at the group's time bound (which only paces a busy stream).
+    // Nothing more has arrived: commit what is applied now rather than at the group's time
+    // bound (see the NOTES: head of the stream).
     Lsn received_before = stream.received_lsn();
     bool alive = false;
     try {
       alive = stream.poll(applier.group_open() ? kQuietCommit : 100ms);
-      if (stream.received_lsn() == received_before) {
-        applier.flush();
-      } else {
-        applier.tick();
-      }
+      if (stream.received_lsn() != received_before) applier.tick();
+      if (!stream.has_queued()) applier.flush();
     } catch (...) {
       // Whatever ends the session (a retryable SQL error of the streamed connection too), a
       // fence already committed must stop the next session, which resumes past it.
@@ -383,7 +401,7 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
       throw ConnectionError("source: the walsender ended the stream", "08006", Side::source);
     }
     auto now = Clock::now();
-    if (stream.received_lsn() == last_received && now - last_ping >= kKeepalivePing) {
+    if (stream.received_lsn() == last_received && now - last_ping >= options_.idle_interval) {
       // Quiet: ask the walsender where it is; its keepalive lets the applier move to it.
       // Without asking, WAL that is none of ours (another database, a checkpoint) may get
       // no keepalive until the next record is written, and the lag would not read zero.
