@@ -14,7 +14,11 @@
 //   covers the walsender decoding and sending it, the consumer receiving and applying it and
 //   the target transaction up to its commit record. pgferry commits several source
 //   transactions in one target transaction: they all get that transaction's commit time,
-//   which is when they become visible on the target.
+//   which is when they become visible on the target. Not so for the native subscription: its
+//   apply worker gives its commits the source's commit timestamp (replication origin), so
+//   its rows are timed by a target-only column `applied_at DEFAULT clock_timestamp()`, the
+//   insert on the target, which it commits right after: a lower bound of its delay, which
+//   favours native by the time of a commit.
 // - Each (rate, method) is a phase of its own: the consumer starts from a fresh slot at the
 //   head of the stream, the load runs for --duration seconds, then the benchmark waits until
 //   the target has every transaction of the phase (the catch-up time: near zero when the
@@ -25,9 +29,9 @@
 //   the floor (pg_recvlogical to /dev/null: only the walsender's decoding and sending) cannot
 //   keep up either, or the machine's CPU is used up, the machine is the limit, not the
 //   consumer. "unthrottled" runs pgbench without -R (what `pgferry demo` does).
-// - CPU: the walsender's and the consumer's (pgferry, the native apply worker or
-//   pg_recvlogical) from /proc/<pid>/schedstat, and the whole machine's from /proc/stat, over
-//   the load; as a share of one core, and of all cores for the machine.
+// - CPU: the walsender's and the consumer's (pgferry with its target sessions, the native
+//   apply worker, or pg_recvlogical) from /proc/<pid>/stat, and the whole machine's from
+//   /proc/stat, over the load; as a share of one core, and of all cores for the machine.
 // - --idle-lag: pgferry replicates an idle database while pgbench writes another database of
 //   the same source at --busy-rate. For each --idle-intervals value (`pgferry run
 //   --idle-interval-ms`), the lag `pgferry lag` would read (source WAL position minus the
@@ -98,11 +102,21 @@ struct Options {
 
 // --- measuring ----------------------------------------------------------------------------
 
-// CPU time a process used so far, in seconds (0 once it is gone).
+// CPU time a process (all its threads) used so far, in seconds (0 once it is gone).
 double process_cpu_seconds(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/schedstat", pid));
-  double nanoseconds = 0;
-  return in >> nanoseconds ? nanoseconds / 1e9 : 0;
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto close = text.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(text.substr(close + 2));
+  std::string field;
+  double utime = 0, stime = 0;
+  // state is field 3; utime and stime are fields 14 and 15.
+  for (int i = 3; i <= 15 && fields >> field; ++i) {
+    if (i == 14) utime = std::stod(field);
+    if (i == 15) stime = std::stod(field);
+  }
+  return (utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 // The whole machine's busy and total CPU time so far (all cores), in seconds.
@@ -210,12 +224,13 @@ void init_pgbench(LocalCluster& cluster, const std::string& dbname, int scale) {
 }
 
 // id -> commit time (µs since the epoch) of the pgbench_history rows in (from, to].
-std::unordered_map<std::int64_t, std::int64_t> commit_times(const repl::Connection& conn,
-                                                            std::int64_t from, std::int64_t to) {
-  auto result = conn.exec(fmt::format(
-      "SELECT id, (extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000000)::bigint "
-      "FROM pgbench_history WHERE id > {} AND id <= {}",
-      from, to));
+std::unordered_map<std::int64_t, std::int64_t> commit_times(
+    const repl::Connection& conn, std::int64_t from, std::int64_t to,
+    std::string_view time = "pg_xact_commit_timestamp(xmin)") {
+  auto result =
+      conn.exec(fmt::format("SELECT id, (extract(epoch FROM {}) * 1000000)::bigint "
+                            "FROM pgbench_history WHERE id > {} AND id <= {}",
+                            time, from, to));
   std::unordered_map<std::int64_t, std::int64_t> times;
   for (int r = 0; r < result.rows(); ++r) {
     times[std::stoll(std::string(result.get(r, 0)))] = std::stoll(std::string(result.get(r, 1)));
@@ -255,6 +270,10 @@ class Consumer {
   // The consumer has all `count` transactions of (from_id, to_id] / WAL up to `end`.
   virtual bool caught_up(std::int64_t from_id, std::int64_t to_id, std::size_t count, Lsn end) = 0;
   virtual std::optional<repl::Connection> target() { return std::nullopt; }
+  // When a row reached the target (see the NOTES).
+  virtual std::string_view target_time() const { return "pg_xact_commit_timestamp(xmin)"; }
+  // Other processes that do the consumer's work (pgferry's target sessions).
+  virtual std::vector<pid_t> helper_pids() { return {}; }
 };
 
 class PgferryConsumer final : public Consumer {
@@ -277,6 +296,14 @@ class PgferryConsumer final : public Consumer {
     }
   }
   std::string slot() const override { return "ferry"; }
+  std::vector<pid_t> helper_pids() override {
+    auto pids = conn_.exec(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND backend_type = "
+        "'client backend' AND pid <> pg_backend_pid()");
+    std::vector<pid_t> out;
+    for (int r = 0; r < pids.rows(); ++r) out.push_back(std::stoi(std::string(pids.get(r, 0))));
+    return out;
+  }
   pid_t consumer_pid() override { return agent_->pid(); }
   bool caught_up(std::int64_t from_id, std::int64_t to_id, std::size_t count,
                  Lsn /*end*/) override {
@@ -324,6 +351,7 @@ class NativeConsumer final : public Consumer {
     }
   }
   std::string slot() const override { return "bench_sub"; }
+  std::string_view target_time() const override { return "applied_at"; }
   pid_t consumer_pid() override {
     auto pid = conn_.exec(
         "SELECT pid FROM pg_stat_subscription WHERE subname = 'bench_sub' AND relid IS NULL "
@@ -440,7 +468,9 @@ Phase run_phase(const Options& options, LocalCluster& source, LocalCluster& targ
   phase.method = method;
   phase.offered_tps = rate;
   std::int64_t from_id = max_history_id(src);
-  CpuMeter cpu({walsender, consumer->consumer_pid()});
+  std::vector<pid_t> pids = {walsender, consumer->consumer_pid()};
+  for (pid_t helper : consumer->helper_pids()) pids.push_back(helper);
+  CpuMeter cpu(pids);
   std::vector<std::string> args = {"-n",
                                    "-b",
                                    "tpcb-like",
@@ -459,7 +489,7 @@ Phase run_phase(const Options& options, LocalCluster& source, LocalCluster& targ
   auto shares = cpu.process_shares();
   phase.machine_share = cpu.machine_share();
   phase.walsender_core = shares[0];
-  phase.consumer_core = shares[1];
+  for (std::size_t i = 1; i < shares.size(); ++i) phase.consumer_core += shares[i];
   auto position = src.exec(fmt::format(
       "SELECT pg_current_wal_lsn()::text, coalesce(pg_current_wal_lsn() - r.sent_lsn, 0) FROM "
       "pg_stat_replication r WHERE r.pid = {}",
@@ -476,7 +506,7 @@ Phase run_phase(const Options& options, LocalCluster& source, LocalCluster& targ
 
   if (auto tgt = consumer->target()) {
     auto on_source = commit_times(src, from_id, to_id);
-    auto on_target = commit_times(*tgt, from_id, to_id);
+    auto on_target = commit_times(*tgt, from_id, to_id, consumer->target_time());
     if (on_source.size() != on_target.size()) {
       throw std::runtime_error(fmt::format("{}: the target has {} of the phase's {} transactions",
                                            method, on_target.size(), on_source.size()));
@@ -524,7 +554,8 @@ void print_delay_table(const std::vector<Phase>& phases) {
   }
   fmt::print(
       "\ndelay: source commit record to target commit record of each pgbench transaction\n"
-      "(track_commit_timestamp); p99/native: against the native subscription at the same rate.\n"
+      "(track_commit_timestamp; native: to the row's insert on the target, as its commits carry\n"
+      "the source's timestamp); p99/native: against native at the same rate.\n"
       "wal behind: WAL the walsender had not yet sent when the load ended; catch-up: load end\n"
       "until the target held every transaction (floor: until the walsender sent all WAL);\n"
       "machine: all cores busy; walsender, consumer: share of one core, over the load.\n");
@@ -540,8 +571,13 @@ int run_delay(const Options& options) {
   cluster_options.bindir = options.target_bindir;
   LocalCluster target(cluster_options);
   init_pgbench(source, "postgres", options.scale);
-  init_pgbench(target, "t_pgferry", options.scale);
-  init_pgbench(target, "t_native", options.scale);
+  for (const char* dbname : {"t_pgferry", "t_native"}) {
+    init_pgbench(target, dbname, options.scale);
+    repl::Connection::open(target.conninfo(dbname), repl::Side::target)
+        .exec(
+            "ALTER TABLE pgbench_history ADD COLUMN applied_at timestamptz "
+            "DEFAULT clock_timestamp()");
+  }
   repl::Connection::open(source.conninfo(), repl::Side::source)
       .exec("CREATE PUBLICATION bench FOR ALL TABLES");
 
