@@ -276,16 +276,37 @@ class Consumer {
   virtual std::vector<pid_t> helper_pids() { return {}; }
 };
 
-class PgferryConsumer final : public Consumer {
+// A consumer that applies to a database of the target: caught up once the phase's rows are
+// there.
+class ApplyingConsumer : public Consumer {
+ public:
+  ApplyingConsumer(LocalCluster& target, std::string dbname)
+      : target_(target),
+        dbname_(std::move(dbname)),
+        conn_(repl::Connection::open(target.conninfo(dbname_), repl::Side::target)) {}
+  bool caught_up(std::int64_t from_id, std::int64_t to_id, std::size_t count,
+                 Lsn /*end*/) override {
+    return history_rows(conn_, from_id, to_id) == count;
+  }
+  std::optional<repl::Connection> target() override {
+    return repl::Connection::open(target_.conninfo(dbname_), repl::Side::target);
+  }
+
+ protected:
+  LocalCluster& target_;
+  std::string dbname_;
+  repl::Connection conn_;
+};
+
+class PgferryConsumer final : public ApplyingConsumer {
  public:
   PgferryConsumer(std::string binary, LocalCluster& source, LocalCluster& target)
-      : binary_(std::move(binary)),
+      : ApplyingConsumer(target, "t_pgferry"),
+        binary_(std::move(binary)),
         source_(source),
-        target_(target),
         log_(source.dir() / "pgferry.log") {
     run_checked({"init", "--no-data"});
     agent_.emplace(with({"run"}), log_);
-    conn_ = repl::Connection::open(target.conninfo("t_pgferry"), repl::Side::target);
   }
   ~PgferryConsumer() override {
     agent_.reset();
@@ -305,20 +326,13 @@ class PgferryConsumer final : public Consumer {
     return out;
   }
   pid_t consumer_pid() override { return agent_->pid(); }
-  bool caught_up(std::int64_t from_id, std::int64_t to_id, std::size_t count,
-                 Lsn /*end*/) override {
-    return history_rows(conn_, from_id, to_id) == count;
-  }
-  std::optional<repl::Connection> target() override {
-    return repl::Connection::open(target_.conninfo("t_pgferry"), repl::Side::target);
-  }
 
  private:
   std::vector<std::string> with(std::vector<std::string> args) const {
     std::vector<std::string> argv = {binary_};
     argv.insert(argv.end(), args.begin(), args.end());
-    argv.insert(argv.end(), {"--source", source_.conninfo(), "--target",
-                             target_.conninfo("t_pgferry"), "--name", "ferry"});
+    argv.insert(argv.end(), {"--source", source_.conninfo(), "--target", target_.conninfo(dbname_),
+                             "--name", "ferry"});
     return argv;
   }
   void run_checked(std::vector<std::string> args) const {
@@ -328,17 +342,14 @@ class PgferryConsumer final : public Consumer {
   }
   std::string binary_;
   LocalCluster& source_;
-  LocalCluster& target_;
   std::filesystem::path log_;
   std::optional<ChildProcess> agent_;
-  repl::Connection conn_;
 };
 
-class NativeConsumer final : public Consumer {
+class NativeConsumer final : public ApplyingConsumer {
  public:
   NativeConsumer(LocalCluster& source, LocalCluster& target)
-      : target_(target),
-        conn_(repl::Connection::open(target.conninfo("t_native"), repl::Side::target)) {
+      : ApplyingConsumer(target, "t_native") {
     conn_.exec(fmt::format(
         "CREATE SUBSCRIPTION bench_sub CONNECTION '{}' PUBLICATION bench WITH (copy_data = false)",
         source.conninfo()));
@@ -358,17 +369,6 @@ class NativeConsumer final : public Consumer {
         "AND pid IS NOT NULL");
     return pid.rows() == 1 ? std::stoi(std::string(pid.get(0, 0))) : 0;
   }
-  bool caught_up(std::int64_t from_id, std::int64_t to_id, std::size_t count,
-                 Lsn /*end*/) override {
-    return history_rows(conn_, from_id, to_id) == count;
-  }
-  std::optional<repl::Connection> target() override {
-    return repl::Connection::open(target_.conninfo("t_native"), repl::Side::target);
-  }
-
- private:
-  LocalCluster& target_;
-  repl::Connection conn_;
 };
 
 // pg_recvlogical of pgoutput to /dev/null: the walsender alone.
