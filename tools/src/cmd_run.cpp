@@ -37,6 +37,7 @@ struct RunOptions {
   std::size_t copy_min_rows = repl::ApplierOptions{}.copy_min_rows;
   std::string synchronous_commit = "on";
   int status_interval_ms = 1000;
+  int idle_interval_ms = 100;
   int protocol_version = 0;
   bool no_streaming = false;
   bool spool_streamed = false;
@@ -104,6 +105,7 @@ repl::AgentOptions agent_options(const CommonOptions& common, const RunOptions& 
   agent.applier.lock_timeout = std::chrono::seconds(options.lock_timeout_s);
   agent.applier.allow_target_triggers = options.allow_target_triggers;
   agent.status_interval = std::chrono::milliseconds(options.status_interval_ms);
+  agent.idle_interval = std::chrono::milliseconds(options.idle_interval_ms);
   if (options.protocol_version > 0) agent.protocol_version = options.protocol_version;
   agent.streaming = !options.no_streaming;
   agent.spool_streamed = options.spool_streamed;
@@ -206,6 +208,10 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
       ->check(CLI::IsMember({"on", "remote_apply", "remote_write", "local", "off"}));
   cmd->add_option("--status-interval-ms", options->status_interval_ms,
                   "how often the applied position is reported to the source")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--idle-interval-ms", options->idle_interval_ms,
+                  "at idle (e.g. only another database writes), ask the source for its WAL "
+                  "position after this much quiet and record it as applied at most this often")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--protocol-version", options->protocol_version,
                   "pgoutput protocol version (default: the highest the source speaks)")

@@ -3,15 +3,35 @@
 //
 // NOTES
 // - The loop: poll the stream (which drives the Applier through the assembler), let the
-//   applier commit a group whose time bound passed, or at once when the stream delivered
-//   nothing for kQuietCommit (the group bounds are large, for a backlog; at the head of the
-//   stream this keeps the apply delay short), confirm the applier's durable position, and
-//   hand the observer a snapshot (plain values, no call per row).
+//   applier commit a group whose time bound passed, or at once when nothing more has arrived
+//   (see head of the stream), confirm the applier's durable position, and hand the observer
+//   a snapshot (plain values, no call per row).
+// - Head of the stream: the group bounds are large, for a backlog. At the head a group is
+//   committed once the applier has applied everything the receiver had queued and the group
+//   is kHeadCommit (5 ms) old, or the stream delivered nothing for kHeadCommit. Until issue
+//   17 it waited for 20 ms without anything received, which a steady load of a few hundred
+//   transactions a second never gives (only a keepalive in between committed it): at 1000
+//   tps the groups ran to their 1 s bound. Committing at once whenever the queue is empty
+//   costs a group (BEGIN, progress row, COMMIT: round trips) per transaction at the head;
+//   5 ms groups fell behind less at 1000 tps (pgferry_delay_bench, a busy 2-core machine:
+//   p99 1.5 s against 3.3 s; native kept up, so the apply cost per transaction is still the
+//   limit there). Behind, the queue is not empty when the applier looks and the group grows
+//   to its bounds.
 // - until: done once the durable position reaches it. When the last transaction ended
 //   before it, only the walsender's keepalive tells that nothing else is coming (the
 //   Applier records its wal_end at idle); a status update with reply_requested asks for one.
-//   The agent asks the same whenever the stream has been quiet for 500 ms, so that the
-//   applied position (and the lag) follows WAL that carries nothing for us.
+// - Idle beside a busy database: WAL of another database carries nothing for us, so the
+//   applied position (and the lag) follows it only through keepalives. The walsender sends
+//   one by itself whenever it asks for more WAL while our reported write position is behind
+//   its own (walsender.c, WalSndWaitForWal), i.e. about once per WAL page it reads while
+//   another database writes; the agent asks for one (reply_requested) whenever the stream
+//   has been quiet for idle_interval (100 ms), for the WAL the walsender read without
+//   waiting. The applier writes the keepalive's position to the progress row at most every
+//   idle_interval too. That rate limit, 1 s until issue 17 (and the ping after 500 ms), is
+//   what made `pgferry lag` read up to a second of the other database's WAL. Costs: at full
+//   idle a status update and a keepalive per idle_interval on the walsender; while another
+//   database writes, a progress-row commit per idle_interval on the target (both measured
+//   by `pgferry_delay_bench --idle-lag`).
 // - Fence: the applier commits the fence's transaction at once and, with stop_at_fence,
 //   applies nothing after it (what the same poll delivered past it is ignored, never
 //   committed, a streamed transaction applied live is rolled back, and the progress row
@@ -74,10 +94,9 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// A group is committed once the stream delivered nothing for this long.
-constexpr auto kQuietCommit = 20ms;
-// With nothing received for this long, ask the walsender for a keepalive.
-constexpr auto kKeepalivePing = 500ms;
+// At the head of the stream a group is committed once it is this old and everything
+// received is applied, or once the stream delivered nothing for this long.
+constexpr auto kHeadCommit = 5ms;
 constexpr auto kLogInterval = 10s;
 constexpr auto kFirstBackoff = 200ms;
 constexpr auto kMaxBackoff = 30s;
@@ -141,6 +160,9 @@ Agent::Agent(AgentOptions options, AgentObserver* observer)
   if (options_.status_interval.count() <= 0) {
     throw ConfigError("--status-interval-ms must be positive");
   }
+  if (options_.idle_interval.count() <= 0) {
+    throw ConfigError("--idle-interval-ms must be positive");
+  }
   if (options_.reconnect_timeout.count() <= 0) {
     throw ConfigError("--reconnect-timeout must be positive");
   }
@@ -155,7 +177,9 @@ ApplierOptions Agent::applier_options() const {
   if (options_.streaming && !options_.spool_streamed) {
     applier.streamed_conninfo = options_.target_conninfo;
   }
-  if (options_.until) applier.idle_progress_interval = 100ms;
+  // At idle the progress row follows the walsender's keepalives this often (see the NOTES).
+  applier.idle_progress_interval = options_.idle_interval;
+  if (options_.until) applier.idle_progress_interval = std::min(options_.idle_interval, 100ms);
   return applier;
 }
 
@@ -389,17 +413,26 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
   auto last_log = Clock::now();
   auto last_ping = Clock::now();
   Lsn last_received = stream.received_lsn();
+  // When the agent first saw the open group (for kHeadCommit).
+  Clock::time_point group_seen_open = Clock::time_point::max();
   while (true) {
-    // Nothing more for a short while: the source is quiet, commit what is applied now
-    // rather than at the group's time bound (which only paces a busy stream).
+    // Everything received is applied and the group is kHeadCommit old, or nothing arrived:
+    // commit now rather than at the group's time bound (see the NOTES: head of the stream).
     Lsn received_before = stream.received_lsn();
     bool alive = false;
     try {
-      alive = stream.poll(applier.group_open() ? kQuietCommit : 100ms);
-      if (stream.received_lsn() == received_before) {
+      alive = stream.poll(applier.group_open() ? kHeadCommit : 100ms);
+      bool delivered = stream.received_lsn() != received_before;
+      if (delivered) applier.tick();
+      auto now = Clock::now();
+      if (!applier.group_open()) {
+        group_seen_open = Clock::time_point::max();
+      } else if (group_seen_open == Clock::time_point::max()) {
+        group_seen_open = now;
+      }
+      if (!delivered || (!stream.has_queued() && group_seen_open != Clock::time_point::max() &&
+                         now - group_seen_open >= kHeadCommit)) {
         applier.flush();
-      } else {
-        applier.tick();
       }
     } catch (...) {
       // Whatever ends the session (a retryable SQL error of the streamed connection too), a
@@ -430,7 +463,7 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
       throw ConnectionError("source: the walsender ended the stream", "08006", Side::source);
     }
     auto now = Clock::now();
-    if (stream.received_lsn() == last_received && now - last_ping >= kKeepalivePing) {
+    if (stream.received_lsn() == last_received && now - last_ping >= options_.idle_interval) {
       // Quiet: ask the walsender where it is; its keepalive lets the applier move to it.
       // Without asking, WAL that is none of ours (another database, a checkpoint) may get
       // no keepalive until the next record is written, and the lag would not read zero.

@@ -102,6 +102,11 @@ class ReplicationStream::Receiver {
     return failed ? error_ : nullptr;
   }
 
+  bool has_queued() {
+    std::lock_guard lock(mutex_);
+    return !queue_.empty();
+  }
+
   void confirm(Lsn lsn) {
     auto value = lsn.value();
     auto current = confirmed_.load();
@@ -320,6 +325,10 @@ bool ReplicationStream::poll(std::chrono::milliseconds timeout) {
   }
   if (error) std::rethrow_exception(error);
   return !ended_;
+}
+
+bool ReplicationStream::has_queued() const {
+  return receiver_ && receiver_->has_queued();
 }
 
 void ReplicationStream::confirm(Lsn durable) {

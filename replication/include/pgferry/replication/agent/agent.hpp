@@ -33,6 +33,11 @@ struct AgentOptions {
   ApplierOptions applier;
   // How often the applied position is reported to the source.
   std::chrono::milliseconds status_interval{1000};
+  // At idle (nothing of ours in the stream, e.g. only another database writes): ask the
+  // walsender for a keepalive after this much quiet, and move the progress row to its
+  // position at most this often, so that the applied position follows within about twice
+  // this. Overrides applier.idle_progress_interval.
+  std::chrono::milliseconds idle_interval{100};
   // pgoutput protocol version; nullopt: the highest the source speaks.
   std::optional<int> protocol_version;
   // Stream large in-progress transactions (else the source sends them at commit).

@@ -73,6 +73,10 @@ class ReplicationStream {
   // Waits up to `timeout` for data and dispatches all that was received. Returns false once
   // the server ended the stream; rethrows the receiver's error.
   bool poll(std::chrono::milliseconds timeout);
+  // Whether the receiver holds messages the next poll() will take. False right after a
+  // poll: the consumer has everything that arrived (at the head of the stream, or ahead of
+  // the walsender).
+  bool has_queued() const;
   // Everything before `durable` is committed on the target: it may be reported as
   // flushed. Lower values than an earlier call are ignored.
   void confirm(Lsn durable);
