@@ -3,6 +3,7 @@
 // afterwards the read-only setting is gone. An abort (failing switch command) leaves the
 // source writable and the target without a new slot. `--fence none` (writes already stopped)
 // cuts over as well.
+#include "pgferry/cutover/fence.hpp"
 #include "support/cutover_fixture.hpp"
 
 using namespace pgferry::testing;
@@ -57,4 +58,28 @@ TEST_F(CutoverReadOnly, FenceNoneWhenWritesAreAlreadyStopped) {
   EXPECT_EQ(report_of(result).value("fence", ""), "none");
   EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 98"), "1");
   ASSERT_TRUE(agent_streaming(*target_)) << agent_->log_text();
+}
+
+// The fence returns only once the sessions it terminated are gone: a backend signalled but
+// still running could commit a write after the fence is reported in place.
+TEST_F(CutoverReadOnly, TerminatedSessionsAreGoneOnceFenced) {
+  std::vector<repl::Connection> apps;
+  std::vector<std::string> pids;
+  for (int i = 0; i < 8; ++i) {
+    apps.push_back(
+        repl::Connection::open(source_->conninfo() + " application_name=app", repl::Side::none));
+    pids.emplace_back(apps.back().exec("SELECT pg_backend_pid()").scalar());
+  }
+  pgferry::cutover::FenceSpec spec;
+  spec.kind = pgferry::cutover::FenceKind::read_only;
+  spec.server_conninfo = source_->conninfo();
+  pgferry::cutover::WriteFence fence(spec);
+  fence.engage(pgferry::cutover::Clock::now() + std::chrono::seconds(5));
+  // Straight after engage(), no wait: none of those backends is left.
+  EXPECT_EQ(query_value(connect(*source_),
+                        fmt::format("SELECT count(*) FROM pg_stat_activity WHERE pid IN ({})",
+                                    fmt::join(pids, ", "))),
+            "0");
+  fence.release();
+  EXPECT_EQ(database_settings(), "0");
 }
