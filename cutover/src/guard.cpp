@@ -58,33 +58,38 @@ struct GuardState {
   }
 };
 
-// Whether the history row of the dead cutover says its switch was committed (see guard.hpp).
-// Leaves `conn` open holding the cutover's lock when it could take it.
-bool switch_committed(const nlohmann::json& history, repl::Connection& conn,
-                      Clock::time_point deadline) {
+// What the guard found in the history (see guard.hpp).
+struct HistoryFinding {
+  bool readable = false;  // the history answered by the deadline
+  bool owner = false;     // we hold the cutover's lock: the decision is ours
+  std::string state;      // the row's state (owner only)
+};
+
+// Takes the cutover's advisory lock on `conn` and reads its row. The lock is free only once
+// the dead cutover's session has ended, so an UPDATE it had sent is decided by then. Still
+// taken at the deadline: another run (a re-run, which recovers this cutover itself) holds it.
+HistoryFinding read_history(const nlohmann::json& history, repl::Connection& conn,
+                            Clock::time_point deadline) {
   auto id = history.at("id").get<std::string>();
   while (true) {
     try {
       conn = repl::Connection::open(history.at("conninfo").get<std::string>(), repl::Side::target);
-      auto state = [&] {
-        auto row = conn.exec("SELECT state FROM pgferry.cutover_history WHERE id = $1", {id},
-                             "reading the cutover's history row");
-        return row.rows() == 1 ? std::string(row.get(0, 0)) : std::string();
-      };
-      auto found = state();
-      if (found == "running") {
-        auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        conn.exec(fmt::format("SET lock_timeout = {}", std::max<long long>(1, wait.count())));
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      conn.exec(fmt::format("SET lock_timeout = {}", std::max<long long>(1, wait.count())));
+      try {
         conn.exec("SELECT pg_advisory_lock(hashtext($1))", {history.at("lock").get<std::string>()},
                   "waiting for the cutover's session to end");
-        found = state();
+      } catch (const repl::PgError& e) {
+        if (e.sqlstate() != "55P03") throw;  // lock_not_available: lock_timeout expired
+        return {true, false, ""};
       }
-      spdlog::warn("cutover-guard: cutover {} is {} in the history", id, found);
-      return found == "switched" || found == "completed";
+      auto row = conn.exec("SELECT state FROM pgferry.cutover_history WHERE id = $1", {id},
+                           "reading the cutover's history row");
+      return {true, true, row.rows() == 1 ? std::string(row.get(0, 0)) : std::string()};
     } catch (const std::exception& e) {
       if (Clock::now() > deadline) {
-        spdlog::error("cutover-guard: cannot read the history ({}): undoing the switch", e.what());
-        return false;
+        spdlog::error("cutover-guard: cannot read the history: {}", e.what());
+        return {};
       }
       spdlog::warn("cutover-guard: reading the history: retrying: {}", e.what());
       std::this_thread::sleep_for(200ms);
@@ -109,10 +114,26 @@ int run_guard() {
 
   spdlog::warn("cutover-guard: the cutover ended while writes were fenced: lifting the fence");
   auto deadline = Clock::now() + 60s;
-  repl::Connection lock_holder;  // holds the cutover's lock while the switch is undone
-  bool undo = false;
-  if (state.switching && !state.switched) {
-    undo = !state.history || !switch_committed(*state.history, lock_holder, Clock::now() + 5s);
+  repl::Connection lock_holder;  // holds the cutover's lock while we act
+  bool switch_begun = state.switching && !state.switched;
+  bool undo = switch_begun;
+  if (state.history) {
+    auto found = read_history(*state.history, lock_holder, Clock::now() + 5s);
+    if (found.readable && !found.owner) {
+      spdlog::warn(
+          "cutover-guard: another run of the cutover holds its lock: it recovers "
+          "this cutover (switch back, fence)");
+      return 0;
+    }
+    if (found.owner) {
+      spdlog::warn("cutover-guard: cutover {} is {} in the history",
+                   (*state.history)["id"].get<std::string>(), found.state);
+      // Only a `running` row can have a switch that is not committed nor undone (the
+      // cutover's abort writes `aborted` once it switched back).
+      undo = switch_begun && found.state == "running";
+    } else if (switch_begun) {
+      spdlog::error("cutover-guard: the history is unreachable: switching back");
+    }
   }
   if (undo && state.switch_pgid > 0) {
     // The forward switch command still runs: it must not finish after the way back.

@@ -15,17 +15,6 @@
 using namespace pgferry::testing;
 using namespace std::chrono_literals;
 
-namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-}  // namespace
-
 class CutoverAbort : public CutoverFixture {
  protected:
   // After an abort: PgBouncer serves the source, the load goes on, nothing is lost, the new

@@ -22,16 +22,17 @@
 //
 // The point of no return is the commit of the history row's `switched` state, not the
 // guard's message: the cutover may die between its UPDATE's commit and {"switched"}. So
-// after {"switching"} without {"switched"} the guard asks the history. A `running` row is
-// decided only once the cutover's session is gone: the guard takes the cutover's advisory
-// lock (free only when that session ended, so an UPDATE it had sent is then either
-// committed or never will be) and reads the row again. `switched` or `completed`: the
-// guard only lifts the fence (a re-run finishes the cutover). Anything else: it kills the
-// switch command's group if still running, restores the PgBouncer config and RELOADs,
-// runs the switch command towards the old primary with PGFERRY_ABORT=1, then lifts the
-// fence, holding the lock throughout so that no re-run starts while it undoes. When the
-// history cannot be read within 5 s (the original target down), it undoes: the target is
-// then unreachable for traffic anyway.
+// the guard asks the history, but only once the cutover's session is gone: it first takes
+// the cutover's advisory lock (free only when that session ended, so an UPDATE it had sent
+// is then either committed or never will be) and holds it while it acts, so that no re-run
+// starts meanwhile. The row `running` after {"switching"}: it kills the switch command's
+// group if still running, restores the PgBouncer config and RELOADs, runs the switch
+// command towards the old primary with PGFERRY_ABORT=1, then lifts the fence. `switched`
+// or `completed`: it only lifts the fence (a re-run finishes the cutover); `aborted`: the
+// cutover's abort already switched back, it lifts the fence. The lock still taken after
+// 5 s: a re-run holds it and recovers this cutover itself, so the guard leaves. The
+// history unreachable for 5 s (the original target down): it switches back if the switch
+// had begun, and lifts the fence.
 #pragma once
 
 #include <sys/types.h>
