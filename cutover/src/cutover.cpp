@@ -535,6 +535,7 @@ void Cutover::recover_traffic(const HistoryRow& dead) {
       was_cutover ? options_.source_conninfo : options_.target_conninfo;
   std::string database =
       dead.pgbouncer_database.empty() ? pgbouncer_database_ : dead.pgbouncer_database;
+  int command_status = 0;
   if (dead.state == "running") {
     if (!options_.pgbouncer_config.empty()) {
       auto current = read_pgbouncer_config(options_.pgbouncer_config);
@@ -548,15 +549,9 @@ void Cutover::recover_traffic(const HistoryRow& dead) {
       }
     }
     if (!options_.switch_command.empty()) {
-      int status = run_switch_command(
+      command_status = run_switch_command(
           options_.switch_command, cutover::switch_env(old_primary, dead.operation, dead.id, true),
           Clock::now() + switch_budget());
-      if (status != 0) {
-        throw repl::ConfigError(fmt::format(
-            "earlier {} {} found unfinished: --switch-command towards its old primary exited "
-            "with status {}; fix the command (or point traffic there yourself) and re-run",
-            dead.operation, dead.id, status));
-      }
     }
   }
   FenceSpec spec;
@@ -576,6 +571,13 @@ void Cutover::recover_traffic(const HistoryRow& dead) {
                                         dead.operation, dead.id, database));
   }
   lift_fence(spec);
+  if (command_status != 0) {
+    // The fence is lifted all the same, as the abort does; this run stops here.
+    throw repl::ConfigError(fmt::format(
+        "earlier {} {} found unfinished: --switch-command towards its old primary exited "
+        "with status {}; fix the command (or point traffic there yourself) and re-run",
+        dead.operation, dead.id, command_status));
+  }
 }
 
 void Cutover::preconditions(Clock::time_point deadline) {

@@ -11,37 +11,10 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
-#include <filesystem>
-#include <fstream>
-#include <sstream>
-
 #include "support/cutover_fixture.hpp"
 
 using namespace pgferry::testing;
 using namespace std::chrono_literals;
-
-namespace {
-
-// The pid of the child of `parent` whose command line holds `word` (0 when none).
-pid_t child_with(pid_t parent, const std::string& word) {
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    auto name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string stat = read_file(entry.path() / "stat");
-    auto close = stat.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(stat.substr(close + 2));
-    std::string state;
-    pid_t ppid = 0;
-    rest >> state >> ppid;
-    if (ppid != parent) continue;
-    std::string cmdline = read_file(entry.path() / "cmdline");
-    if (cmdline.find(word) != std::string::npos) return std::stoi(name);
-  }
-  return 0;
-}
-
-}  // namespace
 
 class CutoverCrash : public CutoverFixture {
  protected:

@@ -3,6 +3,11 @@
 // afterwards the read-only setting is gone. An abort (failing switch command) leaves the
 // source writable and the target without a new slot. `--fence none` (writes already stopped)
 // cuts over as well.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <thread>
+
 #include "pgferry/cutover/fence.hpp"
 #include "support/cutover_fixture.hpp"
 
@@ -82,4 +87,38 @@ TEST_F(CutoverReadOnly, TerminatedSessionsAreGoneOnceFenced) {
             "0");
   fence.release();
   EXPECT_EQ(database_settings(), "0");
+}
+
+// The cutover and its guard both killed while the source is read-only: the database stays
+// read-only until a re-run, which resets it (from the fence kind the history row recorded,
+// whatever this run's --fence) before anything else; here the re-run then aborts at its own
+// switch, so only that recovery can have made the source writable again.
+TEST_F(CutoverReadOnly, CutoverAndGuardKilledRerunResetsReadOnly) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  std::string log = fmt::format("/tmp/pgferry-read-only-kill-both-{}.log", ::getpid());
+  pid_t cutover = spawn_pgferry(read_only_args("sleep 20"), log);
+  ASSERT_TRUE(wait_until([&] { return database_settings() == "1"; }, std::chrono::seconds(30)))
+      << read_file(log);
+  pid_t guard = child_with(cutover, "cutover-guard");
+  ASSERT_GT(guard, 0) << read_file(log);
+  ::kill(guard, SIGKILL);
+  ::kill(cutover, SIGKILL);
+  int status = 0;
+  ::waitpid(cutover, &status, 0);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  EXPECT_EQ(database_settings(), "1");
+
+  auto rerun = run_pgferry(
+      with_common({"cutover", "--json", "--fence", "none", "--switch-command",
+                   "[ \"$PGFERRY_ABORT\" = 1 ]"}));  // back to the source: fine; forward: fails
+  EXPECT_EQ(rerun.exit_code, 7) << rerun.output;
+  EXPECT_EQ(report_of(rerun).value("failed_step", ""), "switch") << rerun.output;
+  EXPECT_EQ(database_settings(), "0");
+  EXPECT_EQ(query_value(connect(*target_),
+                        "SELECT string_agg(state, ',' ORDER BY started_at) FROM "
+                        "pgferry.cutover_history"),
+            "aborted,aborted");
+  auto app =
+      repl::Connection::open(source_->conninfo() + " application_name=app", repl::Side::none);
+  EXPECT_NO_THROW(app.exec("INSERT INTO ledger (client, seq) VALUES (99, 3)"));
 }
