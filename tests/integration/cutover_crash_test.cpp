@@ -109,12 +109,7 @@ TEST_F(CutoverCrash, CutoverAndGuardKilledWhileFencedRerunLiftsTheFence) {
       [&] { return read_file(bouncer_->config_file().string()) != original && pgbouncer_paused(); },
       30s))
       << read_file(log);
-  pid_t guard = child_with(cutover, "cutover-guard");
-  ASSERT_GT(guard, 0) << read_file(log);
-  ::kill(guard, SIGKILL);
-  ::kill(cutover, SIGKILL);
-  int status = 0;
-  ::waitpid(cutover, &status, 0);
+  ASSERT_NO_FATAL_FAILURE(kill_with_guard(cutover, log));
   auto id = first_run_id();
   // Nobody lifts the fence now.
   std::this_thread::sleep_for(1s);

@@ -99,15 +99,11 @@ TEST_F(CutoverReadOnly, CutoverAndGuardKilledRerunResetsReadOnly) {
   pid_t cutover = spawn_pgferry(read_only_args("sleep 20"), log);
   ASSERT_TRUE(wait_until([&] { return database_settings() == "1"; }, std::chrono::seconds(30)))
       << read_file(log);
-  pid_t guard = child_with(cutover, "cutover-guard");
-  ASSERT_GT(guard, 0) << read_file(log);
-  ::kill(guard, SIGKILL);
-  ::kill(cutover, SIGKILL);
-  int status = 0;
-  ::waitpid(cutover, &status, 0);
+  ASSERT_NO_FATAL_FAILURE(kill_with_guard(cutover, log));
   std::this_thread::sleep_for(std::chrono::seconds(1));
   EXPECT_EQ(database_settings(), "1");
 
+  ASSERT_TRUE(agent_streaming(*source_)) << agent_->log_text();
   auto rerun = run_pgferry(
       with_common({"cutover", "--json", "--fence", "none", "--switch-command",
                    "[ \"$PGFERRY_ABORT\" = 1 ]"}));  // back to the source: fine; forward: fails

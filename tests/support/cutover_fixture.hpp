@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -125,6 +126,17 @@ class CutoverFixture : public ::testing::Test {
       if (result.get(row, name) == bouncer_->database()) return result.get(row, paused) != "0";
     }
     return false;
+  }
+  // kill -9 of a cutover started with spawn_pgferry (output in `log`) and of its guard, the
+  // guard first so that it lifts nothing.
+  void kill_with_guard(pid_t cutover, const std::string& log) {
+    pid_t guard = child_with(cutover, "cutover-guard");
+    if (guard <= 0) ::kill(cutover, SIGKILL);  // nothing left running when it fails
+    ASSERT_GT(guard, 0) << read_file(log);
+    ::kill(guard, SIGKILL);
+    ::kill(cutover, SIGKILL);
+    int status = 0;
+    ::waitpid(cutover, &status, 0);
   }
   std::string through_pgbouncer(const std::string& sql) {
     auto conn = replication::Connection::open(bouncer_->client_conninfo(), replication::Side::none);
