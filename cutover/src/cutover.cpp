@@ -314,6 +314,7 @@ class Cutover {
   void after_commit();
   void abort(const std::string& step, const std::string& reason);
   void history_update(std::string_view state, const std::string& reason);
+  void hand_over_to_guard();
   std::vector<std::pair<std::string, std::string>> switch_env(const Side& side,
                                                               bool aborting) const;
 
@@ -923,7 +924,7 @@ void Cutover::after_commit() {
     if (report_.window) {
       guard_->finish();
     } else {
-      guard_.reset();  // fence still on: the guard lifts it
+      hand_over_to_guard();  // fence still on: the guard lifts it
     }
   }
   spdlog::info("cutover id={} {} done window_ms={:.1f} fence_lsn={}", report_.id,
@@ -978,11 +979,22 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
       guard_->send({{"released", true}});
       guard_->finish();
     } else {
-      guard_.reset();  // closes the pipe without "done": the guard retries the unfence
+      hand_over_to_guard();  // without "done": the guard retries the unfence
     }
   }
   spdlog::error("cutover id={} aborted at step {}: {}; writes go where they went before",
                 report_.id, step, reason);
+}
+
+// Closes the pipe without "done" while we still live: the guard acts once it holds our
+// lock, so we let go of it first (it would otherwise wait for our exit).
+void Cutover::hand_over_to_guard() {
+  try {
+    history_conn_.exec("SELECT pg_advisory_unlock(hashtext($1))", {lock_key(options_.name)});
+  } catch (const std::exception& e) {
+    spdlog::warn("cutover id={} releasing the lock for the guard: {}", report_.id, e.what());
+  }
+  guard_.reset();
 }
 
 void Cutover::history_update(std::string_view state, const std::string& reason) {
