@@ -2,18 +2,25 @@
 #include "pgferry/cutover/cutover.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <map>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "pgferry/cutover/guard.hpp"
 #include "pgferry/cutover/pgbouncer_config.hpp"
+#include "pgferry/cutover/verify.hpp"
 #include "pgferry/lagmon/sample.hpp"
 #include "pgferry/replication/apply/progress.hpp"
 #include "pgferry/replication/core/conninfo.hpp"
 #include "pgferry/replication/core/error.hpp"
+#include "pgferry/replication/core/table_scope.hpp"
 #include "pgferry/sequences/sequences.hpp"
 #include "switch_command.hpp"
 
@@ -31,6 +38,11 @@ std::string_view to_string(Operation operation) {
 
 namespace {
 
+// The quick verification inside the window: tables up to this many rows (pg_class
+// estimate) are counted on both sides; larger ones with a primary key are sampled by key.
+constexpr std::int64_t kCountedRows = 200'000;
+constexpr std::int64_t kSampledKeys = 1000;
+
 constexpr std::string_view kHistoryDdl =
     "CREATE SCHEMA IF NOT EXISTS pgferry; "
     "CREATE TABLE IF NOT EXISTS pgferry.cutover_history ("
@@ -44,10 +56,20 @@ constexpr std::string_view kHistoryDdl =
     "  new_slot_lsn pg_lsn,"
     "  window_ms double precision,"
     "  reason text,"
-    "  report jsonb)";
+    "  report jsonb); "
+    // What a re-run needs to lift a fence that the run and its guard left on (no secrets).
+    "ALTER TABLE pgferry.cutover_history ADD COLUMN IF NOT EXISTS fence text, "
+    "  ADD COLUMN IF NOT EXISTS pgbouncer_database text";
 
 std::string lock_key(std::string_view name) {
   return fmt::format("pgferry.cutover.{}", name);
+}
+
+// Tests only: PGFERRY_CUTOVER_CRASH_AT=<point> kills this process there (SIGKILL), to
+// check what the guard and a re-run make of a cutover that died at that exact point.
+void crash_point(std::string_view point) {
+  const char* at = std::getenv("PGFERRY_CUTOVER_CRASH_AT");
+  if (at && point == at) ::raise(SIGKILL);
 }
 
 std::string new_cutover_id() {
@@ -77,20 +99,29 @@ struct HistoryRow {
   std::string operation;
   std::string state;
   std::optional<Lsn> new_slot_lsn;
+  std::optional<std::string> fence;  // rows written before the column existed: none
+  std::string pgbouncer_database;
 };
 
 std::optional<HistoryRow> latest_history(const repl::Connection& conn, std::string_view name,
                                          bool completed_only) {
   if (!history_exists(conn)) return std::nullopt;
   auto result = conn.exec(
-      fmt::format("SELECT id, operation, state, new_slot_lsn::text FROM pgferry.cutover_history "
+      fmt::format("SELECT id, operation, state, new_slot_lsn::text, fence, pgbouncer_database "
+                  "FROM pgferry.cutover_history "
                   "WHERE name = $1 {} ORDER BY started_at DESC, id DESC LIMIT 1",
                   completed_only ? "AND state IN ('completed', 'switched')" : ""),
       {name}, "reading pgferry.cutover_history");
   if (result.rows() == 0) return std::nullopt;
-  HistoryRow row{std::string(result.get(0, 0)), std::string(result.get(0, 1)),
-                 std::string(result.get(0, 2)), std::nullopt};
+  HistoryRow row{std::string(result.get(0, 0)),
+                 std::string(result.get(0, 1)),
+                 std::string(result.get(0, 2)),
+                 std::nullopt,
+                 std::nullopt,
+                 ""};
   if (auto lsn = result.optional(0, 3)) row.new_slot_lsn = Lsn::parse(*lsn);
+  if (auto fence = result.optional(0, 4)) row.fence = std::string(*fence);
+  if (auto database = result.optional(0, 5)) row.pgbouncer_database = std::string(*database);
   return row;
 }
 
@@ -104,6 +135,83 @@ std::vector<std::string> published_tables(const repl::Connection& conn,
   std::vector<std::string> tables;
   for (int row = 0; row < result.rows(); ++row) tables.emplace_back(result.get(row, 0));
   return tables;
+}
+
+// The shape of a published table on one side: its columns by name with their types
+// (format_type, so typmods count) and its primary-key columns in key order.
+struct TableShape {
+  std::map<std::string, std::string> columns;
+  std::vector<std::string> key;
+};
+
+// One query per side for all `tables` ("schema"."name" as format('%I.%I') gives them);
+// a table missing on that side is missing from the map.
+std::map<std::string, TableShape> table_shapes(const repl::Connection& conn,
+                                               const std::vector<std::string>& tables) {
+  auto result = conn.exec(
+      "SELECT t.name, a.attname, format_type(a.atttypid, a.atttypmod), "
+      "  array_position(i.indkey::int2[], a.attnum) "
+      "FROM unnest($1::text[]) AS t(name) "
+      "JOIN pg_attribute a ON a.attrelid = to_regclass(t.name) AND a.attnum > 0 "
+      "  AND NOT a.attisdropped "
+      "LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary "
+      "ORDER BY 1, array_position(i.indkey::int2[], a.attnum), a.attnum",
+      {repl::sql_array_literal(tables)}, "reading the columns of the published tables");
+  std::map<std::string, TableShape> shapes;
+  for (int row = 0; row < result.rows(); ++row) {
+    auto& shape = shapes[std::string(result.get(row, 0))];
+    shape.columns.emplace(result.get(row, 1), result.get(row, 2));
+    if (!result.is_null(row, 3)) shape.key.emplace_back(result.get(row, 1));
+  }
+  return shapes;
+}
+
+// Every difference between the two sides' shapes of `tables`, each naming the table, the
+// column and the fix.
+std::vector<std::string> schema_differences(const std::vector<std::string>& tables,
+                                            const std::map<std::string, TableShape>& source,
+                                            const std::map<std::string, TableShape>& target) {
+  std::vector<std::string> problems;
+  auto key_text = [](const TableShape& shape) {
+    return shape.key.empty() ? std::string("none")
+                             : fmt::format("({})", fmt::join(shape.key, ", "));
+  };
+  for (const auto& table : tables) {
+    auto from = source.find(table);
+    auto to = target.find(table);
+    if (from == source.end()) continue;  // dropped since it was listed; replication says so
+    if (to == target.end()) {
+      problems.push_back(fmt::format("{} is missing on the target: create it there", table));
+      continue;
+    }
+    for (const auto& [column, type] : from->second.columns) {
+      auto other = to->second.columns.find(column);
+      if (other == to->second.columns.end()) {
+        problems.push_back(
+            fmt::format("{}.{} ({}) is missing on the target: ALTER TABLE {} ADD COLUMN there",
+                        table, column, type, table));
+      } else if (other->second != type) {
+        problems.push_back(
+            fmt::format("{}.{} is {} on the source but {} on the target: ALTER TABLE {} ALTER "
+                        "COLUMN ... TYPE on one side so that they match",
+                        table, column, type, other->second, table));
+      }
+    }
+    for (const auto& [column, type] : to->second.columns) {
+      if (!from->second.columns.contains(column)) {
+        problems.push_back(fmt::format(
+            "{}.{} ({}) exists only on the target: the way back could not replicate it; add "
+            "it on the source or drop it on the target",
+            table, column, type));
+      }
+    }
+    if (from->second.key != to->second.key) {
+      problems.push_back(fmt::format(
+          "{} has primary key {} on the source but {} on the target: make them the same", table,
+          key_text(from->second), key_text(to->second)));
+    }
+  }
+  return problems;
 }
 
 // Writes the progress record of `name` at `lsn` unless it is already past it.
@@ -142,6 +250,20 @@ bool drop_slot(const repl::Connection& conn, std::string_view name,
   }
 }
 
+// The environment of --switch-command pointing at `conninfo`.
+std::vector<std::pair<std::string, std::string>> switch_env(const std::string& conninfo,
+                                                            std::string_view operation,
+                                                            const std::string& id, bool aborting) {
+  std::string host = repl::conninfo_value(conninfo, "host");
+  std::string port = repl::conninfo_value(conninfo, "port");
+  return {{"PGFERRY_NEW_HOST", host},
+          {"PGFERRY_NEW_PORT", port.empty() ? "5432" : port},
+          {"PGFERRY_NEW_DBNAME", repl::conninfo_value(conninfo, "dbname")},
+          {"PGFERRY_OPERATION", std::string(operation)},
+          {"PGFERRY_CUTOVER_ID", id},
+          {"PGFERRY_ABORT", aborting ? "1" : "0"}};
+}
+
 struct Side {
   std::string conninfo;
   repl::Side side;
@@ -174,10 +296,17 @@ class Cutover {
   template <typename Body>
   void step(const char* name, milliseconds budget, Body&& body);
   bool recover_and_check_direction();
+  void recover_traffic(const HistoryRow& dead);
+  // Step budgets: fence and mark have --fence-timeout and --drain-timeout; the others are
+  // shares of --timeout (at its default 60 s: preconditions 30 s; prepare, sequences,
+  // reverse and switch 10 s; unfence 5 s). Every step also ends at the overall --timeout.
+  milliseconds switch_budget() const { return std::max(1ms, options_.timeout / 6); }
+  milliseconds unfence_budget() const { return std::max(1ms, options_.timeout / 12); }
   void preconditions(Clock::time_point deadline);
   void engage_fence(Clock::time_point deadline);
   void mark_and_drain(Clock::time_point deadline);
   void sequences_and_verify(Clock::time_point deadline);
+  void sample_large_tables(const std::vector<std::string>& patterns, Clock::time_point deadline);
   void prepare_new_direction(Clock::time_point deadline);
   void new_direction(Clock::time_point deadline);
   void switch_traffic(Clock::time_point deadline);
@@ -185,6 +314,7 @@ class Cutover {
   void after_commit();
   void abort(const std::string& step, const std::string& reason);
   void history_update(std::string_view state, const std::string& reason);
+  void hand_over_to_guard();
   std::vector<std::pair<std::string, std::string>> switch_env(const Side& side,
                                                               bool aborting) const;
 
@@ -202,6 +332,8 @@ class Cutover {
   std::unique_ptr<WriteFence> fence_;
   Clock::time_point fenced_at_;
   std::vector<std::string> tables_;
+  std::set<std::string> keyed_tables_;  // those of tables_ with a primary key
+  std::string step_detail_;             // what the running step reports when it succeeds
   bool history_written_ = false;
   bool slot_created_ = false;
   bool publication_replaced_ = false;
@@ -243,12 +375,14 @@ void Cutover::step(const char* name, milliseconds budget, Body&& body) {
     entry.elapsed = duration_cast<microseconds>(Clock::now() - start);
     entry.status = "failed";
     entry.detail = e.what();
+    step_detail_.clear();
     report_.steps.push_back(entry);
     spdlog::error("cutover id={} step={} ms={:.1f} failed: {}", report_.id, name, ms(entry.elapsed),
                   e.what());
     throw repl::CutoverAborted(fmt::format("step {}: {}", name, e.what()));
   }
   entry.elapsed = duration_cast<microseconds>(Clock::now() - start);
+  entry.detail = std::exchange(step_detail_, "");
   bool over = Clock::now() > deadline;
   if (over) {
     entry.status = "failed";
@@ -284,29 +418,35 @@ CutoverReport Cutover::run() {
     return report_;
   }
   history_conn_.exec(
-      "INSERT INTO pgferry.cutover_history (id, name, operation, state) VALUES ($1, $2, $3, "
-      "'running')",
-      {report_.id, options_.name, to_string(options_.operation)}, "recording the cutover");
+      "INSERT INTO pgferry.cutover_history (id, name, operation, state, fence, "
+      "pgbouncer_database) VALUES ($1, $2, $3, 'running', $4, $5)",
+      {report_.id, options_.name, to_string(options_.operation), to_string(options_.fence),
+       pgbouncer_database_},
+      "recording the cutover");
   history_written_ = true;
   guard_ = std::make_unique<GuardLink>(options_.guard_argv);
+  guard_->send({{"history",
+                 {{"conninfo", options_.target_conninfo},
+                  {"id", report_.id},
+                  {"lock", lock_key(options_.name)}}}});
 
   std::string current_step = "preconditions";
   try {
-    step("preconditions", 30s, [&](auto deadline) { preconditions(deadline); });
+    step("preconditions", options_.timeout / 2, [&](auto deadline) { preconditions(deadline); });
     current_step = "prepare";
-    step("prepare", 10s, [&](auto deadline) { prepare_new_direction(deadline); });
+    step("prepare", switch_budget(), [&](auto deadline) { prepare_new_direction(deadline); });
     current_step = "fence";
     step("fence", options_.fence_timeout + 1500ms, [&](auto deadline) { engage_fence(deadline); });
     current_step = "mark";
     step("mark", options_.drain_timeout, [&](auto deadline) { mark_and_drain(deadline); });
     current_step = "sequences";
-    step("sequences", 10s, [&](auto deadline) { sequences_and_verify(deadline); });
+    step("sequences", switch_budget(), [&](auto deadline) { sequences_and_verify(deadline); });
     current_step = "reverse";
-    step("reverse", 10s, [&](auto deadline) { new_direction(deadline); });
+    step("reverse", switch_budget(), [&](auto deadline) { new_direction(deadline); });
     current_step = "switch";
-    step("switch", 10s, [&](auto deadline) { switch_traffic(deadline); });
+    step("switch", switch_budget(), [&](auto deadline) { switch_traffic(deadline); });
     current_step = "unfence";
-    step("unfence", 5s, [&](auto deadline) { lift(deadline); });
+    step("unfence", unfence_budget(), [&](auto deadline) { lift(deadline); });
   } catch (const std::exception& e) {
     if (!switched_) {
       abort(current_step, e.what());
@@ -319,7 +459,7 @@ CutoverReport Cutover::run() {
     spdlog::error("cutover id={} traffic switched but: {}", report_.id, e.what());
     if (!report_.window) {
       try {
-        lift(Clock::now() + 5s);
+        lift(Clock::now() + unfence_budget());
       } catch (const std::exception& lift_error) {
         report_.notes.push_back(fmt::format("after the switch: unfence: {}", lift_error.what()));
       }
@@ -331,6 +471,7 @@ CutoverReport Cutover::run() {
 
 bool Cutover::recover_and_check_direction() {
   if (auto last = latest_history(history_conn_, options_.name, false)) {
+    if (last->state == "running" || last->state == "switched") recover_traffic(*last);
     if (last->state == "running") {
       // A cutover that died before its switch: its guard lifted the fence; its new slot may
       // remain on the side that does not send now.
@@ -380,6 +521,64 @@ bool Cutover::recover_and_check_direction() {
     return false;
   }
   return true;
+}
+
+// A run that died together with its guard (kill -9 of both) may have left writes fenced
+// and, before its switch committed, traffic switched. We hold the lock, so it is over:
+// traffic goes back where the history says it belongs, like its abort would have done (the
+// config entry pointed at its old primary when it points elsewhere; --switch-command run
+// towards it with PGFERRY_ABORT=1, whether or not the dead run got to run it: a command must
+// take that call anyway), then its fence is lifted (RESUME and RESET are no-ops when not in
+// force). A `switched` row keeps traffic where it is and only gets its fence lifted.
+void Cutover::recover_traffic(const HistoryRow& dead) {
+  bool was_cutover = dead.operation == "cutover";
+  const std::string& old_primary =
+      was_cutover ? options_.source_conninfo : options_.target_conninfo;
+  std::string database =
+      dead.pgbouncer_database.empty() ? pgbouncer_database_ : dead.pgbouncer_database;
+  int command_status = 0;
+  if (dead.state == "running") {
+    if (!options_.pgbouncer_config.empty()) {
+      auto current = read_pgbouncer_config(options_.pgbouncer_config);
+      auto back = rewrite_database_entry(current, database, old_primary);
+      if (back != current) {
+        write_pgbouncer_config(options_.pgbouncer_config, back);
+        PgBouncerAdmin(options_.pgbouncer_conninfo).reload();
+        report_.notes.push_back(
+            fmt::format("earlier {} {}: PgBouncer entry '{}' pointed back at the old primary",
+                        dead.operation, dead.id, database));
+      }
+    }
+    if (!options_.switch_command.empty()) {
+      command_status = run_switch_command(
+          options_.switch_command, cutover::switch_env(old_primary, dead.operation, dead.id, true),
+          Clock::now() + switch_budget());
+    }
+  }
+  FenceSpec spec;
+  spec.kind = parse_fence_kind(dead.fence.value_or("none"));
+  spec.pgbouncer_conninfo = options_.pgbouncer_conninfo;
+  spec.pgbouncer_database = database;
+  spec.server_conninfo = old_primary;
+  if (spec.kind == FenceKind::pgbouncer && spec.pgbouncer_conninfo.empty()) {
+    throw repl::ConfigError(fmt::format(
+        "earlier {} {} found unfinished with the PgBouncer fence: give --pgbouncer so that "
+        "this run can RESUME '{}'",
+        dead.operation, dead.id, database));
+  }
+  if (spec.kind == FenceKind::pgbouncer &&
+      PgBouncerAdmin(spec.pgbouncer_conninfo).paused(database)) {
+    report_.notes.push_back(fmt::format("earlier {} {} left PgBouncer '{}' paused: resumed",
+                                        dead.operation, dead.id, database));
+  }
+  lift_fence(spec);
+  if (command_status != 0) {
+    // The fence is lifted all the same, as the abort does; this run stops here.
+    throw repl::ConfigError(fmt::format(
+        "earlier {} {} found unfinished: --switch-command towards its old primary exited "
+        "with status {}; fix the command (or point traffic there yourself) and re-run",
+        dead.operation, dead.id, command_status));
+  }
 }
 
 void Cutover::preconditions(Clock::time_point deadline) {
@@ -454,6 +653,16 @@ void Cutover::preconditions(Clock::time_point deadline) {
     report_.notes.push_back("dropped a stale slot of the same name on the new primary");
   }
   tables_ = published_tables(from_conn_, options_.publication_name());
+  // The published tables have the same columns, types and keys on both sides, or the way
+  // back (and the apply after the fence) would fail once writes are fenced.
+  auto source_shapes = table_shapes(from_conn_, tables_);
+  auto problems = schema_differences(tables_, source_shapes, table_shapes(to_conn_, tables_));
+  for (const auto& [table, shape] : source_shapes) {
+    if (!shape.key.empty()) keyed_tables_.insert(table);
+  }
+  if (!problems.empty()) {
+    throw repl::CheckFailed(fmt::format("the schemas differ: {}", fmt::join(problems, "; ")));
+  }
   if (options_.fence == FenceKind::pgbouncer) {
     PgBouncerAdmin admin(options_.pgbouncer_conninfo);
     if (admin.paused(pgbouncer_database_)) {
@@ -515,11 +724,20 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
   // Row counts of the small tables, both sides, while nothing writes.
   set_statement_timeout(from_conn_, deadline);
   set_statement_timeout(to_conn_, deadline);
+  std::vector<std::string> large;  // as verify patterns: both parts quoted
   for (const auto& table : tables_) {
-    auto estimate =
-        from_conn_.exec("SELECT reltuples::bigint FROM pg_class WHERE oid = $1::regclass", {table});
-    if (std::stoll(estimate.scalar()) > 200'000) {
-      report_.notes.push_back(fmt::format("verify: {} is large, not counted", table));
+    auto estimate = from_conn_.exec(
+        "SELECT c.reltuples::bigint, format('\"%s\".\"%s\"', replace(n.nspname, '\"', "
+        "'\"\"'), replace(c.relname, '\"', '\"\"')) FROM pg_class c JOIN pg_namespace n ON "
+        "n.oid = c.relnamespace WHERE c.oid = $1::regclass",
+        {table});
+    if (std::stoll(std::string(estimate.get(0, 0))) > kCountedRows) {
+      if (keyed_tables_.contains(table)) {
+        large.emplace_back(estimate.get(0, 1));
+      } else {
+        report_.notes.push_back(
+            fmt::format("verify: {} is large and has no primary key: not checked", table));
+      }
       continue;
     }
     // Both sides count at the same time.
@@ -555,6 +773,41 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
   }
   from_conn_.exec("SET statement_timeout = 0");
   to_conn_.exec("SET statement_timeout = 0");
+  if (!large.empty()) sample_large_tables(large, deadline);
+  step_detail_ = fmt::format("{} tables counted, {} large tables sampled ({} keys)",
+                             report_.tables_verified, report_.tables_sampled, report_.keys_sampled);
+}
+
+// The large tables: `verify --once --sample` (random keys and the last keys of each side,
+// compared row by row), on one connection pair, ending by the step's deadline. Exact, as
+// nothing writes while fenced.
+void Cutover::sample_large_tables(const std::vector<std::string>& patterns,
+                                  Clock::time_point deadline) {
+  VerifyOptions verify_options;
+  verify_options.source_conninfo = from_.conninfo;
+  verify_options.target_conninfo = to_.conninfo;
+  verify_options.name = options_.name;
+  verify_options.scope = repl::TableScope::from_patterns(patterns, {});
+  verify_options.jobs = 1;
+  verify_options.sample = kSampledKeys;
+  verify_options.mode = VerifyMode::once;
+  verify_options.max_keys = 3;
+  verify_options.deadline = deadline;
+  auto checked = verify(verify_options);
+  for (const auto& table : checked.tables) {
+    if (!table.equal()) {
+      std::string first = table.differences.empty()
+                              ? fmt::format("{}", fmt::join(table.problems, "; "))
+                              : fmt::format("{} key ({})", to_string(table.differences[0].kind),
+                                            fmt::join(table.differences[0].key, ", "));
+      throw repl::CutoverAborted(fmt::format(
+          "verify: {} differs between the old and the new primary in {} of {} sampled keys "
+          "(first: {}); run `pgferry verify` for the list",
+          table.display_name(), table.differing_keys(), table.source_rows, first));
+    }
+    ++report_.tables_sampled;
+    report_.keys_sampled += static_cast<std::size_t>(table.source_rows);
+  }
 }
 
 void Cutover::prepare_new_direction(Clock::time_point deadline) {
@@ -586,23 +839,40 @@ void Cutover::new_direction(Clock::time_point /*deadline*/) {
 
 std::vector<std::pair<std::string, std::string>> Cutover::switch_env(const Side& side,
                                                                      bool aborting) const {
-  std::string host = repl::conninfo_value(side.conninfo, "host");
-  std::string port = repl::conninfo_value(side.conninfo, "port");
-  return {{"PGFERRY_NEW_HOST", host},
-          {"PGFERRY_NEW_PORT", port.empty() ? "5432" : port},
-          {"PGFERRY_NEW_DBNAME", repl::conninfo_value(side.conninfo, "dbname")},
-          {"PGFERRY_OPERATION", std::string(to_string(options_.operation))},
-          {"PGFERRY_CUTOVER_ID", report_.id},
-          {"PGFERRY_ABORT", aborting ? "1" : "0"}};
+  return cutover::switch_env(side.conninfo, to_string(options_.operation), report_.id, aborting);
 }
 
+// The order below is what lets the guard and a re-run agree with the history on which side
+// traffic belongs to when we die on the way (kill -9):
+// 1. The guard hears {"switching"} (the config's original text, the command and the
+//    environment that points it back) before anything changes. Dying from here on, before
+//    3 commits, the guard undoes: kills the command's group if it runs, restores the
+//    config, runs the command back with PGFERRY_ABORT=1, then lifts the fence.
+// 2. The config is rewritten and RELOADed; the command runs (the guard learns its process
+//    group, and when it ended).
+// 3. The UPDATE to `switched` commits: the point of no return. From its commit on nothing
+//    switches back: the guard, not yet told, finds the row `switched` once it holds our
+//    advisory lock (our session, hence our UPDATE, is over by then) and only unfences; a
+//    re-run finishes the cutover.
+// 4. The guard hears {"switched"}: it no longer needs to ask the history.
 void Cutover::switch_traffic(Clock::time_point deadline) {
+  nlohmann::json back_env = nlohmann::json::object();
+  for (const auto& [key, value] : switch_env(from_, true)) back_env[key] = value;
+  nlohmann::json config = nullptr;
   if (!options_.pgbouncer_config.empty()) {
     config_original_ = read_pgbouncer_config(options_.pgbouncer_config);
-    guard_->send({{"config",
-                   {{"path", options_.pgbouncer_config},
-                    {"original", config_original_},
-                    {"admin", options_.pgbouncer_conninfo}}}});
+    config = {{"path", options_.pgbouncer_config},
+              {"original", config_original_},
+              {"admin", options_.pgbouncer_conninfo}};
+  }
+  guard_->send(
+      {{"switching",
+        {{"config", config},
+         {"command", options_.switch_command.empty() ? nlohmann::json(nullptr)
+                                                     : nlohmann::json(options_.switch_command)},
+         {"back_env", back_env},
+         {"back_budget_ms", switch_budget().count()}}}});
+  if (!options_.pgbouncer_config.empty()) {
     config_written_ = true;
     write_pgbouncer_config(
         options_.pgbouncer_config,
@@ -611,7 +881,11 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
   }
   if (!options_.switch_command.empty()) {
     command_ran_ = true;
-    int status = run_switch_command(options_.switch_command, switch_env(to_, false), deadline);
+    int status = run_switch_command(options_.switch_command, switch_env(to_, false), deadline,
+                                    [&](pid_t pid) {
+                                      guard_->send({{"switch_pgid", pid}});
+                                    });
+    guard_->send({{"switch_exited", true}});
     if (status != 0) {
       throw repl::CutoverAborted(fmt::format("--switch-command exited with status {}", status));
     }
@@ -619,11 +893,13 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
   if (options_.pgbouncer_config.empty() && options_.switch_command.empty()) {
     report_.notes.push_back("no --pgbouncer-config or --switch-command: traffic not switched");
   }
+  crash_point("before-switched");
   history_conn_.exec(
       "UPDATE pgferry.cutover_history SET state = 'switched', new_slot_lsn = $2::pg_lsn WHERE "
       "id = $1",
       {report_.id, report_.new_slot_lsn.to_string()}, "recording the switch");
   switched_ = true;
+  crash_point("after-switched");
   guard_->send({{"switched", true}});
 }
 
@@ -648,7 +924,7 @@ void Cutover::after_commit() {
     if (report_.window) {
       guard_->finish();
     } else {
-      guard_.reset();  // fence still on: the guard lifts it
+      hand_over_to_guard();  // fence still on: the guard lifts it
     }
   }
   spdlog::info("cutover id={} {} done window_ms={:.1f} fence_lsn={}", report_.id,
@@ -676,8 +952,8 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
   }
   if (command_ran_) {
     attempt("running --switch-command towards the old primary", [&] {
-      int status =
-          run_switch_command(options_.switch_command, switch_env(from_, true), Clock::now() + 10s);
+      int status = run_switch_command(options_.switch_command, switch_env(from_, true),
+                                      Clock::now() + switch_budget());
       if (status != 0) throw repl::Error(fmt::format("exit status {}", status));
     });
   }
@@ -703,11 +979,22 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
       guard_->send({{"released", true}});
       guard_->finish();
     } else {
-      guard_.reset();  // closes the pipe without "done": the guard retries the unfence
+      hand_over_to_guard();  // without "done": the guard retries the unfence
     }
   }
   spdlog::error("cutover id={} aborted at step {}: {}; writes go where they went before",
                 report_.id, step, reason);
+}
+
+// Closes the pipe without "done" while we still live: the guard acts once it holds our
+// lock, so we let go of it first (it would otherwise wait for our exit).
+void Cutover::hand_over_to_guard() {
+  try {
+    history_conn_.exec("SELECT pg_advisory_unlock(hashtext($1))", {lock_key(options_.name)});
+  } catch (const std::exception& e) {
+    spdlog::warn("cutover id={} releasing the lock for the guard: {}", report_.id, e.what());
+  }
+  guard_.reset();
 }
 
 void Cutover::history_update(std::string_view state, const std::string& reason) {
@@ -794,6 +1081,8 @@ nlohmann::json CutoverReport::to_json() const {
           {"drain_polls", drain_polls},
           {"sequences_set", sequences_set},
           {"tables_verified", tables_verified},
+          {"tables_sampled", tables_sampled},
+          {"keys_sampled", keys_sampled},
           {"steps", steps_json},
           {"notes", notes}};
 }
@@ -817,8 +1106,9 @@ std::string CutoverReport::render_text() const {
     out += fmt::format("  writes now go to {}; the way back starts at {}\n", new_primary,
                        new_slot_lsn);
   }
-  if (sequences_set > 0 || tables_verified > 0) {
-    out += fmt::format("  sequences set {}, tables verified {}\n", sequences_set, tables_verified);
+  if (sequences_set > 0 || tables_verified > 0 || tables_sampled > 0) {
+    out += fmt::format("  sequences set {}, tables counted {}, large tables sampled {} ({} keys)\n",
+                       sequences_set, tables_verified, tables_sampled, keys_sampled);
   }
   for (const auto& note : notes) out += fmt::format("  note: {}\n", note);
   return out;

@@ -48,6 +48,39 @@ int terminate_blockers(const std::string& server_conninfo) {
   return std::stoi(result.scalar());
 }
 
+// Terminates every other client session of the database and waits, until `deadline`, for
+// their backends to be gone: pg_terminate_backend() only signals, and a backend that was
+// committing when signalled may still commit a write after it returned. PostgreSQL 14+
+// waits in pg_terminate_backend(pid, timeout); older servers are polled.
+void end_sessions(const repl::Connection& conn, Clock::time_point deadline) {
+  auto remaining = [&] {
+    return std::max<long long>(
+        1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+  };
+  bool waits = std::stoi(std::string(conn.exec("SHOW server_version_num").scalar())) >= 140000;
+  auto ended =
+      conn.exec(fmt::format("SELECT coalesce(array_agg(pid), '{{}}')::text FROM ("
+                            "SELECT pid, {} FROM pg_stat_activity WHERE {}) s",
+                            waits ? fmt::format("pg_terminate_backend(pid, {})", remaining())
+                                  : std::string("pg_terminate_backend(pid)"),
+                            kOtherSessions),
+                "terminating the application sessions");
+  std::string pids(ended.get(0, 0));
+  if (pids == "{}") return;
+  while (true) {
+    auto left = conn.exec("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
+                          {pids}, "waiting for the terminated sessions to end");
+    if (left.scalar() == "0") return;
+    if (Clock::now() >= deadline) {
+      throw repl::CutoverAborted(
+          fmt::format("{} terminated sessions were still running at the end of --fence-timeout: a "
+                      "backend that has not exited may still commit a write",
+                      left.scalar()));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 }  // namespace
 
 std::string_view to_string(FenceKind kind) {
@@ -202,10 +235,7 @@ void WriteFence::engage(Clock::time_point deadline) {
           "DO $$BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_read_only = "
           "on', current_database()); END$$",
           "setting the database read-only (needs ownership of the database)");
-      conn.exec(
-          fmt::format("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {}",
-                      kOtherSessions),
-          "terminating the application sessions");
+      end_sessions(conn, deadline);
       return;
     }
   }

@@ -20,6 +20,8 @@
 
 #include "pgferry/cutover/fence.hpp"
 #include "pgferry/cutover/pgbouncer_config.hpp"
+#include "pgferry/replication/core/pg.hpp"
+#include "switch_command.hpp"
 
 extern char** environ;
 
@@ -27,49 +29,168 @@ namespace pgferry::cutover {
 
 using namespace std::chrono_literals;
 
-int run_guard() {
+namespace {
+
+namespace repl = pgferry::replication;
+
+// What the guard learnt from the cutover's messages.
+struct GuardState {
+  std::optional<nlohmann::json> history;
   std::optional<FenceSpec> fence;
-  std::optional<nlohmann::json> config;
+  std::optional<nlohmann::json> switching;
+  pid_t switch_pgid = 0;
   bool switched = false;
   bool released = false;
   bool done = false;
+
+  void read(const nlohmann::json& message) {
+    if (message.contains("history")) history = message["history"];
+    if (message.contains("fence")) {
+      fence = FenceSpec::from_json(message["fence"]);
+      released = false;
+    }
+    if (message.contains("switching")) switching = message["switching"];
+    if (message.contains("switch_pgid")) switch_pgid = message["switch_pgid"].get<pid_t>();
+    if (message.contains("switch_exited")) switch_pgid = 0;
+    if (message.contains("switched")) switched = true;
+    if (message.contains("released")) released = true;
+    if (message.contains("done")) done = true;
+  }
+};
+
+// What the guard found in the history (see guard.hpp).
+struct HistoryFinding {
+  bool readable = false;  // the history answered by the deadline
+  bool owner = false;     // we hold the cutover's lock: the decision is ours
+  std::string state;      // the row's state (owner only)
+};
+
+// Takes the cutover's advisory lock on `conn` and reads its row. The lock is free only once
+// the dead cutover's session has ended, so an UPDATE it had sent is decided by then. Still
+// taken at the deadline: another run (a re-run, which recovers this cutover itself) holds it.
+HistoryFinding read_history(const nlohmann::json& history, repl::Connection& conn,
+                            Clock::time_point deadline) {
+  auto id = history.at("id").get<std::string>();
+  while (true) {
+    try {
+      conn = repl::Connection::open(history.at("conninfo").get<std::string>(), repl::Side::target);
+      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      conn.exec(fmt::format("SET lock_timeout = {}", std::max<long long>(1, wait.count())));
+      try {
+        conn.exec("SELECT pg_advisory_lock(hashtext($1))", {history.at("lock").get<std::string>()},
+                  "waiting for the cutover's session to end");
+      } catch (const repl::PgError& e) {
+        if (e.sqlstate() != "55P03") throw;  // lock_not_available: lock_timeout expired
+        return {true, false, ""};
+      }
+      auto row = conn.exec("SELECT state FROM pgferry.cutover_history WHERE id = $1", {id},
+                           "reading the cutover's history row");
+      return {true, true, row.rows() == 1 ? std::string(row.get(0, 0)) : std::string()};
+    } catch (const std::exception& e) {
+      if (Clock::now() > deadline) {
+        spdlog::error("cutover-guard: cannot read the history: {}", e.what());
+        return {};
+      }
+      spdlog::warn("cutover-guard: reading the history: retrying: {}", e.what());
+      std::this_thread::sleep_for(200ms);
+    }
+  }
+}
+
+}  // namespace
+
+int run_guard() {
+  GuardState state;
   std::string line;
   while (std::getline(std::cin, line)) {
     if (line.empty()) continue;
     try {
-      auto message = nlohmann::json::parse(line);
-      if (message.contains("fence")) {
-        fence = FenceSpec::from_json(message["fence"]);
-        released = false;
-      }
-      if (message.contains("config")) config = message["config"];
-      if (message.contains("switched")) switched = true;
-      if (message.contains("released")) released = true;
-      if (message.contains("done")) done = true;
+      state.read(nlohmann::json::parse(line));
     } catch (const std::exception& e) {
       spdlog::error("cutover-guard: unreadable message: {}", e.what());
     }
   }
-  if (done || !fence || released) return 0;
+  if (state.done || !state.fence || state.released) return 0;
 
   spdlog::warn("cutover-guard: the cutover ended while writes were fenced: lifting the fence");
   auto deadline = Clock::now() + 60s;
-  bool config_restored = !config || switched;
+  repl::Connection lock_holder;  // holds the cutover's lock while we act
+  bool switch_begun = state.switching && !state.switched;
+  bool undo = switch_begun;
+  if (state.history) {
+    auto found = read_history(*state.history, lock_holder, Clock::now() + 5s);
+    if (found.readable && !found.owner) {
+      spdlog::warn(
+          "cutover-guard: another run of the cutover holds its lock: it recovers "
+          "this cutover (switch back, fence)");
+      return 0;
+    }
+    if (found.owner) {
+      spdlog::warn("cutover-guard: cutover {} is {} in the history",
+                   (*state.history)["id"].get<std::string>(), found.state);
+      // Only a `running` row can have a switch that is not committed nor undone (the
+      // cutover's abort writes `aborted` once it switched back).
+      undo = switch_begun && found.state == "running";
+    } else if (switch_begun) {
+      spdlog::error("cutover-guard: the history is unreachable: switching back");
+    }
+  }
+  if (undo && state.switch_pgid > 0) {
+    // The forward switch command still runs: it must not finish after the way back.
+    ::kill(-state.switch_pgid, SIGKILL);
+    spdlog::warn("cutover-guard: killed the switch command's process group {}", state.switch_pgid);
+  }
+  const auto& switching = state.switching ? *state.switching : nlohmann::json::object();
+  bool config_restored = !undo || switching.value("config", nlohmann::json()).is_null();
+  bool command_undone = !undo || switching.value("command", nlohmann::json()).is_null();
   while (true) {
     try {
       if (!config_restored) {
-        restore_pgbouncer_config((*config)["path"].get<std::string>(),
-                                 (*config)["original"].get<std::string>());
-        PgBouncerAdmin((*config)["admin"].get<std::string>()).reload();
+        const auto& config = switching["config"];
+        restore_pgbouncer_config(config["path"].get<std::string>(),
+                                 config["original"].get<std::string>());
+        PgBouncerAdmin(config["admin"].get<std::string>()).reload();
         config_restored = true;
         spdlog::warn("cutover-guard: PgBouncer config restored and reloaded");
       }
-      lift_fence(*fence);
-      spdlog::warn("cutover-guard: fence lifted ({})", to_string(fence->kind));
+      if (!command_undone) {
+        std::vector<std::pair<std::string, std::string>> env;
+        for (const auto& [key, value] : switching["back_env"].items()) {
+          env.emplace_back(key, value.get<std::string>());
+        }
+        // Once, as the cutover's abort runs it: a failure is logged, the fence still lifted.
+        command_undone = true;
+        try {
+          int status = run_switch_command(
+              switching["command"].get<std::string>(), env,
+              std::min(deadline, Clock::now() + std::chrono::milliseconds(
+                                                    switching.value("back_budget_ms", 10000))));
+          if (status == 0) {
+            spdlog::warn("cutover-guard: --switch-command ran towards the old primary");
+          } else {
+            spdlog::error(
+                "cutover-guard: --switch-command towards the old primary exited with "
+                "status {}",
+                status);
+          }
+        } catch (const std::exception& e) {
+          spdlog::error("cutover-guard: --switch-command towards the old primary: {}", e.what());
+        }
+      }
+      lift_fence(*state.fence);
+      spdlog::warn("cutover-guard: fence lifted ({})", to_string(state.fence->kind));
       return 0;
     } catch (const std::exception& e) {
       if (Clock::now() > deadline) {
-        spdlog::error("cutover-guard: could not lift the fence: {}", e.what());
+        spdlog::error("cutover-guard: could not {}: {}",
+                      config_restored ? "lift the fence" : "restore the PgBouncer config",
+                      e.what());
+        if (!config_restored) {
+          // Writes must not stay fenced past the budget: lift it anyway.
+          config_restored = true;
+          deadline = Clock::now() + 5s;
+          continue;
+        }
         return 1;
       }
       spdlog::warn("cutover-guard: retrying: {}", e.what());

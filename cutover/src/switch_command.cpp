@@ -19,7 +19,8 @@ namespace pgferry::cutover {
 
 int run_switch_command(const std::string& command,
                        const std::vector<std::pair<std::string, std::string>>& env,
-                       std::chrono::steady_clock::time_point deadline) {
+                       std::chrono::steady_clock::time_point deadline,
+                       const std::function<void(pid_t)>& started) {
   std::vector<std::string> entries;
   for (char** e = environ; *e; ++e) {
     std::string_view entry(*e);
@@ -47,6 +48,7 @@ int run_switch_command(const std::string& command,
     throw replication::CutoverAborted(
         fmt::format("--switch-command could not start: {}", std::strerror(rc)));
   }
+  if (started) started(pid);
   while (true) {
     int status = 0;
     pid_t done = ::waitpid(pid, &status, WNOHANG);

@@ -1,7 +1,8 @@
 // Cutover abort paths, each under a write load through PgBouncer: the agent stopped (the
 // fence is never applied), a transaction held open through PgBouncer past --fence-timeout,
-// a failing --switch-command, and kill -9 of the cutover while writes are fenced (its guard
-// lifts the fence and restores the PgBouncer config; a re-run then finishes the cutover).
+// a failing --switch-command, and kill -9 of the cutover while writes are fenced and its
+// --switch-command runs (its guard restores the PgBouncer config, runs the command back
+// towards the source and lifts the fence; a re-run then finishes the cutover).
 // Each time: exit 7 naming the step, PgBouncer serves again, writes still go to the source,
 // nothing acknowledged is lost, and the agent goes on replicating forward.
 #include <sys/wait.h>
@@ -13,17 +14,6 @@
 
 using namespace pgferry::testing;
 using namespace std::chrono_literals;
-
-namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-}  // namespace
 
 class CutoverAbort : public CutoverFixture {
  protected:
@@ -112,19 +102,32 @@ TEST_F(CutoverAbort, KillNineWhileFencedThenRerun) {
   load.start();
   ASSERT_TRUE(load.wait_for_more(100));
   std::string log = fmt::format("/tmp/pgferry-cutover-kill-{}.log", ::getpid());
-  // The switch command hangs: the cutover sits fenced with the config rewritten.
-  pid_t cutover = spawn_pgferry(switch_args("cutover", {"--switch-command", "sleep 20"}), log);
+  auto marker = fmt::format("/tmp/pgferry-switch-kill-{}.txt", ::getpid());
+  // The switch command records its call and hangs towards the target: the cutover sits
+  // fenced with the config rewritten while it runs.
+  pid_t cutover = spawn_pgferry(
+      switch_args("cutover", {"--switch-command",
+                              fmt::format("echo \"$PGFERRY_ABORT $PGFERRY_NEW_PORT\" >> {}; "
+                                          "[ \"$PGFERRY_ABORT\" = 1 ] || sleep 20",
+                                          marker)}),
+      log);
   ASSERT_TRUE(wait_until(
-      [&] { return read_file(bouncer_->config_file().string()) != original && pgbouncer_paused(); },
+      [&] {
+        return read_file(bouncer_->config_file().string()) != original && pgbouncer_paused() &&
+               !read_file(marker).empty();
+      },
       30s))
       << read_file(log);
   ::kill(cutover, SIGKILL);
   int status = 0;
   ::waitpid(cutover, &status, 0);
-  // The guard lifts the fence and puts the config back.
+  // The guard puts the config back, runs the command towards the source (having killed the
+  // hanging one) and lifts the fence.
   EXPECT_TRUE(wait_until([&] { return !pgbouncer_paused(); }, 10s)) << read_file(log);
   EXPECT_TRUE(
       wait_until([&] { return read_file(bouncer_->config_file().string()) == original; }, 10s));
+  EXPECT_EQ(read_file(marker), fmt::format("0 {}\n1 {}\n", target_->port(), source_->port()));
+  std::remove(marker.c_str());
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "source");
   ASSERT_TRUE(load.wait_for_more(100));
 

@@ -6,10 +6,14 @@
 
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -17,6 +21,33 @@
 #include "support/write_load.hpp"
 
 namespace pgferry::testing {
+
+// The whole text of `path` ("" when it cannot be read).
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// The pid of the child of `parent` whose command line holds `word` (0 when none).
+inline pid_t child_with(pid_t parent, const std::string& word) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string stat = read_file(entry.path() / "stat");
+    auto close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 2));
+    std::string state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != parent) continue;
+    std::string cmdline = read_file(entry.path() / "cmdline");
+    if (cmdline.find(word) != std::string::npos) return std::stoi(name);
+  }
+  return 0;
+}
 
 class CutoverFixture : public ::testing::Test {
  protected:
@@ -95,6 +126,17 @@ class CutoverFixture : public ::testing::Test {
       if (result.get(row, name) == bouncer_->database()) return result.get(row, paused) != "0";
     }
     return false;
+  }
+  // kill -9 of a cutover started with spawn_pgferry (output in `log`) and of its guard, the
+  // guard first so that it lifts nothing.
+  void kill_with_guard(pid_t cutover, const std::string& log) {
+    pid_t guard = child_with(cutover, "cutover-guard");
+    if (guard <= 0) ::kill(cutover, SIGKILL);  // nothing left running when it fails
+    ASSERT_GT(guard, 0) << read_file(log);
+    ::kill(guard, SIGKILL);
+    ::kill(cutover, SIGKILL);
+    int status = 0;
+    ::waitpid(cutover, &status, 0);
   }
   std::string through_pgbouncer(const std::string& sql) {
     auto conn = replication::Connection::open(bouncer_->client_conninfo(), replication::Side::none);

@@ -107,7 +107,10 @@ void add_switch_command(CLI::App& app, CommonOptions& common, CommandAction& act
                   "refuse to start while the agent is more than BYTES behind")
       ->type_name("BYTES")
       ->capture_default_str();
-  cmd->add_option("--timeout", options->timeout_s, "budget of the whole operation, seconds")
+  cmd->add_option("--timeout", options->timeout_s,
+                  "budget of the whole operation, seconds; the steps but fence and mark get "
+                  "shares of it (preconditions 1/2; prepare, sequences, reverse, switch 1/6; "
+                  "unfence 1/12)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--fence-timeout", options->fence_timeout_s,
@@ -133,7 +136,8 @@ void add_switch_command(CLI::App& app, CommonOptions& common, CommandAction& act
                   "set sequences this many increments past the old primary's")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--no-verify", options->no_verify,
-                "skip the row-count check of the published tables inside the window");
+                "skip the quick verification inside the window (row counts of the small "
+                "published tables, sampled keys of the large ones)");
   cmd->callback([&action, &common, options, operation] {
     action = [&common, options, operation] { return run_switch(common, *options, operation); };
   });

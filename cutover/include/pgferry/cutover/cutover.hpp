@@ -27,10 +27,15 @@
 //   one replicated, never FOR ALL TABLES, which would carry the pgferry schema (progress and
 //   history) across.
 // - A guard process (the pgferry binary re-run as `cutover-guard`, reading a pipe from us)
-//   lifts the fence and restores a rewritten PgBouncer config when we die while fenced.
-// - Re-running after a crash: a `running` history row with no live cutover is cleaned up
-//   (its reverse slot dropped) and marked aborted, a `switched` one is finished (old slot
-//   dropped, progress written, fence lifted, marked completed); then the command proceeds.
+//   takes over when we die while fenced: before the `switched` row commits it switches
+//   back as the abort does (config, --switch-command with PGFERRY_ABORT=1), after it only
+//   lifts the fence (see guard.hpp and Cutover::switch_traffic for the ordering).
+// - Re-running after a crash: traffic first goes where the last row says (a dead `running`
+//   row: the config entry and --switch-command back to its old primary) and a fence left
+//   on is lifted (cutover and guard both killed; the row records the fence kind and the
+//   PgBouncer database). Then a `running` row is cleaned up (its reverse slot dropped) and
+//   marked aborted, a `switched` one is finished (old slot dropped, progress written,
+//   marked completed); then the command proceeds.
 #pragma once
 
 #include <chrono>
@@ -69,7 +74,9 @@ struct CutoverOptions {
   bool terminate_blockers = false;
   std::string switch_command;
   std::int64_t sequence_margin = 0;
-  bool verify = true;  // row counts of the published tables, both sides, while fenced
+  // While fenced: row counts of the small published tables on both sides, a sample of keys
+  // of the large ones (verify --once --sample).
+  bool verify = true;
   // The guard: argv of a process that reads the guard protocol on stdin (see guard.hpp);
   // empty: no guard.
   std::vector<std::string> guard_argv;
@@ -102,7 +109,9 @@ struct CutoverReport {
   std::chrono::microseconds drain_wait{0};
   int drain_polls = 0;
   std::size_t sequences_set = 0;
-  std::size_t tables_verified = 0;
+  std::size_t tables_verified = 0;  // small tables whose row counts matched
+  std::size_t tables_sampled = 0;   // large tables whose sampled keys matched
+  std::size_t keys_sampled = 0;
   std::vector<std::string> notes;  // recovered state, warnings
 
   nlohmann::json to_json() const;

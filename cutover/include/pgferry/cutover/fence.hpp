@@ -15,7 +15,10 @@
 //   terminated at the deadline and the PAUSE gets a short grace to complete.
 // - The read-only fence sets default_transaction_read_only for new sessions with ALTER
 //   DATABASE and terminates every other client session of that database except pgferry's own
-//   (application_name pgferry*), so no session keeps writing with the old setting.
+//   (application_name pgferry*), so no session keeps writing with the old setting. It is
+//   in place only once those backends are gone (a backend signalled while committing may
+//   still commit): pg_terminate_backend(pid, timeout) waits on PostgreSQL 14+, older ones
+//   are polled in pg_stat_activity; still there at the deadline, the fence fails.
 // - Each fence can be undone from another process (the guard) from its FenceSpec alone.
 #pragma once
 

@@ -1,14 +1,38 @@
 // The cutover guard: a separate process that lifts the write fence when the cutover dies
-// while writes are fenced (kill -9, OOM, a lost machine session).
+// while writes are fenced (kill -9, OOM, a lost machine session), and first puts traffic
+// back where it was when the switch had begun but was not committed.
 //
 // Protocol: the cutover writes one JSON document a line to the guard's stdin:
-//   {"fence": FenceSpec}                 before it engages the fence
-//   {"config": {"path", "original"}}     before it rewrites the PgBouncer config
-//   {"switched": true}                   once traffic is switched (the config stays)
-//   {"released": true}                   once the fence is lifted
+//   {"history": {"conninfo", "id", "lock"}}  at the start: where the history row is and the
+//                                          advisory lock the cutover holds while it lives
+//   {"fence": FenceSpec}                   before it engages the fence
+//   {"switching": {"config": {"path", "original", "admin"} | null,
+//                  "command": CMD | null, "back_env": {NAME: VALUE}}}
+//                                          before it rewrites the PgBouncer config or runs
+//                                          --switch-command (back_env: the environment
+//                                          that points CMD at the old primary, ABORT=1)
+//   {"switch_pgid": PID}                   the switch command's process group, once started
+//   {"switch_exited": true}                once that command has ended
+//   {"switched": true}                     once the history row says `switched` (committed)
+//   {"released": true}                     once the fence is lifted
+//   {"done": true}                         all is well, nothing to do
 // End of input while fenced (the pipe closed because the cutover is gone) makes the guard
-// restore the config unless switched (then RELOAD) and lift the fence, retrying for up to
-// a minute.
+// (1) decide whether the switch was committed, (2) if not, undo it exactly as the
+// cutover's abort does, (3) lift the fence; retrying for up to a minute.
+//
+// The point of no return is the commit of the history row's `switched` state, not the
+// guard's message: the cutover may die between its UPDATE's commit and {"switched"}. So
+// the guard asks the history, but only once the cutover's session is gone: it first takes
+// the cutover's advisory lock (free only when that session ended, so an UPDATE it had sent
+// is then either committed or never will be) and holds it while it acts, so that no re-run
+// starts meanwhile. The row `running` after {"switching"}: it kills the switch command's
+// group if still running, restores the PgBouncer config and RELOADs, runs the switch
+// command towards the old primary with PGFERRY_ABORT=1, then lifts the fence. `switched`
+// or `completed`: it only lifts the fence (a re-run finishes the cutover); `aborted`: the
+// cutover's abort already switched back, it lifts the fence. The lock still taken after
+// 5 s: a re-run holds it and recovers this cutover itself, so the guard leaves. The
+// history unreachable for 5 s (the original target down): it switches back if the switch
+// had begun, and lifts the fence.
 #pragma once
 
 #include <sys/types.h>
