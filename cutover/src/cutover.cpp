@@ -303,6 +303,7 @@ class Cutover {
   milliseconds switch_budget() const { return std::max(1ms, options_.timeout / 6); }
   milliseconds unfence_budget() const { return std::max(1ms, options_.timeout / 12); }
   void preconditions(Clock::time_point deadline);
+  bool switch_committed_after_all(Clock::time_point deadline);
   void engage_fence(Clock::time_point deadline);
   void mark_and_drain(Clock::time_point deadline);
   void sequences_and_verify(Clock::time_point deadline);
@@ -582,6 +583,22 @@ void Cutover::recover_traffic(const HistoryRow& dead) {
 }
 
 void Cutover::preconditions(Clock::time_point deadline) {
+  // The fence travels as a logical message, which pgoutput sends from PostgreSQL 14 on; both
+  // sides, because a rollback fences the new primary the same way. (Older servers have no
+  // fallback here: they reached end of life.)
+  for (auto* side : {&from_conn_, &to_conn_}) {
+    auto version = side->exec(
+        "SELECT current_setting('server_version_num')::int < 140000, "
+        "current_setting('server_version')");
+    if (version.get(0, 0) == "t") {
+      throw repl::CheckFailed(fmt::format(
+          "the {} is PostgreSQL {}: its pgoutput cannot carry the cutover's fence message "
+          "(logical messages need PostgreSQL 14 or newer); stop writes yourself, read "
+          "pg_current_wal_lsn() on the source, let `pgferry run --until <that LSN>` apply up to "
+          "it, then switch traffic by hand",
+          side == &from_conn_ ? "old primary" : "new primary", version.get(0, 1)));
+    }
+  }
   // The agent of the current direction is connected and caught up, for a moment.
   lagmon::LagSampler sampler(from_.conninfo, to_.conninfo, options_.name);
   for (int i = 0; i < 3; ++i) {
@@ -894,13 +911,43 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
     report_.notes.push_back("no --pgbouncer-config or --switch-command: traffic not switched");
   }
   crash_point("before-switched");
-  history_conn_.exec(
-      "UPDATE pgferry.cutover_history SET state = 'switched', new_slot_lsn = $2::pg_lsn WHERE "
-      "id = $1",
-      {report_.id, report_.new_slot_lsn.to_string()}, "recording the switch");
+  try {
+    history_conn_.exec(
+        "UPDATE pgferry.cutover_history SET state = 'switched', new_slot_lsn = $2::pg_lsn WHERE "
+        "id = $1",
+        {report_.id, report_.new_slot_lsn.to_string()}, "recording the switch");
+  } catch (const std::exception& e) {
+    // The connection may have failed after the commit: the row decides, as for the guard.
+    if (!switch_committed_after_all(deadline)) throw;
+    report_.notes.push_back(fmt::format("recording the switch: {} (it had committed)", e.what()));
+  }
   switched_ = true;
   crash_point("after-switched");
   guard_->send({{"switched", true}});
+}
+
+bool Cutover::switch_committed_after_all(Clock::time_point deadline) {
+  // Our advisory lock is free once the failed session has ended, and with it the UPDATE,
+  // committed or not; then the row says which. The new session keeps the lock for the rest.
+  while (Clock::now() < deadline) {
+    try {
+      auto conn = repl::Connection::open(options_.target_conninfo, repl::Side::target);
+      auto remaining = duration_cast<milliseconds>(deadline - Clock::now());
+      conn.exec(fmt::format("SET lock_timeout = {}", std::max<long long>(1, remaining.count())));
+      conn.exec("SELECT pg_advisory_lock(hashtext($1))", {lock_key(options_.name)});
+      conn.exec("RESET lock_timeout");
+      auto state = conn.exec("SELECT state FROM pgferry.cutover_history WHERE id = $1",
+                             {report_.id});
+      bool committed = state.rows() == 1 && state.get(0, 0) == "switched";
+      history_conn_ = std::move(conn);
+      return committed;
+    } catch (const std::exception& e) {
+      spdlog::warn("cutover id={} reading the switch's outcome: {}", report_.id, e.what());
+      std::this_thread::sleep_for(50ms);
+    }
+  }
+  return false;  // unknown: abort (a re-run finds a `switched` row without its slot on the
+                 // target only if the abort could not reach the target either)
 }
 
 void Cutover::lift(Clock::time_point /*deadline*/) {

@@ -50,19 +50,13 @@ int terminate_blockers(const std::string& server_conninfo) {
 
 // Terminates every other client session of the database and waits, until `deadline`, for
 // their backends to be gone: pg_terminate_backend() only signals, and a backend that was
-// committing when signalled may still commit a write after it returned. PostgreSQL 14+
-// waits in pg_terminate_backend(pid, timeout); older servers are polled.
+// committing when signalled may still commit a write after it returned. All are signalled
+// at once and then polled together (pg_terminate_backend(pid, timeout) would wait for each
+// in turn, each with the whole remaining time).
 void end_sessions(const repl::Connection& conn, Clock::time_point deadline) {
-  auto remaining = [&] {
-    return std::max<long long>(
-        1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
-  };
-  bool waits = std::stoi(std::string(conn.exec("SHOW server_version_num").scalar())) >= 140000;
   auto ended =
       conn.exec(fmt::format("SELECT coalesce(array_agg(pid), '{{}}')::text FROM ("
-                            "SELECT pid, {} FROM pg_stat_activity WHERE {}) s",
-                            waits ? fmt::format("pg_terminate_backend(pid, {})", remaining())
-                                  : std::string("pg_terminate_backend(pid)"),
+                            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE {}) s",
                             kOtherSessions),
                 "terminating the application sessions");
   std::string pids(ended.get(0, 0));

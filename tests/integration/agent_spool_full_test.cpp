@@ -132,7 +132,7 @@ TEST_F(AgentSpoolFull, FullDiskStopsThenWithRoomAppliesOnce) {
       run_agent({"--spool-streamed", "--spool-dir", spool_dir.string(), "--until", until}, log);
   EXPECT_EQ(code, 1) << log;
   EXPECT_TRUE(has(log, fmt::format("spool directory {}: no space left for streamed transaction",
-                                   spool_dir.string())))
+                                   (spool_dir / "spoolfull").string())))
       << log;
   EXPECT_TRUE(has(log, "it needs more than ")) << log;
   EXPECT_TRUE(has(log, "the filesystem holds 1.0 MiB")) << log;
@@ -167,17 +167,21 @@ TEST_F(AgentSpoolFull, UnwritableDirectoryStopsAtStart) {
   TmpfsMount read_only("1m", true);
   std::string log;
   EXPECT_EQ(run_agent({"--spool-dir", read_only.dir().string(), "--until", until}, log), 1) << log;
-  EXPECT_TRUE(has(log, fmt::format("spool directory {}: cannot write a file in it: Read-only "
-                                   "file system; fix: ",
-                                   read_only.dir().string())))
+  // (the agent's files go in a subdirectory named after the slot, which it cannot create)
+  EXPECT_TRUE(has(log, fmt::format("spool directory {}: cannot create it",
+                                   (read_only.dir() / "spoolfull").string())))
       << log;
+  EXPECT_TRUE(has(log, "Read-only file system")) << log;
+  EXPECT_TRUE(has(log, "fix: ")) << log;
 
   // A file where the directory should be.
   TmpfsMount scratch("1m", false);
   auto file = scratch.dir() / "spool";
   std::ofstream(file) << "not a directory";
   EXPECT_EQ(run_agent({"--spool-dir", file.string(), "--until", until}, log), 1) << log;
-  EXPECT_TRUE(has(log, fmt::format("spool directory {}: cannot create it", file.string()))) << log;
+  EXPECT_TRUE(has(log, fmt::format("spool directory {}: cannot create it",
+                                   (file / "spoolfull").string())))
+      << log;
   EXPECT_EQ(count(*target_, "small"), "0");
 
   // Pointed at a usable directory, the same run applies it.

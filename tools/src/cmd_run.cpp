@@ -234,11 +234,12 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
       ->check(CLI::PositiveNumber);
   cmd->add_option("--max-retries-same-lsn", options->max_retries_same_lsn,
                   "stop (exit 1) after this many lock or statement timeouts, deadlocks or "
-                  "serialization failures in a row at one applied position (0: retry forever)")
+                  "serialization failures in a row with the same error (0: retry forever)")
       ->capture_default_str();
   cmd->add_option("--spool-dir", options->spool_dir,
-                  "directory for the spool of large streamed transactions (default: "
-                  "$TMPDIR/pgferry-spool-NAME); needs room for the largest one, compressed")
+                  "directory for the spool of large streamed transactions (files in DIR/NAME; "
+                  "default: $TMPDIR/pgferry-spool-NAME); needs room for the largest one, "
+                  "compressed")
       ->type_name("DIR");
   cmd->add_option("--metrics-listen", options->metrics_listen,
                   "serve /metrics (Prometheus), /status (JSON) and /ready (200 while streaming, "

@@ -52,8 +52,9 @@
 //   could start for reconnect_timeout. Anything else ends run() with the error and its fix.
 // - A conflict (classify_error's `conflict`: lock or statement timeout, deadlock,
 //   serialization failure) can be deterministic: the same transaction meets the same lock or
-//   timeout on every replay. Conflicts are counted while the applied position stays where it
-//   is (other retryable errors neither count nor reset; progress resets): from the third on
+//   timeout on every replay. Conflicts are counted in a row while each is the same error
+//   (its text names the statement, table, key and source transaction) or comes at the same
+//   applied position (other retryable errors neither count nor reset): from the third on
 //   each retry is an `error` line with the count, the bound and the fix, observers see every
 //   retry (AgentRetry: /status, a gauge), and at max_retries_same_lsn run() stops with the
 //   error and its fix rather than loop for days (0: no bound).
@@ -144,8 +145,10 @@ struct Agent::Session {
   // Of the current session, once connected: for the backoff reset.
   Clock::time_point connected_at;
   Lsn start_applied;
-  // Conflicts in a row while the applied position stayed at conflict_lsn.
+  // Conflicts in a row, each the same error (text: statement, table, key and source
+  // transaction) as the one before or at the same applied position.
   unsigned conflicts = 0;
+  std::string conflict_error;
   Lsn conflict_lsn;
 };
 
@@ -222,11 +225,17 @@ AgentResult Agent::run() {
                        verdict.fix, session.result.applied,
                        0,           options_.max_retries_same_lsn,
                        {}};
-      if (session.result.applied != session.conflict_lsn) {
+      if (verdict.conflict) {
+        // Not by the applied position alone: other transactions (or idle keepalives) may
+        // move it on while one large transaction fails every time; not by the text alone: a
+        // deadlock's names the pids involved.
+        if (session.conflict_error != e.what() && session.conflict_lsn != session.result.applied) {
+          session.conflicts = 0;
+        }
+        session.conflict_error = e.what();
         session.conflict_lsn = session.result.applied;
-        session.conflicts = 0;
+        retry.conflicts_at_lsn = ++session.conflicts;
       }
-      if (verdict.conflict) retry.conflicts_at_lsn = ++session.conflicts;
       if (verdict.conflict && options_.max_retries_same_lsn > 0 &&
           session.conflicts >= options_.max_retries_same_lsn) {
         auto message = fmt::format(

@@ -106,6 +106,16 @@ const TargetTable& TargetTables::map(const Relation& relation, Lsn commit_lsn) {
     for (const auto& type : table.types) {
       if (type.ends_with("]")) table.batchable = false;
     }
+    // A batch trusts "rows affected == entries": only a target primary key on exactly the
+    // row key makes each entry touch one row (with a missing key and a duplicated one the
+    // counts would agree while the rows do not).
+    auto sorted = [](std::vector<int> columns) {
+      std::sort(columns.begin(), columns.end());
+      return columns;
+    };
+    if (table.primary_key.empty() || sorted(table.primary_key) != sorted(table.row_key)) {
+      table.batchable = false;
+    }
   }
   spdlog::debug("target table {} mapped: {} columns, rel={} version={} batchable={}", table.display,
                 table.columns.size(), relation.id.value, relation.version, table.batchable);

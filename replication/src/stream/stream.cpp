@@ -39,6 +39,10 @@ ReplicationStream::ReplicationStream(std::string conninfo, StreamOptions options
   if (options_.spool_dir.empty()) {
     options_.spool_dir =
         std::filesystem::temp_directory_path() / fmt::format("pgferry-spool-{}", options_.slot);
+  } else {
+    // One subdirectory per slot: a session start clears its spool files, and xids of two
+    // sources would collide, so agents given the same directory must not share files.
+    options_.spool_dir /= options_.slot;
   }
   confirmed_lsn_ = options_.start_lsn;
 }
@@ -280,7 +284,7 @@ void ReplicationStream::start() {
   if (options_.messages && !start.messages) {
     spdlog::warn(
         "streaming slot={}: the source (before PostgreSQL 14) cannot send logical messages, so "
-        "a cutover fence is not seen in the stream; the cutover falls back to the WAL position",
+        "`pgferry cutover` refuses it (its fence travels as one)",
         options_.slot);
   }
   assembler_.emplace(sink_, options_.spool_dir, protocol_version_,
