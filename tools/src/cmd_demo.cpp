@@ -172,7 +172,8 @@ std::string read_text(const fs::path& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-// A temp dir for the demo's logs, removed when it goes (unless --keep).
+// The demo's temp dir, removed when it goes (unless --keep). It becomes TMPDIR, so the servers,
+// PgBouncer, the logs and what the commands keep there (the agent's spool) all live in it.
 class DemoDir {
  public:
   DemoDir() {
@@ -180,6 +181,8 @@ class DemoDir {
     std::string pattern = (fs::path(tmp && *tmp ? tmp : "/tmp") / "pgferry-demo-XXXXXX").string();
     if (!::mkdtemp(pattern.data())) throw repl::Error("mkdtemp " + pattern + " failed");
     path_ = pattern;
+    // The servers run as `postgres` when we are root: it must reach its directories inside.
+    fs::permissions(path_, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
   }
   ~DemoDir() {
     std::error_code ec;
@@ -370,6 +373,7 @@ std::string server_version(const LocalCluster& cluster) {
 int journey(const DemoOptions& options) {
   Narrator narrator;
   DemoDir dir;
+  ::setenv("TMPDIR", dir.path().c_str(), 1);
   std::cout << "pgferry demo: upgrade a live PostgreSQL database to a new major version behind "
                "PgBouncer,\nwith a write load that never stops. Ctrl-C stops it and removes "
                "everything.\n";
@@ -521,8 +525,7 @@ int journey(const DemoOptions& options) {
   narrator.say(fmt::format("agent exited with {}", agent_exit));
   if (options.keep) {
     ::setenv("PGFERRY_KEEP_CLUSTERS", "1", 1);
-    narrator.say("--keep: the directories stay: " + dir.path().string() + ", " +
-                 source.dir().string() + ", " + target.dir().string());
+    narrator.say("--keep: everything stays in " + dir.path().string());
   }
   narrator.finish();
   return agent_exit == 0 ? 0 : 1;
