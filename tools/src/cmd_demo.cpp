@@ -483,38 +483,34 @@ int journey(const DemoOptions& options) {
     return args;
   };
 
-  narrator.step("Cut over: pgferry cutover",
-                "PAUSE in PgBouncer holds new transactions, the agent applies up to a fence, "
-                "sequences move ahead, PgBouncer is pointed at the target, RESUME.");
-  std::size_t errors_before = load.errors().size();
-  status = pgferry.run(switch_args("cutover"), "cutover " + switch_shown);
-  auto after_cutover = Clock::now();
-  pgferry.expect(status, 0, "pgferry cutover");
-
-  narrator.step("Proof: the application now writes to the target",
-                "Counted on the target from the load's own record of acknowledged commits.");
-  pause_for(3s);
-  narrator.say("through PgBouncer: " +
-               one_value(bouncer.client_conninfo(),
-                         "SELECT current_setting('cluster_name') || ', "
-                         "PostgreSQL ' || current_setting('server_version')"));
-  prove(narrator, load, target, "target", after_cutover, errors_before);
-
-  narrator.step("Roll back: pgferry rollback",
-                "The same switch the other way: the agent has been replicating the target's "
-                "writes back to the source since the cutover.");
-  errors_before = load.errors().size();
-  status = pgferry.run(switch_args("rollback"), "rollback " + switch_shown);
-  auto after_rollback = Clock::now();
-  pgferry.expect(status, 0, "pgferry rollback");
-
-  narrator.step("Proof: the application writes to the source again", "");
-  pause_for(3s);
-  narrator.say("through PgBouncer: " +
-               one_value(bouncer.client_conninfo(),
-                         "SELECT current_setting('cluster_name') || ', "
-                         "PostgreSQL ' || current_setting('server_version')"));
-  prove(narrator, load, source, "source", after_rollback, errors_before);
+  // A switch under the load, then the proof on the new primary from the load's own record.
+  auto switch_and_prove = [&](const char* command, const std::string& title,
+                              const std::string& explanation, const std::string& proof_title,
+                              const std::string& proof_explanation, const LocalCluster& primary,
+                              const std::string& primary_name) {
+    narrator.step(title, explanation);
+    std::size_t errors_before = load.errors().size();
+    int exit_code = pgferry.run(switch_args(command), std::string(command) + " " + switch_shown);
+    auto switched = Clock::now();
+    pgferry.expect(exit_code, 0, std::string("pgferry ") + command);
+    narrator.step(proof_title, proof_explanation);
+    pause_for(3s);
+    narrator.say("through PgBouncer: " +
+                 one_value(bouncer.client_conninfo(),
+                           "SELECT current_setting('cluster_name') || ', "
+                           "PostgreSQL ' || current_setting('server_version')"));
+    prove(narrator, load, primary, primary_name, switched, errors_before);
+  };
+  switch_and_prove("cutover", "Cut over: pgferry cutover",
+                   "PAUSE in PgBouncer holds new transactions, the agent applies up to a fence, "
+                   "sequences move ahead, PgBouncer is pointed at the target, RESUME.",
+                   "Proof: the application now writes to the target",
+                   "Counted on the target from the load's own record of acknowledged commits.",
+                   target, "target");
+  switch_and_prove("rollback", "Roll back: pgferry rollback",
+                   "The same switch the other way: the agent has been replicating the target's "
+                   "writes back to the source since the cutover.",
+                   "Proof: the application writes to the source again", "", source, "source");
 
   narrator.step("Stop and clean up",
                 "The load, the agent, PgBouncer and both servers stop; their directories go.");
