@@ -15,7 +15,7 @@
 //   it and unwinds, so the destructors stop the load, the child command that runs, the agent,
 //   PgBouncer and both servers, and remove their directories. A second Ctrl-C stops the
 //   servers at once (LocalCluster's signal handler) and leaves.
-// - The load is WriteLoad (tools/write_load.hpp), the one the cutover tests use: each
+// - The load is WriteLoad (pgferry/tools/write_load.hpp), the cutover tests' load: each
 //   transaction inserts a ledger row and updates the client's previous one, and the ledger's
 //   trigger writes an event (a partitioned table) and moves an order along (an update that
 //   leaves its TOASTed note unchanged). Every acknowledged commit and every error is kept,
