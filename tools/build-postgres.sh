@@ -175,10 +175,34 @@ log "configuring PostgreSQL ${version} for ${prefix}"
 }
 log "building with make -j${jobs} (this takes a while)"
 start=$SECONDS
-(cd "$srcdir" && make -j"$jobs" -s >"$work/make.log" 2>&1) || {
+# Progress while make runs: object files compiled so far against the C files of the tree
+# (an estimate: a few are not built), redrawn in place on a terminal, a line a minute otherwise.
+show_progress() {
+  local total done_files percent line every=60
+  total="$(find "$srcdir/src" -name '*.c' | wc -l)"
+  if [[ -t 2 ]]; then every=2; fi
+  while sleep "$every"; do
+    done_files="$(find "$srcdir/src" -name '*.o' | wc -l)"
+    # Some files are compiled twice (frontend and backend variants): never claim 100% early.
+    percent=$((done_files * 100 / (total > 0 ? total : 1)))
+    ((percent > 99)) && percent=99
+    line="$(printf 'build-postgres: compiling PostgreSQL %s: %d objects of ~%d source files (~%d%%), %ds' \
+      "$version" "$done_files" "$total" "$percent" $((SECONDS - start)))"
+    if [[ -t 2 ]]; then printf '\r%s\033[K' "$line" >&2; else echo "$line" >&2; fi
+  done
+}
+show_progress &
+progress_pid=$!
+trap 'kill "$progress_pid" 2>/dev/null; rm -rf "$work"' EXIT
+if ! (cd "$srcdir" && make -j"$jobs" -s >"$work/make.log" 2>&1); then
+  kill "$progress_pid" 2>/dev/null
+  [[ -t 2 ]] && echo >&2
   tail -n 30 "$work/make.log" >&2
   die "make of PostgreSQL ${version} failed (log above)"
-}
+fi
+kill "$progress_pid" 2>/dev/null
+wait "$progress_pid" 2>/dev/null || true
+if [[ -t 2 ]]; then echo >&2; fi
 for module in "${contrib_modules[@]}"; do
   (cd "$srcdir/contrib/$module" && make -j"$jobs" -s >>"$work/make.log" 2>&1) || {
     tail -n 30 "$work/make.log" >&2

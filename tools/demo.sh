@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds pgferry and runs `pgferry demo`: two throwaway local clusters, a load, the whole
-# journey. Usage: tools/demo.sh [demo options...]
+# Builds pgferry (and PostgreSQL 18, once) and runs `pgferry demo`: a live upgrade from
+# PostgreSQL 15 to 18 behind PgBouncer on throwaway local servers, under a write load.
+# Usage: tools/demo.sh [demo options...]   (--same-version: two 15 servers, no 18 build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/install-deps.sh
@@ -14,4 +15,19 @@ if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   cmake -S . -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo
 fi
 cmake --build "$build_dir" --parallel "$(nproc)" --target pgferry
-exec "$build_dir/tools/pgferry" demo "$@"
+
+# The upgrade's target is PostgreSQL 18: built once into the cache (progress on stderr, about
+# ten minutes on 2 cores), then reused. Not needed with --same-version or --target-bindir.
+args=("$@")
+need_18=1
+for arg in "$@"; do
+  case "$arg" in
+    --same-version | --target-bindir | --target-bindir=* | -h | --help) need_18=0 ;;
+  esac
+done
+if ((need_18)); then
+  bindir="$(tools/build-postgres.sh 18 | tail -n 1)"
+  [[ -x "$bindir/postgres" ]] || { echo "demo.sh: no PostgreSQL 18 build (see above)" >&2; exit 1; }
+  args+=(--target-bindir "$bindir")
+fi
+exec "$build_dir/tools/pgferry" demo "${args[@]}"

@@ -13,42 +13,6 @@
 using namespace pgferry::testing;
 using Clock = std::chrono::steady_clock;
 
-namespace {
-
-// Acknowledged commits that started after `after` and were first written on a server other
-// than `origin`.
-std::vector<std::string> wrong_origin(const WriteLoad& load,
-                                      const pgferry::replication::Connection& conn,
-                                      Clock::time_point after, const std::string& origin) {
-  std::vector<std::string> problems;
-  auto rows = conn.exec("SELECT client, seq, origin FROM ledger");
-  std::map<std::pair<int, int>, std::string> origins;
-  for (int row = 0; row < rows.rows(); ++row) {
-    origins[{std::stoi(std::string(rows.get(row, 0))), std::stoi(std::string(rows.get(row, 1)))}] =
-        std::string(rows.get(row, 2));
-  }
-  for (const auto& commit : load.acked()) {
-    if (commit.started <= after) continue;
-    auto it = origins.find({commit.client, commit.seq});
-    if (it != origins.end() && it->second != origin) {
-      problems.push_back(
-          fmt::format("client {} seq {} written on {}", commit.client, commit.seq, it->second));
-    }
-  }
-  return problems;
-}
-
-bool caught_up(const LocalCluster& a, const LocalCluster& b) {
-  return wait_until(
-      [&] {
-        return table_fingerprint(connect(a), "ledger", "id") ==
-               table_fingerprint(connect(b), "ledger", "id");
-      },
-      std::chrono::seconds(60));
-}
-
-}  // namespace
-
 class CutoverLoad : public CutoverFixture {};
 
 TEST_F(CutoverLoad, CutoverThenRollbackLoseNothingAndDuplicateNothing) {
@@ -86,7 +50,7 @@ TEST_F(CutoverLoad, CutoverThenRollbackLoseNothingAndDuplicateNothing) {
                         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry'"),
             "0");
   ASSERT_TRUE(agent_streaming(*target_)) << agent_->log_text();
-  ASSERT_TRUE(caught_up(*target_, *source_)) << agent_->log_text();
+  ASSERT_TRUE(ledger_caught_up(*target_, *source_)) << agent_->log_text();
   (void)before_cutover;
 
   // Rollback under the same load.
@@ -106,7 +70,7 @@ TEST_F(CutoverLoad, CutoverThenRollbackLoseNothingAndDuplicateNothing) {
                         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry'"),
             "0");
   ASSERT_TRUE(agent_streaming(*source_)) << agent_->log_text();
-  ASSERT_TRUE(caught_up(*source_, *target_)) << agent_->log_text();
+  ASSERT_TRUE(ledger_caught_up(*source_, *target_)) << agent_->log_text();
 
   // And a cutover again after the rollback.
   load.start();
@@ -118,7 +82,7 @@ TEST_F(CutoverLoad, CutoverThenRollbackLoseNothingAndDuplicateNothing) {
   EXPECT_EQ(load.errors(), std::vector<std::string>{});
   EXPECT_EQ(load.check_on(connect(*target_)), std::vector<std::string>{});
   ASSERT_TRUE(agent_streaming(*target_)) << agent_->log_text();
-  ASSERT_TRUE(caught_up(*target_, *source_)) << agent_->log_text();
+  ASSERT_TRUE(ledger_caught_up(*target_, *source_)) << agent_->log_text();
 
   // The history on the target tells all three.
   EXPECT_EQ(query_value(target,

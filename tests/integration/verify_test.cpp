@@ -49,19 +49,6 @@ const char* kRows = R"sql(
   INSERT INTO bulk SELECT g, md5(g::text) FROM generate_series(1, 50000) g;
 )sql";
 
-// "schema.table kind {key} [columns]" for every difference of a verify --json document.
-std::set<std::string> differences(const nlohmann::json& report) {
-  std::set<std::string> out;
-  for (const auto& table : report["tables"]) {
-    for (const auto& d : table["differences"]) {
-      out.insert(fmt::format("{}.{} {} {} {}", table["schema"].get<std::string>(),
-                             table["name"].get<std::string>(), d["kind"].get<std::string>(),
-                             d["key"].dump(), d["columns"].dump()));
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 class Verify : public ClusterPairTest {
@@ -147,7 +134,7 @@ TEST_F(Verify, EqualTablesPassAndEveryDifferenceIsNamed) {
         std::vector<std::string>{"--hash", "md5"}}) {
     auto report = verify_json(chunking, 3);
     EXPECT_FALSE(report["equal"].get<bool>());
-    EXPECT_EQ(differences(report), expected) << report.dump(2);
+    EXPECT_EQ(verify_differences(report), expected) << report.dump(2);
     EXPECT_EQ(report["hash"],
               chunking.size() == 2 && chunking[0] == "--hash" ? "md5" : "hashtextextended");
     EXPECT_EQ(report["differing_tables"], 5);
@@ -173,7 +160,7 @@ TEST_F(Verify, EqualTablesPassAndEveryDifferenceIsNamed) {
   // --sample: random keys plus the last ones by key, on both sides: the rows added at the
   // end of the key range are found.
   auto sampled = verify_json({"--sample", "3", "--table", "kinds", "--table", "pairs"}, 3);
-  auto found = differences(sampled);
+  auto found = verify_differences(sampled);
   EXPECT_TRUE(found.count(R"(public.kinds extra_on_target {"id":"100000"} [])")) << sampled.dump(2);
   EXPECT_TRUE(found.count(R"(public.pairs extra_on_target {"n":"1","region":"zzz"} [])"))
       << sampled.dump(2);

@@ -40,4 +40,11 @@ std::unique_ptr<tools::LocalCluster> start_cluster_of_major(int major,
 //    three times while it applies and restarted; balances and tables equal (exactly once).
 void run_crossversion_scenario(int source_major, int target_major);
 
+// `pgferry verify` between a `source_major` source and a `target_major` target filled by
+// `init --schema` and `run --until` (the same schema, rows and workload as above): with the
+// automatic hash choice (hashtextextended, when the probe finds both servers agree) and with
+// `--hash md5`, every table is equal (so the row text and its hash agree between the majors),
+// and then four rows changed on the target are each named, with both hashes.
+void run_verify_crossversion_scenario(int source_major, int target_major);
+
 }  // namespace pgferry::testing

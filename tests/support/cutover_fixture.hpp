@@ -11,6 +11,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <chrono>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -49,13 +51,49 @@ inline pid_t child_with(pid_t parent, const std::string& word) {
   return 0;
 }
 
+// Acknowledged commits of `load` that started after `after` and were first written on a server
+// other than `origin` (the ledger's origin column: the cluster_name).
+inline std::vector<std::string> wrong_origin(const WriteLoad& load,
+                                             const replication::Connection& conn,
+                                             std::chrono::steady_clock::time_point after,
+                                             const std::string& origin) {
+  std::vector<std::string> problems;
+  auto rows = conn.exec("SELECT client, seq, origin FROM ledger");
+  std::map<std::pair<int, int>, std::string> origins;
+  for (int row = 0; row < rows.rows(); ++row) {
+    origins[{std::stoi(std::string(rows.get(row, 0))), std::stoi(std::string(rows.get(row, 1)))}] =
+        std::string(rows.get(row, 2));
+  }
+  for (const auto& commit : load.acked()) {
+    if (commit.started <= after) continue;
+    auto it = origins.find({commit.client, commit.seq});
+    if (it != origins.end() && it->second != origin) {
+      problems.push_back(
+          fmt::format("client {} seq {} written on {}", commit.client, commit.seq, it->second));
+    }
+  }
+  return problems;
+}
+
+// Waits until the ledger on `b` equals the one on `a` (the agent caught up).
+inline bool ledger_caught_up(const LocalCluster& a, const LocalCluster& b) {
+  return wait_until(
+      [&] {
+        return table_fingerprint(connect(a), "ledger", "id") ==
+               table_fingerprint(connect(b), "ledger", "id");
+      },
+      std::chrono::seconds(60));
+}
+
 class CutoverFixture : public ::testing::Test {
  protected:
   void SetUp() override {
     tools::ClusterOptions source_options;
     source_options.settings = {{"cluster_name", "'source'"}};
+    source_options.bindir = source_bindir_;
     tools::ClusterOptions target_options;
     target_options.settings = {{"cluster_name", "'target'"}};
+    target_options.bindir = target_bindir_;
     source_ = start_cluster(source_options);
     target_ = start_cluster(target_options);
     bouncer_ = start_pgbouncer(*source_);
@@ -108,15 +146,7 @@ class CutoverFixture : public ::testing::Test {
         },
         std::chrono::seconds(60));
   }
-  static nlohmann::json report_of(const CommandResult& result) {
-    auto start = result.output.find("{\n");
-    if (start == std::string::npos) return {};
-    try {
-      return nlohmann::json::parse(result.output.substr(start));
-    } catch (...) {
-      return {};
-    }
-  }
+  static nlohmann::json report_of(const CommandResult& result) { return json_document(result); }
   bool pgbouncer_paused() {
     auto admin = replication::Connection::open(bouncer_->admin_conninfo(), replication::Side::none,
                                                {{"options", ""}});
@@ -143,6 +173,10 @@ class CutoverFixture : public ::testing::Test {
     return conn.exec(sql).scalar();
   }
 
+  // The servers' binaries (empty: the system's); a cross-version test sets them in its
+  // constructor.
+  std::string source_bindir_;
+  std::string target_bindir_;
   std::unique_ptr<LocalCluster> source_;
   std::unique_ptr<LocalCluster> target_;
   std::unique_ptr<tools::LocalPgBouncer> bouncer_;

@@ -102,6 +102,28 @@ CommandResult run_pgferry(const std::vector<std::string>& args) {
   return result;
 }
 
+nlohmann::json json_document(const CommandResult& result) {
+  auto start = result.output.rfind("{\n", 0) == 0 ? 0 : result.output.find("\n{\n");
+  if (start == std::string::npos) return {};
+  try {
+    return nlohmann::json::parse(result.output.substr(start));
+  } catch (const nlohmann::json::exception&) {
+    return {};
+  }
+}
+
+std::set<std::string> verify_differences(const nlohmann::json& report) {
+  std::set<std::string> out;
+  for (const auto& table : report["tables"]) {
+    for (const auto& d : table["differences"]) {
+      out.insert(fmt::format("{}.{} {} {} {}", table["schema"].get<std::string>(),
+                             table["name"].get<std::string>(), d["kind"].get<std::string>(),
+                             d["key"].dump(), d["columns"].dump()));
+    }
+  }
+  return out;
+}
+
 pid_t spawn_pgferry(const std::vector<std::string>& args, const std::string& log) {
   return tools::spawn_process(pgferry_argv(args), log);
 }

@@ -8,7 +8,9 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -57,6 +59,13 @@ struct CommandResult {
 };
 // Runs the pgferry binary built with the tests, with `args`, and waits for it.
 CommandResult run_pgferry(const std::vector<std::string>& args);
+
+// The JSON document a `--json` command printed (its output may start with log lines: the
+// document is taken from the first line that opens an object); null when there is none.
+nlohmann::json json_document(const CommandResult& result);
+
+// "schema.table kind {key} [columns]" for every difference of a `verify --json` document.
+std::set<std::string> verify_differences(const nlohmann::json& report);
 
 // Starts the pgferry binary with `args` in the background, stdout and stderr appended to
 // `log`. Returns the child's pid (wait for it with waitpid).

@@ -1,13 +1,13 @@
 // WriteLoad implementation: one libpq connection per client thread (through PgBouncer, in
 // transaction pooling), reconnecting after an error.
-#include "support/write_load.hpp"
+#include "pgferry/tools/write_load.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <map>
 
-namespace pgferry::testing {
+namespace pgferry::tools {
 
 namespace repl = pgferry::replication;
 using Clock = std::chrono::steady_clock;
@@ -148,4 +148,4 @@ std::vector<std::string> WriteLoad::check_on(const repl::Connection& conn) const
   return problems;
 }
 
-}  // namespace pgferry::testing
+}  // namespace pgferry::tools
