@@ -101,14 +101,15 @@ struct HistoryRow {
   std::optional<Lsn> new_slot_lsn;
   std::optional<std::string> fence;  // rows written before the column existed: none
   std::string pgbouncer_database;
+  bool fence_maybe_on = false;  // no window recorded: the fence was never lifted by this run
 };
 
 std::optional<HistoryRow> latest_history(const repl::Connection& conn, std::string_view name,
                                          bool completed_only) {
   if (!history_exists(conn)) return std::nullopt;
   auto result = conn.exec(
-      fmt::format("SELECT id, operation, state, new_slot_lsn::text, fence, pgbouncer_database "
-                  "FROM pgferry.cutover_history "
+      fmt::format("SELECT id, operation, state, new_slot_lsn::text, fence, pgbouncer_database, "
+                  "window_ms IS NULL FROM pgferry.cutover_history "
                   "WHERE name = $1 {} ORDER BY started_at DESC, id DESC LIMIT 1",
                   completed_only ? "AND state IN ('completed', 'switched')" : ""),
       {name}, "reading pgferry.cutover_history");
@@ -118,7 +119,8 @@ std::optional<HistoryRow> latest_history(const repl::Connection& conn, std::stri
                  std::string(result.get(0, 2)),
                  std::nullopt,
                  std::nullopt,
-                 ""};
+                 "",
+                 result.get(0, 6) == "t"};
   if (auto lsn = result.optional(0, 3)) row.new_slot_lsn = Lsn::parse(*lsn);
   if (auto fence = result.optional(0, 4)) row.fence = std::string(*fence);
   if (auto database = result.optional(0, 5)) row.pgbouncer_database = std::string(*database);
@@ -472,7 +474,14 @@ CutoverReport Cutover::run() {
 
 bool Cutover::recover_and_check_direction() {
   if (auto last = latest_history(history_conn_, options_.name, false)) {
-    if (last->state == "running" || last->state == "switched") recover_traffic(*last);
+    // An aborted run whose unfence failed (its guard may have left it to this run, which
+    // holds the lock): lift it again; lifting is idempotent.
+    bool aborted_fenced = last->state == "aborted" && last->fence_maybe_on &&
+                          last->fence.value_or("none") != "none" &&
+                          !(last->fence == "pgbouncer" && options_.pgbouncer_conninfo.empty());
+    if (last->state == "running" || last->state == "switched" || aborted_fenced) {
+      recover_traffic(*last);
+    }
     if (last->state == "running") {
       // A cutover that died before its switch: its guard lifted the fence; its new slot may
       // remain on the side that does not send now.
