@@ -133,8 +133,9 @@ std::string rewrite_database_entry(std::string_view config_text, std::string_vie
         auto pairs = parse_entry(stripped.substr(eq + 1));
         std::erase_if(pairs, [](const auto& pair) { return pair.first == "hostaddr"; });
         for (const auto& [key, value] : wanted) {
+          // (a named copy: clang 14 cannot capture a structured binding)
           auto it = std::find_if(pairs.begin(), pairs.end(),
-                                 [&](const auto& pair) { return pair.first == key; });
+                                 [&name = key](const auto& pair) { return pair.first == name; });
           if (it != pairs.end()) {
             it->second = entry_value(value);
           } else {

@@ -6,6 +6,7 @@
 #include <compare>
 #include <cstdint>
 #include <functional>
+#include <limits>
 
 namespace pgferry::replication {
 
@@ -24,11 +25,20 @@ using RelationId = StrongId<struct RelationIdTag, std::uint32_t>;
 using PgClock = std::chrono::system_clock;
 using PgTimestamp = std::chrono::time_point<PgClock, std::chrono::microseconds>;
 inline constexpr std::chrono::seconds kPostgresEpochOffset{946'684'800};
+// Saturating at the ends (PostgreSQL's +-infinity are INT64_MAX / INT64_MIN, and bytes off the
+// wire may be anything): never a signed overflow.
 constexpr PgTimestamp from_pg_timestamp(std::int64_t micros) {
-  return PgTimestamp{std::chrono::microseconds{micros} + kPostgresEpochOffset};
+  constexpr std::int64_t offset = std::chrono::microseconds{kPostgresEpochOffset}.count();
+  if (micros > std::numeric_limits<std::int64_t>::max() - offset) return PgTimestamp::max();
+  return PgTimestamp{std::chrono::microseconds{micros + offset}};
 }
 constexpr std::int64_t to_pg_timestamp(PgTimestamp t) {
-  return (t.time_since_epoch() - std::chrono::microseconds{kPostgresEpochOffset}).count();
+  constexpr std::int64_t offset = std::chrono::microseconds{kPostgresEpochOffset}.count();
+  std::int64_t micros = t.time_since_epoch().count();
+  if (micros < std::numeric_limits<std::int64_t>::min() + offset) {
+    return std::numeric_limits<std::int64_t>::min();
+  }
+  return micros - offset;
 }
 
 }  // namespace pgferry::replication
