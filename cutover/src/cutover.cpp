@@ -78,6 +78,20 @@ std::string new_cutover_id() {
   return fmt::format("{:x}-{:08x}", duration_cast<milliseconds>(now).count(), device());
 }
 
+// The elements of a one-dimensional array of numbers in text form: "{1,2,3}".
+std::vector<std::string> split_array(std::string_view text) {
+  std::vector<std::string> out;
+  if (text.size() < 2) return out;
+  text = text.substr(1, text.size() - 2);
+  while (!text.empty()) {
+    auto comma = text.find(',');
+    out.emplace_back(text.substr(0, comma));
+    if (comma == std::string_view::npos) break;
+    text.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
 double ms(microseconds us) {
   return static_cast<double>(us.count()) / 1000.0;
 }
@@ -99,6 +113,7 @@ struct HistoryRow {
   std::string operation;
   std::string state;
   std::optional<Lsn> new_slot_lsn;
+  std::optional<Lsn> fence_lsn;
   std::optional<std::string> fence;  // rows written before the column existed: none
   std::string pgbouncer_database;
   bool fence_maybe_on = false;  // no window recorded: the fence was never lifted by this run
@@ -109,7 +124,7 @@ std::optional<HistoryRow> latest_history(const repl::Connection& conn, std::stri
   if (!history_exists(conn)) return std::nullopt;
   auto result = conn.exec(
       fmt::format("SELECT id, operation, state, new_slot_lsn::text, fence, pgbouncer_database, "
-                  "window_ms IS NULL FROM pgferry.cutover_history "
+                  "window_ms IS NULL, fence_lsn::text FROM pgferry.cutover_history "
                   "WHERE name = $1 {} ORDER BY started_at DESC, id DESC LIMIT 1",
                   completed_only ? "AND state IN ('completed', 'switched')" : ""),
       {name}, "reading pgferry.cutover_history");
@@ -119,9 +134,11 @@ std::optional<HistoryRow> latest_history(const repl::Connection& conn, std::stri
                  std::string(result.get(0, 2)),
                  std::nullopt,
                  std::nullopt,
+                 std::nullopt,
                  "",
                  result.get(0, 6) == "t"};
   if (auto lsn = result.optional(0, 3)) row.new_slot_lsn = Lsn::parse(*lsn);
+  if (auto lsn = result.optional(0, 7)) row.fence_lsn = Lsn::parse(*lsn);
   if (auto fence = result.optional(0, 4)) row.fence = std::string(*fence);
   if (auto database = result.optional(0, 5)) row.pgbouncer_database = std::string(*database);
   return row;
@@ -252,6 +269,35 @@ bool drop_slot(const repl::Connection& conn, std::string_view name,
   }
 }
 
+// The transactions with data changes (insert, update, delete, truncate) of `publication`
+// that slot `name` on `conn` holds and that commit after `after`, read without consuming
+// them; nullopt when there is no such slot. Waits up to 5 s for a walsender to let go of it.
+std::optional<long long> writes_after(const repl::Connection& conn, std::string_view name,
+                                      const std::string& publication, Lsn after) {
+  auto deadline = Clock::now() + 5s;
+  while (true) {
+    try {
+      auto slot = conn.exec("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", {name});
+      if (slot.rows() == 0) return std::nullopt;
+      // pgoutput sends B, then the changes, then C, whose lsn is the commit's end.
+      auto count = conn.exec(
+          "SELECT count(*) FROM (SELECT bool_or(kind IN (73, 85, 68, 84)) AS data, "
+          "  max(lsn) FILTER (WHERE kind = 67) AS commit_end "
+          "  FROM (SELECT get_byte(data, 0) AS kind, lsn, "
+          "          sum((get_byte(data, 0) = 66)::int) OVER (ORDER BY n) AS txn "
+          "        FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', "
+          "          '1', 'publication_names', $2) WITH ORDINALITY AS c(lsn, xid, data, n)) m "
+          "  GROUP BY txn) t WHERE data AND commit_end > $3::pg_lsn",
+          {name, repl::quote_ident(publication), after.to_string()},
+          "reading which writes the slot holds");
+      return std::stoll(std::string(count.scalar()));
+    } catch (const repl::SqlError& e) {
+      if (e.sqlstate() != "55006" || Clock::now() >= deadline) throw;  // object_in_use
+      std::this_thread::sleep_for(50ms);
+    }
+  }
+}
+
 // The environment of --switch-command pointing at `conninfo`.
 std::vector<std::pair<std::string, std::string>> switch_env(const std::string& conninfo,
                                                             std::string_view operation,
@@ -299,6 +345,7 @@ class Cutover {
   void step(const char* name, milliseconds budget, Body&& body);
   bool recover_and_check_direction();
   void recover_traffic(const HistoryRow& dead);
+  std::string settle_switching(const HistoryRow& dead);
   // Step budgets: fence and mark have --fence-timeout and --drain-timeout; the others are
   // shares of --timeout (at its default 60 s: preconditions 30 s; prepare, sequences,
   // reverse and switch 10 s; unfence 5 s). Every step also ends at the overall --timeout.
@@ -344,6 +391,7 @@ class Cutover {
   bool config_written_ = false;
   bool command_ran_ = false;
   bool switched_ = false;
+  bool recovered_ = false;  // this run recovered a dead one
 };
 
 void Cutover::validate() const {
@@ -474,6 +522,11 @@ CutoverReport Cutover::run() {
 
 bool Cutover::recover_and_check_direction() {
   if (auto last = latest_history(history_conn_, options_.name, false)) {
+    if (last->state == "switching") {
+      // Died while switching traffic and its guard could not settle it: decided here, then
+      // handled as `running` (switched back) or `switched` (finished).
+      last->state = settle_switching(*last);
+    }
     // An aborted run whose unfence failed (its guard may have left it to this run, which
     // holds the lock): lift it again; lifting is idempotent.
     bool aborted_fenced = last->state == "aborted" && last->fence_maybe_on &&
@@ -481,6 +534,7 @@ bool Cutover::recover_and_check_direction() {
                           !(last->fence == "pgbouncer" && options_.pgbouncer_conninfo.empty());
     if (last->state == "running" || last->state == "switched" || aborted_fenced) {
       recover_traffic(*last);
+      recovered_ = true;
     }
     if (last->state == "running") {
       // A cutover that died before its switch: its guard lifted the fence; its new slot may
@@ -591,6 +645,84 @@ void Cutover::recover_traffic(const HistoryRow& dead) {
   }
 }
 
+// A `switching` row whose run and guard are gone: traffic may point either way, and both
+// slots are kept (the follower replicates neither way meanwhile), so the writes made since
+// tell where it went: the old direction's slot holds those on the old primary after the
+// fence, the new one those on the new primary after its start. Writes only on the new
+// primary: the switch is finished (config entry and --switch-command towards it), which
+// loses nothing; otherwise it is undone (returns "running": recover_traffic points traffic
+// back). Writes on both sides cannot be merged: the fence is lifted and the run stops,
+// naming what to reconcile. The row is updated to the state returned.
+std::string Cutover::settle_switching(const HistoryRow& dead) {
+  bool was_cutover = dead.operation == "cutover";
+  const std::string& old_primary =
+      was_cutover ? options_.source_conninfo : options_.target_conninfo;
+  const std::string& new_primary =
+      was_cutover ? options_.target_conninfo : options_.source_conninfo;
+  auto old_conn = repl::Connection::open(old_primary, repl::Side::none);
+  auto new_conn = repl::Connection::open(new_primary, repl::Side::none);
+  auto old_writes = writes_after(old_conn, options_.name, options_.publication_name(),
+                                 dead.fence_lsn.value_or(Lsn()));
+  auto new_writes = dead.new_slot_lsn
+                        ? writes_after(new_conn, options_.name, options_.publication_name(),
+                                       *dead.new_slot_lsn)
+                        : std::nullopt;
+  std::string state = new_writes.value_or(0) > 0 ? "switched" : "running";
+  if (new_writes.value_or(0) > 0 && old_writes.value_or(0) > 0) {
+    HistoryRow fenced = dead;
+    fenced.state = "switched";  // lift the fence only
+    recover_traffic(fenced);
+    throw repl::ConfigError(fmt::format(
+        "earlier {} {} died while switching traffic and writes went to both sides since its "
+        "fence: {} transactions on the old primary, {} on the new one; both slots '{}' are "
+        "kept (no write is lost, nothing replicates either way): point all traffic at one "
+        "side, copy the other side's writes across by hand, then drop that side's slot and "
+        "re-run",
+        dead.operation, dead.id, *old_writes, *new_writes, options_.name));
+  }
+  if (state == "switched") {
+    if (!options_.pgbouncer_config.empty()) {
+      auto current = read_pgbouncer_config(options_.pgbouncer_config);
+      auto forward = rewrite_database_entry(
+          current, dead.pgbouncer_database.empty() ? pgbouncer_database_ : dead.pgbouncer_database,
+          new_primary);
+      if (forward != current) {
+        write_pgbouncer_config(options_.pgbouncer_config, forward);
+        PgBouncerAdmin(options_.pgbouncer_conninfo).reload();
+      }
+    }
+    if (!options_.switch_command.empty()) {
+      int status = run_switch_command(
+          options_.switch_command,
+          cutover::switch_env(new_primary, dead.operation, dead.id, false),
+          Clock::now() + switch_budget());
+      if (status != 0) {
+        HistoryRow fenced = dead;
+        fenced.state = "switched";
+        recover_traffic(fenced);
+        throw repl::ConfigError(fmt::format(
+            "earlier {} {} died while switching traffic and the new primary has taken writes "
+            "since: its switch must be finished, but --switch-command towards the new primary "
+            "exited with status {}; fix the command and re-run",
+            dead.operation, dead.id, status));
+      }
+    }
+  }
+  history_conn_.exec(
+      "UPDATE pgferry.cutover_history SET state = $2, reason = $3 WHERE id = $1",
+      {dead.id, state,
+       state == "switched" ? "switch finished by the next run (writes on the new primary)"
+                           : "switch undone by the next run"},
+      "settling a cutover that died while switching");
+  report_.notes.push_back(fmt::format(
+      "earlier {} {} died while switching traffic: {} ({} transactions on the old primary "
+      "since the fence, {} on the new one)",
+      dead.operation, dead.id, state == "switched" ? "finished its switch" : "switched back",
+      old_writes ? std::to_string(*old_writes) : "no slot",
+      new_writes ? std::to_string(*new_writes) : "no slot"));
+  return state;
+}
+
 void Cutover::preconditions(Clock::time_point deadline) {
   // The fence travels as a logical message, which pgoutput sends from PostgreSQL 14 on; both
   // sides, because a rollback fences the new primary the same way. (Older servers have no
@@ -609,9 +741,16 @@ void Cutover::preconditions(Clock::time_point deadline) {
     }
   }
   // The agent of the current direction is connected and caught up, for a moment.
+  // (After recovering a dead run, the follower takes a moment to start the agent again.)
   lagmon::LagSampler sampler(from_.conninfo, to_.conninfo, options_.name);
+  auto restart_grace = std::min(deadline, Clock::now() + (recovered_ ? 10s : 0s));
   for (int i = 0; i < 3; ++i) {
     auto sample = sampler.sample();
+    if (sample.state() != lagmon::AgentState::streaming && Clock::now() < restart_grace) {
+      --i;
+      std::this_thread::sleep_for(100ms);
+      continue;
+    }
     if (sample.state() != lagmon::AgentState::streaming) {
       throw repl::CheckFailed(
           fmt::format("the agent of '{}' is not streaming (state {}): start `pgferry run` first",
@@ -751,25 +890,32 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
   set_statement_timeout(from_conn_, deadline);
   set_statement_timeout(to_conn_, deadline);
   std::vector<std::string> large;  // as verify patterns: both parts quoted
-  for (const auto& table : tables_) {
-    auto estimate = from_conn_.exec(
-        "SELECT c.reltuples::bigint, format('\"%s\".\"%s\"', replace(n.nspname, '\"', "
-        "'\"\"'), replace(c.relname, '\"', '\"\"')) FROM pg_class c JOIN pg_namespace n ON "
-        "n.oid = c.relnamespace WHERE c.oid = $1::regclass",
-        {table});
-    if (std::stoll(std::string(estimate.get(0, 0))) > kCountedRows) {
-      if (keyed_tables_.contains(table)) {
-        large.emplace_back(estimate.get(0, 1));
-      } else {
-        report_.notes.push_back(
-            fmt::format("verify: {} is large and has no primary key: not checked", table));
-      }
-      continue;
+  std::vector<std::string> small;
+  auto estimates = from_conn_.exec(
+      "SELECT c.reltuples::bigint > $2::bigint, format('\"%s\".\"%s\"', replace(n.nspname, "
+      "'\"', '\"\"'), replace(c.relname, '\"', '\"\"')) FROM unnest($1::text[]) WITH ORDINALITY "
+      "AS t(name, i) JOIN pg_class c ON c.oid = t.name::regclass JOIN pg_namespace n ON n.oid "
+      "= c.relnamespace ORDER BY t.i",
+      {repl::sql_array_literal(tables_), std::to_string(kCountedRows)},
+      "verify: estimating the sizes of the published tables");
+  for (int row = 0; row < estimates.rows(); ++row) {
+    const auto& table = tables_[static_cast<std::size_t>(row)];
+    if (estimates.get(row, 0) != "t") {
+      small.push_back(table);
+    } else if (keyed_tables_.contains(table)) {
+      large.emplace_back(estimates.get(row, 1));
+    } else {
+      report_.notes.push_back(
+          fmt::format("verify: {} is large and has no primary key: not checked", table));
     }
-    // Both sides count at the same time.
-    auto count = fmt::format("SELECT count(*) FROM {}", table);
+  }
+  if (!small.empty()) {
+    // One query a side counts them all; both sides count at the same time.
+    std::vector<std::string> counts;
+    for (const auto& table : small) counts.push_back(fmt::format("(SELECT count(*) FROM {})", table));
+    auto query = fmt::format("SELECT ARRAY[{}]::text", fmt::join(counts, ", "));
     for (const auto* conn : {&from_conn_, &to_conn_}) {
-      if (PQsendQuery(conn->native(), count.c_str()) != 1) {
+      if (PQsendQuery(conn->native(), query.c_str()) != 1) {
         repl::throw_pg_error(conn->native(), nullptr, conn->side(), "verify: counting rows");
       }
     }
@@ -788,14 +934,16 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
                              "verify: counting rows");
       }
     }
-    auto old_rows = old_result.scalar();
-    auto new_rows = new_result.scalar();
-    if (old_rows != new_rows) {
-      throw repl::CutoverAborted(
-          fmt::format("verify: {} has {} rows on the old primary and {} on the new one", table,
-                      old_rows, new_rows));
+    auto old_rows = split_array(old_result.scalar());
+    auto new_rows = split_array(new_result.scalar());
+    for (std::size_t i = 0; i < small.size(); ++i) {
+      if (old_rows.at(i) != new_rows.at(i)) {
+        throw repl::CutoverAborted(
+            fmt::format("verify: {} has {} rows on the old primary and {} on the new one",
+                        small[i], old_rows.at(i), new_rows.at(i)));
+      }
+      ++report_.tables_verified;
     }
-    ++report_.tables_verified;
   }
   from_conn_.exec("SET statement_timeout = 0");
   to_conn_.exec("SET statement_timeout = 0");
@@ -870,25 +1018,34 @@ std::vector<std::pair<std::string, std::string>> Cutover::switch_env(const Side&
 
 // The order below is what lets the guard and a re-run agree with the history on which side
 // traffic belongs to when we die on the way (kill -9):
-// 1. The guard hears {"switching"} (the config's original text, the command and the
-//    environment that points it back) before anything changes. Dying from here on, before
-//    3 commits, the guard undoes: kills the command's group if it runs, restores the
-//    config, runs the command back with PGFERRY_ABORT=1, then lifts the fence.
-// 2. The config is rewritten and RELOADed; the command runs (the guard learns its process
+// 1. The guard hears {"switching"} (the config's original and switched texts, the command
+//    and the environments that point it back and forward) before anything changes.
+// 2. The row says `switching` (with the fence and the new slot's position), committed
+//    before traffic moves: from here on a dead cutover's row tells that the switch may be
+//    half done, and the follower keeps both directions stopped until it is settled.
+// 3. The config is rewritten and RELOADed; the command runs (the guard learns its process
 //    group, and when it ended).
-// 3. The UPDATE to `switched` commits: the point of no return. From its commit on nothing
-//    switches back: the guard, not yet told, finds the row `switched` once it holds our
-//    advisory lock (our session, hence our UPDATE, is over by then) and only unfences; a
-//    re-run finishes the cutover.
-// 4. The guard hears {"switched"}: it no longer needs to ask the history.
+// 4. The guard hears {"committing"}; the UPDATE to `switched` commits: the point of no
+//    return. From its commit on nothing switches back: the guard, not yet told, finds the
+//    row `switched` once it holds our advisory lock (our session, hence our UPDATE, is over
+//    by then) and only unfences; a re-run finishes the cutover.
+// 5. The guard hears {"switched"}: it no longer needs to ask the history.
+// Dying between 2 and 4, the guard undoes the switch, or finishes it when undoing fails
+// (guard.hpp); a re-run that finds the row still `switching` decides from where writes went
+// (settle_switching).
 void Cutover::switch_traffic(Clock::time_point deadline) {
   nlohmann::json back_env = nlohmann::json::object();
   for (const auto& [key, value] : switch_env(from_, true)) back_env[key] = value;
+  nlohmann::json forward_env = nlohmann::json::object();
+  for (const auto& [key, value] : switch_env(to_, false)) forward_env[key] = value;
   nlohmann::json config = nullptr;
+  std::string config_switched;
   if (!options_.pgbouncer_config.empty()) {
     config_original_ = read_pgbouncer_config(options_.pgbouncer_config);
+    config_switched = rewrite_database_entry(config_original_, pgbouncer_database_, to_.conninfo);
     config = {{"path", options_.pgbouncer_config},
               {"original", config_original_},
+              {"switched", config_switched},
               {"admin", options_.pgbouncer_conninfo}};
   }
   guard_->send(
@@ -897,19 +1054,25 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
          {"command", options_.switch_command.empty() ? nlohmann::json(nullptr)
                                                      : nlohmann::json(options_.switch_command)},
          {"back_env", back_env},
+         {"forward_env", forward_env},
          {"back_budget_ms", switch_budget().count()}}}});
+  history_conn_.exec(
+      "UPDATE pgferry.cutover_history SET state = 'switching', fence_lsn = $2::pg_lsn, "
+      "new_slot_lsn = $3::pg_lsn WHERE id = $1",
+      {report_.id, report_.fence_lsn.to_string(), report_.new_slot_lsn.to_string()},
+      "recording that the switch begins");
+  crash_point("after-switching");
   if (!options_.pgbouncer_config.empty()) {
     config_written_ = true;
-    write_pgbouncer_config(
-        options_.pgbouncer_config,
-        rewrite_database_entry(config_original_, pgbouncer_database_, to_.conninfo));
+    write_pgbouncer_config(options_.pgbouncer_config, config_switched);
     PgBouncerAdmin(options_.pgbouncer_conninfo).reload();
   }
   if (!options_.switch_command.empty()) {
     command_ran_ = true;
     int status = run_switch_command(options_.switch_command, switch_env(to_, false), deadline,
                                     [&](pid_t pid) {
-                                      guard_->send({{"switch_pgid", pid}});
+                                      guard_->send({{"switch_pgid", pid},
+                                                    {"switch_start", process_start_time(pid)}});
                                     });
     guard_->send({{"switch_exited", true}});
     if (status != 0) {
@@ -920,11 +1083,10 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
     report_.notes.push_back("no --pgbouncer-config or --switch-command: traffic not switched");
   }
   crash_point("before-switched");
+  guard_->send({{"committing", true}});
   try {
-    history_conn_.exec(
-        "UPDATE pgferry.cutover_history SET state = 'switched', new_slot_lsn = $2::pg_lsn WHERE "
-        "id = $1",
-        {report_.id, report_.new_slot_lsn.to_string()}, "recording the switch");
+    history_conn_.exec("UPDATE pgferry.cutover_history SET state = 'switched' WHERE id = $1",
+                       {report_.id}, "recording the switch");
   } catch (const std::exception& e) {
     // The connection may have failed after the commit: the row decides, as for the guard.
     if (!switch_committed_after_all(deadline)) throw;
@@ -1085,12 +1247,12 @@ std::optional<std::string> cutover_state(const repl::Connection& original_target
       original_target.exec("SELECT state, name FROM pgferry.cutover_history WHERE id = $1", {id});
   if (result.rows() == 0) return std::nullopt;
   std::string state(result.get(0, 0));
-  if (state == "running") {
-    // Running only while its process holds the lock.
+  if (state == "running" || state == "switching") {
+    // Running only while its process (or its guard) holds the lock.
     auto key = lock_key(result.get(0, 1));
     if (original_target.exec("SELECT pg_try_advisory_lock(hashtext($1))", {key}).scalar() == "t") {
       original_target.exec("SELECT pg_advisory_unlock(hashtext($1))", {key});
-      return std::string("dead");
+      return std::string(state == "running" ? "dead" : "unsettled");
     }
   }
   return state;

@@ -64,6 +64,7 @@ repl::AgentResult Follower::run() {
     spdlog::info("follow name={} fenced by cutover {} at {}: waiting for its outcome",
                  options_.agent.name, id, result.fence->end_lsn);
     repl::Connection conn;
+    bool warned = false;
     while (!stop_) {
       try {
         if (!conn.is_open()) conn = repl::Connection::open(target, repl::Side::target);
@@ -73,7 +74,15 @@ repl::AgentResult Follower::run() {
                        options_.agent.name, id);
           return result;
         }
-        if (*state != "running") {
+        if (*state == "unsettled" && !warned) {
+          // Traffic may point either way: neither direction may run until it is decided.
+          warned = true;
+          spdlog::error(
+              "follow name={} cutover {} died while switching traffic and its guard could not "
+              "settle it: waiting; re-run that cutover or rollback to settle it",
+              options_.agent.name, id);
+        }
+        if (*state != "running" && *state != "switching" && *state != "unsettled") {
           spdlog::info("follow name={} cutover {} {}", options_.agent.name, id, *state);
           break;
         }

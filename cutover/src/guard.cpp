@@ -39,6 +39,8 @@ struct GuardState {
   std::optional<FenceSpec> fence;
   std::optional<nlohmann::json> switching;
   pid_t switch_pgid = 0;
+  unsigned long long switch_start = 0;
+  bool committing = false;
   bool switched = false;
   bool released = false;
   bool done = false;
@@ -50,8 +52,12 @@ struct GuardState {
       released = false;
     }
     if (message.contains("switching")) switching = message["switching"];
-    if (message.contains("switch_pgid")) switch_pgid = message["switch_pgid"].get<pid_t>();
+    if (message.contains("switch_pgid")) {
+      switch_pgid = message["switch_pgid"].get<pid_t>();
+      switch_start = message.value("switch_start", 0ULL);
+    }
     if (message.contains("switch_exited")) switch_pgid = 0;
+    if (message.contains("committing")) committing = true;
     if (message.contains("switched")) switched = true;
     if (message.contains("released")) released = true;
     if (message.contains("done")) done = true;
@@ -97,6 +103,78 @@ HistoryFinding read_history(const nlohmann::json& history, repl::Connection& con
   }
 }
 
+// Where the guard sends traffic before it lifts the fence.
+enum class Plan {
+  stay,               // nothing was switched, or the switch is committed
+  back,               // undo the switch (the history cannot say more)
+  back_else_forward,  // the row says `switching`: undo, and if that fails, finish it
+};
+
+// Points traffic at one side: the PgBouncer entry (`config_text`, retried until `deadline`)
+// and the switch command with `env` (once, as the cutover runs it). Returns whether both
+// succeeded; every failure is logged.
+bool point_traffic(const nlohmann::json& switching, const char* config_text, const char* env_key,
+                   const char* towards, Clock::time_point deadline) {
+  bool ok = true;
+  if (const auto& config = switching.value("config", nlohmann::json()); !config.is_null()) {
+    while (true) {
+      try {
+        write_pgbouncer_config(config["path"].get<std::string>(),
+                               config[config_text].get<std::string>());
+        PgBouncerAdmin(config["admin"].get<std::string>()).reload();
+        spdlog::warn("cutover-guard: PgBouncer config points at the {} (reloaded)", towards);
+        break;
+      } catch (const std::exception& e) {
+        if (Clock::now() > deadline) {
+          spdlog::error("cutover-guard: pointing PgBouncer at the {}: {}", towards, e.what());
+          ok = false;
+          break;
+        }
+        spdlog::warn("cutover-guard: pointing PgBouncer at the {}: retrying: {}", towards,
+                     e.what());
+        std::this_thread::sleep_for(200ms);
+      }
+    }
+  }
+  if (const auto& command = switching.value("command", nlohmann::json()); !command.is_null()) {
+    std::vector<std::pair<std::string, std::string>> env;
+    for (const auto& [key, value] : switching[env_key].items()) {
+      env.emplace_back(key, value.get<std::string>());
+    }
+    try {
+      int status = run_switch_command(command.get<std::string>(), env, deadline);
+      if (status != 0) {
+        spdlog::error("cutover-guard: --switch-command towards the {} exited with status {}",
+                      towards, status);
+        ok = false;
+      } else {
+        spdlog::warn("cutover-guard: --switch-command ran towards the {}", towards);
+      }
+    } catch (const std::exception& e) {
+      spdlog::error("cutover-guard: --switch-command towards the {}: {}", towards, e.what());
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+// The `switching` row settled, on the connection that holds the cutover's lock.
+void settle(repl::Connection& conn, const nlohmann::json& history, std::string_view state) {
+  try {
+    conn.exec(
+        "UPDATE pgferry.cutover_history SET state = $2, reason = $3 WHERE id = $1 AND state = "
+        "'switching'",
+        {history.at("id").get<std::string>(), state,
+         state == "switched" ? "the guard finished the switch (the way back failed)"
+                             : "the guard switched back"},
+        "recording where the guard sent traffic");
+    spdlog::warn("cutover-guard: history row marked {}", state);
+  } catch (const std::exception& e) {
+    // Left `switching`: a re-run decides from where writes went (both slots are kept).
+    spdlog::error("cutover-guard: could not mark the history row {}: {}", state, e.what());
+  }
+}
+
 }  // namespace
 
 int run_guard() {
@@ -116,7 +194,7 @@ int run_guard() {
   auto deadline = Clock::now() + 60s;
   repl::Connection lock_holder;  // holds the cutover's lock while we act
   bool switch_begun = state.switching && !state.switched;
-  bool undo = switch_begun;
+  Plan plan = switch_begun ? Plan::back : Plan::stay;
   if (state.history) {
     auto found = read_history(*state.history, lock_holder, Clock::now() + 5s);
     if (found.readable && !found.owner) {
@@ -128,72 +206,66 @@ int run_guard() {
     if (found.owner) {
       spdlog::warn("cutover-guard: cutover {} is {} in the history",
                    (*state.history)["id"].get<std::string>(), found.state);
-      // Only a `running` row can have a switch that is not committed nor undone (the
-      // cutover's abort writes `aborted` once it switched back).
-      undo = switch_begun && found.state == "running";
+      // `running`: nothing switched yet (undoing is harmless); `switching`: undone, or
+      // finished when undoing fails, so that the row says where traffic went; `switched`,
+      // `completed`: committed; `aborted`: the cutover's abort already switched back.
+      if (!switch_begun || (found.state != "running" && found.state != "switching")) {
+        plan = Plan::stay;
+      } else if (found.state == "switching") {
+        plan = Plan::back_else_forward;
+      }
+    } else if (switch_begun && state.committing) {
+      // The switch had completed and its commit was under way: it may be committed, and
+      // then a re-run finishes it; traffic stays where it is.
+      spdlog::error(
+          "cutover-guard: the history is unreachable and the switch had completed: traffic "
+          "stays on the new primary");
+      plan = Plan::stay;
     } else if (switch_begun) {
       spdlog::error("cutover-guard: the history is unreachable: switching back");
     }
   }
-  if (undo && state.switch_pgid > 0) {
+  if (plan != Plan::stay && state.switch_pgid > 0) {
     // The forward switch command still runs: it must not finish after the way back.
-    ::kill(-state.switch_pgid, SIGKILL);
-    spdlog::warn("cutover-guard: killed the switch command's process group {}", state.switch_pgid);
+    if (kill_process_group(state.switch_pgid, state.switch_start)) {
+      spdlog::warn("cutover-guard: killed the switch command's process group {}",
+                   state.switch_pgid);
+    }
   }
-  const auto& switching = state.switching ? *state.switching : nlohmann::json::object();
-  bool config_restored = !undo || switching.value("config", nlohmann::json()).is_null();
-  bool command_undone = !undo || switching.value("command", nlohmann::json()).is_null();
+  if (plan != Plan::stay) {
+    const auto& switching = *state.switching;
+    auto budget = std::chrono::milliseconds(switching.value("back_budget_ms", 10000));
+    bool back = point_traffic(switching, "original", "back_env", "old primary",
+                              std::min(deadline, Clock::now() + budget));
+    if (plan == Plan::back_else_forward) {
+      if (back) {
+        settle(lock_holder, *state.history, "running");
+      } else if (point_traffic(switching, "switched", "forward_env", "new primary",
+                               std::min(deadline, Clock::now() + budget))) {
+        // Everything before the fence is on the new primary and its slot has recorded every
+        // write since: finishing the switch loses nothing.
+        settle(lock_holder, *state.history, "switched");
+      } else {
+        spdlog::error(
+            "cutover-guard: traffic could be pointed neither back nor forward: the row stays "
+            "`switching` and both slots are kept; a re-run of the cutover settles it from "
+            "where writes went");
+      }
+    }
+  }
+  // Writes must not stay fenced past the budget, whatever happened above.
+  deadline = std::max(deadline, Clock::now() + 5s);
   while (true) {
     try {
-      if (!config_restored) {
-        const auto& config = switching["config"];
-        restore_pgbouncer_config(config["path"].get<std::string>(),
-                                 config["original"].get<std::string>());
-        PgBouncerAdmin(config["admin"].get<std::string>()).reload();
-        config_restored = true;
-        spdlog::warn("cutover-guard: PgBouncer config restored and reloaded");
-      }
-      if (!command_undone) {
-        std::vector<std::pair<std::string, std::string>> env;
-        for (const auto& [key, value] : switching["back_env"].items()) {
-          env.emplace_back(key, value.get<std::string>());
-        }
-        // Once, as the cutover's abort runs it: a failure is logged, the fence still lifted.
-        command_undone = true;
-        try {
-          int status = run_switch_command(
-              switching["command"].get<std::string>(), env,
-              std::min(deadline, Clock::now() + std::chrono::milliseconds(
-                                                    switching.value("back_budget_ms", 10000))));
-          if (status == 0) {
-            spdlog::warn("cutover-guard: --switch-command ran towards the old primary");
-          } else {
-            spdlog::error(
-                "cutover-guard: --switch-command towards the old primary exited with "
-                "status {}",
-                status);
-          }
-        } catch (const std::exception& e) {
-          spdlog::error("cutover-guard: --switch-command towards the old primary: {}", e.what());
-        }
-      }
       lift_fence(*state.fence);
       spdlog::warn("cutover-guard: fence lifted ({})", to_string(state.fence->kind));
       return 0;
     } catch (const std::exception& e) {
       if (Clock::now() > deadline) {
-        spdlog::error("cutover-guard: could not {}: {}",
-                      config_restored ? "lift the fence" : "restore the PgBouncer config",
-                      e.what());
-        if (!config_restored) {
-          // Writes must not stay fenced past the budget: lift it anyway.
-          config_restored = true;
-          deadline = Clock::now() + 5s;
-          continue;
-        }
+        spdlog::error("cutover-guard: could not lift the fence: {}", e.what());
         return 1;
       }
-      spdlog::warn("cutover-guard: retrying: {}", e.what());
+      spdlog::warn("cutover-guard: lifting the fence: retrying: {}", e.what());
       std::this_thread::sleep_for(200ms);
     }
   }

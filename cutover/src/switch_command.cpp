@@ -9,6 +9,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "pgferry/replication/core/error.hpp"
@@ -67,6 +69,28 @@ int run_switch_command(const std::string& command,
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+}
+
+unsigned long long process_start_time(pid_t pid) {
+  std::ifstream file(fmt::format("/proc/{}/stat", pid));
+  std::string stat((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  // pid (comm) state ppid ...: comm may hold spaces and parentheses, so count from the last
+  // ')'; the start time is field 22, the 20th after it.
+  auto close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 1));
+  std::string field;
+  for (int i = 0; i < 19 && fields >> field; ++i) {
+  }
+  unsigned long long start = 0;
+  fields >> start;
+  return start;
+}
+
+bool kill_process_group(pid_t pgid, unsigned long long leader_start) {
+  auto now = process_start_time(pgid);
+  if (now != 0 && now != leader_start) return false;  // the pid is another process's now
+  return ::kill(-pgid, SIGKILL) == 0;
 }
 
 }  // namespace pgferry::cutover

@@ -20,4 +20,14 @@ int run_switch_command(const std::string& command,
                        std::chrono::steady_clock::time_point deadline,
                        const std::function<void(pid_t)>& started = nullptr);
 
+// The start time of process `pid` (/proc/PID/stat, clock ticks since boot); 0 when there is
+// no such process. With the pid it names one process: a pid can be reused, the pair not.
+unsigned long long process_start_time(pid_t pid);
+
+// Kills process group `pgid` (SIGKILL) unless its leader's pid now names another process
+// (started at another time than `leader_start`): a group id is not reused while the group
+// has members, but the pid of a leader that exited with its group is. Returns whether it
+// signalled.
+bool kill_process_group(pid_t pgid, unsigned long long leader_start);
+
 }  // namespace pgferry::cutover

@@ -4,8 +4,13 @@
 //   towards the source with PGFERRY_ABORT=1) and lifts the fence; a re-run marks it aborted;
 // - just after it, before the guard heard of it: the guard only lifts the fence (traffic
 //   stays on the target) and a re-run finishes the cutover;
-// - the cutover and its guard both killed while fenced: PgBouncer stays paused until a
-//   re-run, which resumes it, marks the dead run aborted and cuts over.
+// - just before it with a switch command that cannot run back: the guard finishes the switch
+//   instead (marks the row `switched`), so writes on the target travel back to the source;
+// - the cutover and its guard both killed while switching (the row says `switching`): the
+//   agent waits and PgBouncer stays paused until a re-run, which decides from where writes
+//   went since the fence: nowhere → it switches back, marks the dead run aborted and cuts
+//   over; on the target → it finishes the switch; on both sides → it stops and says so,
+//   with the fence lifted.
 // (PGFERRY_CUTOVER_CRASH_AT makes the cutover kill itself at a named point.)
 #include <signal.h>
 #include <stdlib.h>
@@ -31,6 +36,32 @@ class CutoverCrash : public CutoverFixture {
     return query_value(
         connect(*target_),
         fmt::format("SELECT state FROM pgferry.cutover_history WHERE id = '{}'", id));
+  }
+  // Kills a cutover and its guard while its --switch-command hangs (config rewritten, row
+  // `switching`, PgBouncer paused) after 50 rows went through PgBouncer.
+  void kill_both_while_switching() {
+    auto original = read_file(bouncer_->config_file().string());
+    ASSERT_EQ(through_pgbouncer("WITH i AS (INSERT INTO ledger (client, seq) SELECT 7, g FROM "
+                                "generate_series(1, 50) g RETURNING 1) SELECT count(*) FROM i"),
+              "50");
+    std::string log = fmt::format("/tmp/pgferry-cutover-kill-both-{}.log", ::getpid());
+    pid_t cutover = spawn_pgferry(switch_args("cutover", {"--switch-command", "sleep 20"}), log);
+    ASSERT_TRUE(wait_until(
+        [&] {
+          return read_file(bouncer_->config_file().string()) != original && pgbouncer_paused();
+        },
+        30s))
+        << read_file(log);
+    ASSERT_NO_FATAL_FAILURE(kill_with_guard(cutover, log));
+    ASSERT_EQ(history_state(first_run_id()), "switching");
+  }
+  // Inserts `rows` ledger rows of `client` straight into `side` (not through PgBouncer), with
+  // ids far from the sequences'.
+  static void write_directly(const LocalCluster& side, int client, int rows) {
+    connect(side).exec(fmt::format(
+        "INSERT INTO ledger (id, client, seq) SELECT 1000000 * {0} + g, {0}, g FROM "
+        "generate_series(1, {1}) g",
+        client, rows));
   }
   std::string first_run_id() {
     return query_value(connect(*target_),
@@ -96,34 +127,111 @@ TEST_F(CutoverCrash, DiesAfterTheSwitchCommitsGuardKeepsTheSwitch) {
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
 }
 
-TEST_F(CutoverCrash, CutoverAndGuardKilledWhileFencedRerunLiftsTheFence) {
+TEST_F(CutoverCrash, WayBackFailsGuardFinishesTheSwitch) {
   ASSERT_TRUE(agent_streaming(*source_));
   auto original = read_file(bouncer_->config_file().string());
-  ASSERT_EQ(through_pgbouncer("WITH i AS (INSERT INTO ledger (client, seq) SELECT 7, g FROM "
-                              "generate_series(1, 50) g RETURNING 1) SELECT count(*) FROM i"),
-            "50");
-  std::string log = fmt::format("/tmp/pgferry-cutover-kill-both-{}.log", ::getpid());
-  // The switch command hangs: the cutover sits fenced with the config rewritten.
-  pid_t cutover = spawn_pgferry(switch_args("cutover", {"--switch-command", "sleep 20"}), log);
-  ASSERT_TRUE(wait_until(
-      [&] { return read_file(bouncer_->config_file().string()) != original && pgbouncer_paused(); },
-      30s))
-      << read_file(log);
-  ASSERT_NO_FATAL_FAILURE(kill_with_guard(cutover, log));
+  // Records each call and fails when asked to point back at the source.
+  auto command = recording_command() + " && test \"$PGFERRY_ABORT\" = 0";
+  ::setenv("PGFERRY_CUTOVER_CRASH_AT", "before-switched", 1);
+  auto result = run_pgferry(switch_args("cutover", {"--switch-command", command}));
+  ::unsetenv("PGFERRY_CUTOVER_CRASH_AT");
+  EXPECT_NE(result.exit_code, 0) << result.output;
   auto id = first_run_id();
-  // Nobody lifts the fence now.
+  // The guard: back (config restored, the command fails), then forward again, row `switched`.
+  EXPECT_TRUE(wait_until([&] { return history_state(id) == "switched"; }, 30s))
+      << read_file(marker_) << result.output;
+  EXPECT_EQ(read_file(marker_), fmt::format("0 {0}\n1 {1}\n0 {0}\n", target_->port(),
+                                            source_->port()));
+  EXPECT_TRUE(wait_until([&] { return !pgbouncer_paused(); }, 30s));
+  EXPECT_NE(read_file(bouncer_->config_file().string()), original);
+  EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
+  // Writes on the new primary travel back: the follower runs the reverse direction.
+  ASSERT_EQ(through_pgbouncer("WITH i AS (INSERT INTO ledger (client, seq) SELECT 9, g FROM "
+                              "generate_series(1, 20) g RETURNING 1) SELECT count(*) FROM i"),
+            "20");
+  EXPECT_TRUE(wait_until(
+      [&] {
+        return query_value(connect(*source_), "SELECT count(*) FROM ledger WHERE client = 9") ==
+               "20";
+      },
+      60s))
+      << agent_->log_text();
+  auto rerun = run_pgferry(switch_args("cutover"));
+  ASSERT_EQ(rerun.exit_code, 0) << rerun.output;
+  EXPECT_EQ(history_state(id), "completed");
+}
+
+TEST_F(CutoverCrash, CutoverAndGuardKilledWhileSwitchingRerunSwitchesBack) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  ASSERT_NO_FATAL_FAILURE(kill_both_while_switching());
+  auto id = first_run_id();
+  // Nobody lifts the fence now, and the agent waits for the switch to be settled.
   std::this_thread::sleep_for(1s);
   EXPECT_TRUE(pgbouncer_paused());
-  EXPECT_EQ(history_state(id), "running");
+  EXPECT_EQ(query_value(connect(*source_),
+                        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry' "
+                        "AND active"),
+            "0");
 
-  // The re-run puts the entry back, resumes PgBouncer, marks the dead run aborted, cuts over.
-  ASSERT_TRUE(agent_streaming(*source_)) << agent_->log_text();
+  // No writes since the fence: the re-run puts the entry back, resumes PgBouncer, marks the
+  // dead run aborted and cuts over.
   auto rerun = run_pgferry(switch_args("cutover"));
   ASSERT_EQ(rerun.exit_code, 0) << rerun.output << agent_->log_text();
   EXPECT_NE(rerun.output.find("left PgBouncer"), std::string::npos) << rerun.output;
+  EXPECT_NE(rerun.output.find("died while switching traffic: switched back"), std::string::npos)
+      << rerun.output;
   EXPECT_EQ(history_state(id), "aborted");
   EXPECT_FALSE(pgbouncer_paused());
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
   // Everything written before the fence arrived once.
   EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 7"), "50");
+}
+
+TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnTheTargetRerunFinishesTheSwitch) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  ASSERT_NO_FATAL_FAILURE(kill_both_while_switching());
+  auto id = first_run_id();
+  // Traffic that reached the new primary some other way (the switch command's half).
+  write_directly(*target_, 8, 30);
+  auto rerun = run_pgferry(switch_args("cutover"));
+  ASSERT_EQ(rerun.exit_code, 0) << rerun.output << agent_->log_text();
+  EXPECT_NE(rerun.output.find("died while switching traffic: finished its switch (0 "
+                              "transactions on the old primary since the fence, 1 on the new"),
+            std::string::npos)
+      << rerun.output;
+  EXPECT_EQ(history_state(id), "completed");
+  EXPECT_FALSE(pgbouncer_paused());
+  EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
+  // Nothing lost: those writes travel to the old primary, the fence's writes are on the target.
+  EXPECT_TRUE(wait_until(
+      [&] {
+        return query_value(connect(*source_), "SELECT count(*) FROM ledger WHERE client = 8") ==
+               "30";
+      },
+      60s))
+      << agent_->log_text();
+  EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 7"), "50");
+}
+
+TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnBothSidesRerunStops) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  ASSERT_NO_FATAL_FAILURE(kill_both_while_switching());
+  auto id = first_run_id();
+  write_directly(*target_, 8, 30);
+  write_directly(*source_, 6, 10);
+  auto rerun = run_pgferry(switch_args("cutover"));
+  EXPECT_NE(rerun.exit_code, 0) << rerun.output;
+  EXPECT_NE(rerun.output.find("writes went to both sides since its fence: 1 transactions on "
+                              "the old primary, 1 on the new one"),
+            std::string::npos)
+      << rerun.output;
+  // The fence is lifted all the same; both slots are kept and nothing replicates.
+  EXPECT_FALSE(pgbouncer_paused());
+  EXPECT_EQ(history_state(id), "switching");
+  for (const auto* side : {source_.get(), target_.get()}) {
+    EXPECT_EQ(query_value(connect(*side),
+                          "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry'"),
+              "1");
+  }
+  EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 6"), "0");
 }

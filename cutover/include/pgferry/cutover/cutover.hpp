@@ -36,6 +36,12 @@
 //   PgBouncer database). Then a `running` row is cleaned up (its reverse slot dropped) and
 //   marked aborted, a `switched` one is finished (old slot dropped, progress written,
 //   marked completed); then the command proceeds.
+// - States of a history row: running → switching (committed before traffic moves) →
+//   switched (the point of no return) → completed; running or switching → aborted. A dead
+//   run's `switching` row that its guard could not settle is settled by the next run from
+//   where writes went since the fence (both slots are kept until then; see
+//   settle_switching): only on the new primary → the switch is finished; otherwise undone;
+//   on both sides → the run stops and names what to reconcile.
 #pragma once
 
 #include <chrono>
@@ -127,7 +133,9 @@ CutoverReport run_cutover(const CutoverOptions& options);
 enum class Direction { forward, reverse };
 Direction current_direction(const replication::Connection& original_target, std::string_view name);
 
-// The state of one cutover in the history table, when the row exists.
+// The state of one cutover in the history table, when the row exists: running, switching,
+// switched, completed, aborted; "dead" for a `running` row and "unsettled" for a `switching`
+// one whose process and guard are gone (nobody holds its lock).
 std::optional<std::string> cutover_state(const replication::Connection& original_target,
                                          std::string_view id);
 

@@ -10,7 +10,10 @@
 // - When the agent stops at a fence, the follower waits for that cutover's outcome in the
 //   history: completed or switched → the other direction; aborted, or the cutover process
 //   gone (its row `running` but its lock free) → the same direction again, from the progress
-//   row, which is at the fence's end (the fence is not seen twice). A fence that no cutover
+//   row, which is at the fence's end (the fence is not seen twice). While the row says
+//   `switching` (traffic may be half switched) it keeps waiting, even with the cutover and
+//   its guard gone, until a re-run settles it: neither slot is read meanwhile, so the re-run
+//   can see where writes went. A fence that no cutover
 //   recorded (someone emitted it by hand) ends run() with the agent's `fenced` result.
 #pragma once
 

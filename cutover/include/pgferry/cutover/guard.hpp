@@ -6,33 +6,47 @@
 //   {"history": {"conninfo", "id", "lock"}}  at the start: where the history row is and the
 //                                          advisory lock the cutover holds while it lives
 //   {"fence": FenceSpec}                   before it engages the fence
-//   {"switching": {"config": {"path", "original", "admin"} | null,
-//                  "command": CMD | null, "back_env": {NAME: VALUE}}}
-//                                          before it rewrites the PgBouncer config or runs
-//                                          --switch-command (back_env: the environment
-//                                          that points CMD at the old primary, ABORT=1)
-//   {"switch_pgid": PID}                   the switch command's process group, once started
+//   {"switching": {"config": {"path", "original", "switched", "admin"} | null,
+//                  "command": CMD | null, "back_env": {NAME: VALUE},
+//                  "forward_env": {NAME: VALUE}, "back_budget_ms": N}}
+//                                          before the row says `switching` and before it
+//                                          rewrites the PgBouncer config or runs
+//                                          --switch-command (back_env points CMD at the old
+//                                          primary with PGFERRY_ABORT=1, forward_env at the
+//                                          new one)
+//   {"switch_pgid": PID, "switch_start": T} the switch command's process group and its
+//                                          leader's start time, once started
 //   {"switch_exited": true}                once that command has ended
+//   {"committing": true}                   the switch is done; the `switched` UPDATE follows
 //   {"switched": true}                     once the history row says `switched` (committed)
 //   {"released": true}                     once the fence is lifted
 //   {"done": true}                         all is well, nothing to do
 // End of input while fenced (the pipe closed because the cutover is gone) makes the guard
-// (1) decide whether the switch was committed, (2) if not, undo it exactly as the
-// cutover's abort does, (3) lift the fence; retrying for up to a minute.
+// (1) decide where traffic goes, (2) point it there, (3) lift the fence, within about 30 s.
 //
 // The point of no return is the commit of the history row's `switched` state, not the
 // guard's message: the cutover may die between its UPDATE's commit and {"switched"}. So
 // the guard asks the history, but only once the cutover's session is gone: it first takes
 // the cutover's advisory lock (free only when that session ended, so an UPDATE it had sent
 // is then either committed or never will be) and holds it while it acts, so that no re-run
-// starts meanwhile. The row `running` after {"switching"}: it kills the switch command's
-// group if still running, restores the PgBouncer config and RELOADs, runs the switch
-// command towards the old primary with PGFERRY_ABORT=1, then lifts the fence. `switched`
-// or `completed`: it only lifts the fence (a re-run finishes the cutover); `aborted`: the
-// cutover's abort already switched back, it lifts the fence. The lock still taken after
-// 5 s: a re-run holds it and recovers this cutover itself, so the guard leaves. The
-// history unreachable for 5 s (the original target down): it switches back if the switch
-// had begun, and lifts the fence.
+// starts meanwhile. What it does by the row's state:
+// - `running` after {"switching"}: nothing was switched yet; it undoes all the same (kills
+//   the switch command's group if it still runs, restores the config and RELOADs, runs the
+//   command towards the old primary with PGFERRY_ABORT=1) and lifts the fence.
+// - `switching`: the switch may be half done. It undoes it; if any part of that fails
+//   (traffic might then reach the new primary), it finishes the switch instead (config
+//   rewritten, command towards the new primary) and marks the row `switched`, which loses
+//   nothing: the new primary holds everything before the fence and its slot records every
+//   write since. Undone, it marks the row `running` again (a re-run marks it aborted). When
+//   neither works the row stays `switching` with both slots kept, and a re-run decides from
+//   where writes went (see cutover.hpp).
+// - `switched` or `completed`: it only lifts the fence (a re-run finishes the cutover);
+//   `aborted`: the cutover's abort already switched back, it lifts the fence.
+// The lock still taken after 5 s: a re-run holds it and recovers this cutover itself, so the
+// guard leaves. The history unreachable for 5 s (the original target down): it switches back
+// if the switch had begun and not completed ({"committing"} not heard), else keeps it, and
+// lifts the fence. The switch command's group is killed only if its leader's pid still names
+// the same process or no process (a group id is not reused while it has members).
 #pragma once
 
 #include <sys/types.h>

@@ -18,8 +18,5 @@ std::string rewrite_database_entry(std::string_view config_text, std::string_vie
 std::string read_pgbouncer_config(const std::string& path);
 // Writes `text` to `path` atomically.
 void write_pgbouncer_config(const std::string& path, const std::string& text);
-inline void restore_pgbouncer_config(const std::string& path, const std::string& original) {
-  write_pgbouncer_config(path, original);
-}
 
 }  // namespace pgferry::cutover
