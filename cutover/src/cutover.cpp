@@ -352,7 +352,7 @@ class Cutover {
   milliseconds switch_budget() const { return std::max(1ms, options_.timeout / 6); }
   milliseconds unfence_budget() const { return std::max(1ms, options_.timeout / 12); }
   void preconditions(Clock::time_point deadline);
-  bool switch_committed_after_all(Clock::time_point deadline);
+  std::optional<bool> switch_committed_after_all(Clock::time_point deadline);
   void engage_fence(Clock::time_point deadline);
   void mark_and_drain(Clock::time_point deadline);
   void sequences_and_verify(Clock::time_point deadline);
@@ -391,7 +391,8 @@ class Cutover {
   bool config_written_ = false;
   bool command_ran_ = false;
   bool switched_ = false;
-  bool recovered_ = false;  // this run recovered a dead one
+  bool recovered_ = false;            // this run recovered a dead one
+  bool switch_unconfirmed_ = false;  // the `switched` UPDATE's outcome could not be read
 };
 
 void Cutover::validate() const {
@@ -1089,15 +1090,29 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
                        {report_.id}, "recording the switch");
   } catch (const std::exception& e) {
     // The connection may have failed after the commit: the row decides, as for the guard.
-    if (!switch_committed_after_all(deadline)) throw;
-    report_.notes.push_back(fmt::format("recording the switch: {} (it had committed)", e.what()));
+    auto committed = switch_committed_after_all(deadline);
+    if (committed == false) throw;  // the abort switches back
+    if (committed) {
+      report_.notes.push_back(fmt::format("recording the switch: {} (it had committed)", e.what()));
+    } else {
+      // Unknown (the history unreachable till the budget's end). Switching back could leave
+      // writes on the old primary behind a committed `switched` row, which a re-run would
+      // finish; kept switched, the row is `switched` or `switching` and a re-run settles
+      // either from where writes went. So traffic stays, and the old slot is kept.
+      switch_unconfirmed_ = true;
+      report_.notes.push_back(fmt::format(
+          "recording the switch: {}; whether it committed cannot be read: traffic stays on the "
+          "new primary, the old slot is kept; re-run the {} once the target answers, to settle "
+          "its history",
+          e.what(), to_string(options_.operation)));
+    }
   }
   switched_ = true;
   crash_point("after-switched");
   guard_->send({{"switched", true}});
 }
 
-bool Cutover::switch_committed_after_all(Clock::time_point deadline) {
+std::optional<bool> Cutover::switch_committed_after_all(Clock::time_point deadline) {
   // Our advisory lock is free once the failed session has ended, and with it the UPDATE,
   // committed or not; then the row says which. The new session keeps the lock for the rest.
   while (Clock::now() < deadline) {
@@ -1117,8 +1132,7 @@ bool Cutover::switch_committed_after_all(Clock::time_point deadline) {
       std::this_thread::sleep_for(50ms);
     }
   }
-  return false;  // unknown: abort (a re-run finds a `switched` row without its slot on the
-                 // target only if the abort could not reach the target either)
+  return std::nullopt;
 }
 
 void Cutover::lift(Clock::time_point /*deadline*/) {
@@ -1128,6 +1142,16 @@ void Cutover::lift(Clock::time_point /*deadline*/) {
 }
 
 void Cutover::after_commit() {
+  if (switch_unconfirmed_) {
+    // The history cannot be written either; the re-run finishes from the row it finds.
+    report_.ok = true;
+    if (guard_ && report_.window) {
+      guard_->finish();
+    } else if (guard_) {
+      hand_over_to_guard();  // fence still on: the guard lifts it (and keeps the switch)
+    }
+    return;
+  }
   try {
     // The old direction ends here: its slot holds no WAL any more, nothing travels back.
     drop_slot(from_conn_, options_.name, 5s);
