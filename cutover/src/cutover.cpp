@@ -22,6 +22,7 @@
 #include "pgferry/replication/core/error.hpp"
 #include "pgferry/replication/core/table_scope.hpp"
 #include "pgferry/sequences/sequences.hpp"
+#include "slot_writes.hpp"
 #include "switch_command.hpp"
 
 namespace pgferry::cutover {
@@ -269,35 +270,6 @@ bool drop_slot(const repl::Connection& conn, std::string_view name,
   }
 }
 
-// The transactions with data changes (insert, update, delete, truncate) of `publication`
-// that slot `name` on `conn` holds and that commit after `after`, read without consuming
-// them; nullopt when there is no such slot. Waits up to 5 s for a walsender to let go of it.
-std::optional<long long> writes_after(const repl::Connection& conn, std::string_view name,
-                                      const std::string& publication, Lsn after) {
-  auto deadline = Clock::now() + 5s;
-  while (true) {
-    try {
-      auto slot = conn.exec("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", {name});
-      if (slot.rows() == 0) return std::nullopt;
-      // pgoutput sends B, then the changes, then C, whose lsn is the commit's end.
-      auto count = conn.exec(
-          "SELECT count(*) FROM (SELECT bool_or(kind IN (73, 85, 68, 84)) AS data, "
-          "  max(lsn) FILTER (WHERE kind = 67) AS commit_end "
-          "  FROM (SELECT get_byte(data, 0) AS kind, lsn, "
-          "          sum((get_byte(data, 0) = 66)::int) OVER (ORDER BY n) AS txn "
-          "        FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', "
-          "          '1', 'publication_names', $2) WITH ORDINALITY AS c(lsn, xid, data, n)) m "
-          "  GROUP BY txn) t WHERE data AND commit_end > $3::pg_lsn",
-          {name, repl::quote_ident(publication), after.to_string()},
-          "reading which writes the slot holds");
-      return std::stoll(std::string(count.scalar()));
-    } catch (const repl::SqlError& e) {
-      if (e.sqlstate() != "55006" || Clock::now() >= deadline) throw;  // object_in_use
-      std::this_thread::sleep_for(50ms);
-    }
-  }
-}
-
 // The environment of --switch-command pointing at `conninfo`.
 std::vector<std::pair<std::string, std::string>> switch_env(const std::string& conninfo,
                                                             std::string_view operation,
@@ -390,8 +362,9 @@ class Cutover {
   std::string config_original_;
   bool config_written_ = false;
   bool command_ran_ = false;
+  bool command_moved_ = false;  // it exited 0
   bool switched_ = false;
-  bool recovered_ = false;            // this run recovered a dead one
+  bool recovered_ = false;           // this run recovered a dead one
   bool switch_unconfirmed_ = false;  // the `switched` UPDATE's outcome could not be read
 };
 
@@ -523,17 +496,36 @@ CutoverReport Cutover::run() {
 
 bool Cutover::recover_and_check_direction() {
   if (auto last = latest_history(history_conn_, options_.name, false)) {
+    bool settled = false;
     if (last->state == "switching") {
-      // Died while switching traffic and its guard could not settle it: decided here, then
-      // handled as `running` (switched back) or `switched` (finished).
-      last->state = settle_switching(*last);
+      // Died while switching traffic and its guard could not settle it: traffic pointed back
+      // or forward here and the fence lifted, then finished as `running` or `switched`.
+      try {
+        last->state = settle_switching(*last);
+      } catch (const std::exception& e) {
+        HistoryRow fenced = *last;
+        fenced.state = "switched";  // lifts the fence only
+        try {
+          recover_traffic(fenced);
+        } catch (const std::exception& lift_error) {
+          spdlog::error("lifting the fence of {} {}: {}", last->operation, last->id,
+                        lift_error.what());
+        }
+        throw repl::ConfigError(fmt::format(
+            "earlier {} {} died while switching traffic and cannot be settled: {} (its fence "
+            "is lifted; its row stays `switching` and both slots are kept, so nothing "
+            "replicates and no write is lost)",
+            last->operation, last->id, e.what()));
+      }
+      settled = true;
+      recovered_ = true;
     }
     // An aborted run whose unfence failed (its guard may have left it to this run, which
     // holds the lock): lift it again; lifting is idempotent.
     bool aborted_fenced = last->state == "aborted" && last->fence_maybe_on &&
                           last->fence.value_or("none") != "none" &&
                           !(last->fence == "pgbouncer" && options_.pgbouncer_conninfo.empty());
-    if (last->state == "running" || last->state == "switched" || aborted_fenced) {
+    if (!settled && (last->state == "running" || last->state == "switched" || aborted_fenced)) {
       recover_traffic(*last);
       recovered_ = true;
     }
@@ -547,8 +539,9 @@ bool Cutover::recover_and_check_direction() {
       bool dropped = drop_slot(conn, options_.name, std::nullopt);
       history_conn_.exec(
           "UPDATE pgferry.cutover_history SET state = 'aborted', finished_at = now(), reason = "
-          "'found unfinished by the next run' WHERE id = $1",
-          {last->id});
+          "$2 WHERE id = $1",
+          {last->id,
+           settled ? "switch undone by the next run" : "found unfinished by the next run"});
       report_.notes.push_back(fmt::format("earlier {} {} found unfinished: marked aborted{}",
                                           last->operation, last->id,
                                           dropped ? ", its new slot dropped" : ""));
@@ -562,8 +555,8 @@ bool Cutover::recover_and_check_direction() {
       if (last->new_slot_lsn) write_progress(conn, options_.name, *last->new_slot_lsn);
       history_conn_.exec(
           "UPDATE pgferry.cutover_history SET state = 'completed', finished_at = now(), reason "
-          "= 'finished by the next run' WHERE id = $1",
-          {last->id});
+          "= $2 WHERE id = $1",
+          {last->id, settled ? "switch finished by the next run" : "finished by the next run"});
       report_.notes.push_back(fmt::format("earlier {} {} had switched traffic: finished it",
                                           last->operation, last->id));
     }
@@ -651,9 +644,11 @@ void Cutover::recover_traffic(const HistoryRow& dead) {
 // tell where it went: the old direction's slot holds those on the old primary after the
 // fence, the new one those on the new primary after its start. Writes only on the new
 // primary: the switch is finished (config entry and --switch-command towards it), which
-// loses nothing; otherwise it is undone (returns "running": recover_traffic points traffic
-// back). Writes on both sides cannot be merged: the fence is lifted and the run stops,
-// naming what to reconcile. The row is updated to the state returned.
+// loses nothing; otherwise it is undone (recover_traffic points traffic back). Writes on
+// both sides cannot be merged: the run stops, naming what to reconcile, unless --settle
+// says which side wins. Traffic pointed and the fence lifted, the losing side's slot is
+// read again (late writes there would be lost with it). Returns "running" (undone) or
+// "switched" (finished); the row still says `switching` (the caller finishes it).
 std::string Cutover::settle_switching(const HistoryRow& dead) {
   bool was_cutover = dead.operation == "cutover";
   const std::string& old_primary =
@@ -662,66 +657,76 @@ std::string Cutover::settle_switching(const HistoryRow& dead) {
       was_cutover ? options_.target_conninfo : options_.source_conninfo;
   auto old_conn = repl::Connection::open(old_primary, repl::Side::none);
   auto new_conn = repl::Connection::open(new_primary, repl::Side::none);
-  auto old_writes = writes_after(old_conn, options_.name, options_.publication_name(),
-                                 dead.fence_lsn.value_or(Lsn()));
-  auto new_writes = dead.new_slot_lsn
-                        ? writes_after(new_conn, options_.name, options_.publication_name(),
-                                       *dead.new_slot_lsn)
-                        : std::nullopt;
-  std::string state = new_writes.value_or(0) > 0 ? "switched" : "running";
-  if (new_writes.value_or(0) > 0 && old_writes.value_or(0) > 0) {
-    HistoryRow fenced = dead;
-    fenced.state = "switched";  // lift the fence only
-    recover_traffic(fenced);
-    throw repl::ConfigError(fmt::format(
-        "earlier {} {} died while switching traffic and writes went to both sides since its "
-        "fence: {} transactions on the old primary, {} on the new one; both slots '{}' are "
-        "kept (no write is lost, nothing replicates either way): point all traffic at one "
-        "side, copy the other side's writes across by hand, then drop that side's slot and "
-        "re-run",
-        dead.operation, dead.id, *old_writes, *new_writes, options_.name));
+  auto writes = [&](bool on_old) {
+    return on_old ? writes_after(old_conn, options_.name, options_.publication_name(),
+                                 dead.fence_lsn.value_or(Lsn()))
+                  : writes_after(new_conn, options_.name, options_.publication_name(),
+                                 dead.new_slot_lsn.value_or(Lsn()));
+  };
+  auto count_text = [](std::optional<long long> count) {
+    return count ? std::to_string(*count) : std::string("no slot, so unknown");
+  };
+  auto old_writes = writes(true);
+  auto new_writes = writes(false);
+  std::string where = fmt::format(
+      "{} transactions on the old primary ({}) since the fence {}, {} on the new one ({}) since "
+      "{}",
+      count_text(old_writes), repl::redact_conninfo(old_primary), dead.fence_lsn.value_or(Lsn()),
+      count_text(new_writes), repl::redact_conninfo(new_primary),
+      dead.new_slot_lsn.value_or(Lsn()));
+  bool forward = options_.settle == "forward";
+  if (options_.settle.empty()) {
+    if (new_writes.value_or(0) > 0 && old_writes.value_or(0) > 0) {
+      throw repl::ConfigError(fmt::format(
+          "writes went to both sides: {}. Re-run with --settle forward (the new primary's "
+          "writes win) or --settle back (the old primary's win); the losing side's writes are "
+          "not carried over: save them first, and after the re-run delete them there and "
+          "apply them on the winning side",
+          where));
+    }
+    forward = new_writes.value_or(0) > 0;
   }
-  if (state == "switched") {
+  if (forward) {
     if (!options_.pgbouncer_config.empty()) {
       auto current = read_pgbouncer_config(options_.pgbouncer_config);
-      auto forward = rewrite_database_entry(
+      auto pointed = rewrite_database_entry(
           current, dead.pgbouncer_database.empty() ? pgbouncer_database_ : dead.pgbouncer_database,
           new_primary);
-      if (forward != current) {
-        write_pgbouncer_config(options_.pgbouncer_config, forward);
+      if (pointed != current) {
+        write_pgbouncer_config(options_.pgbouncer_config, pointed);
         PgBouncerAdmin(options_.pgbouncer_conninfo).reload();
       }
     }
     if (!options_.switch_command.empty()) {
       int status = run_switch_command(
-          options_.switch_command,
-          cutover::switch_env(new_primary, dead.operation, dead.id, false),
+          options_.switch_command, cutover::switch_env(new_primary, dead.operation, dead.id, false),
           Clock::now() + switch_budget());
       if (status != 0) {
-        HistoryRow fenced = dead;
-        fenced.state = "switched";
-        recover_traffic(fenced);
         throw repl::ConfigError(fmt::format(
-            "earlier {} {} died while switching traffic and the new primary has taken writes "
-            "since: its switch must be finished, but --switch-command towards the new primary "
-            "exited with status {}; fix the command and re-run",
-            dead.operation, dead.id, status));
+            "its switch must be finished ({}), but --switch-command towards the new primary "
+            "exited with status {}: fix the command",
+            where, status));
       }
     }
   }
-  history_conn_.exec(
-      "UPDATE pgferry.cutover_history SET state = $2, reason = $3 WHERE id = $1",
-      {dead.id, state,
-       state == "switched" ? "switch finished by the next run (writes on the new primary)"
-                           : "switch undone by the next run"},
-      "settling a cutover that died while switching");
-  report_.notes.push_back(fmt::format(
-      "earlier {} {} died while switching traffic: {} ({} transactions on the old primary "
-      "since the fence, {} on the new one)",
-      dead.operation, dead.id, state == "switched" ? "finished its switch" : "switched back",
-      old_writes ? std::to_string(*old_writes) : "no slot",
-      new_writes ? std::to_string(*new_writes) : "no slot"));
-  return state;
+  HistoryRow pointed = dead;
+  pointed.state = forward ? "switched" : "running";
+  recover_traffic(pointed);  // back: points traffic back; then lifts the fence
+  if (options_.settle.empty()) {
+    auto late = writes(forward);  // the losing side
+    auto before = forward ? old_writes : new_writes;
+    if (late.value_or(0) > before.value_or(0)) {
+      throw repl::ConfigError(fmt::format(
+          "while traffic was pointed at the {} primary, {} transactions reached the {} one: "
+          "re-run with --settle forward or --settle back (see its help)",
+          forward ? "new" : "old", *late - before.value_or(0), forward ? "old" : "new"));
+    }
+  }
+  report_.notes.push_back(
+      fmt::format("earlier {} {} died while switching traffic: {} ({}{})", dead.operation, dead.id,
+                  forward ? "finished its switch" : "switched back", where,
+                  options_.settle.empty() ? "" : "; --settle " + options_.settle));
+  return pointed.state;
 }
 
 void Cutover::preconditions(Clock::time_point deadline) {
@@ -913,7 +918,8 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
   if (!small.empty()) {
     // One query a side counts them all; both sides count at the same time.
     std::vector<std::string> counts;
-    for (const auto& table : small) counts.push_back(fmt::format("(SELECT count(*) FROM {})", table));
+    for (const auto& table : small)
+      counts.push_back(fmt::format("(SELECT count(*) FROM {})", table));
     auto query = fmt::format("SELECT ARRAY[{}]::text", fmt::join(counts, ", "));
     for (const auto* conn : {&from_conn_, &to_conn_}) {
       if (PQsendQuery(conn->native(), query.c_str()) != 1) {
@@ -937,11 +943,16 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
     }
     auto old_rows = split_array(old_result.scalar());
     auto new_rows = split_array(new_result.scalar());
+    if (old_rows.size() != small.size() || new_rows.size() != small.size()) {
+      throw repl::CutoverAborted(fmt::format(
+          "verify: counting {} tables gave {} counts on the old primary and {} on the new one",
+          small.size(), old_rows.size(), new_rows.size()));
+    }
     for (std::size_t i = 0; i < small.size(); ++i) {
       if (old_rows.at(i) != new_rows.at(i)) {
         throw repl::CutoverAborted(
-            fmt::format("verify: {} has {} rows on the old primary and {} on the new one",
-                        small[i], old_rows.at(i), new_rows.at(i)));
+            fmt::format("verify: {} has {} rows on the old primary and {} on the new one", small[i],
+                        old_rows.at(i), new_rows.at(i)));
       }
       ++report_.tables_verified;
     }
@@ -1056,6 +1067,11 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
                                                      : nlohmann::json(options_.switch_command)},
          {"back_env", back_env},
          {"forward_env", forward_env},
+         {"new_side",
+          {{"conninfo", to_.conninfo},
+           {"slot", options_.name},
+           {"publication", options_.publication_name()},
+           {"after", report_.new_slot_lsn.to_string()}}},
          {"back_budget_ms", switch_budget().count()}}}});
   history_conn_.exec(
       "UPDATE pgferry.cutover_history SET state = 'switching', fence_lsn = $2::pg_lsn, "
@@ -1070,15 +1086,15 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
   }
   if (!options_.switch_command.empty()) {
     command_ran_ = true;
-    int status = run_switch_command(options_.switch_command, switch_env(to_, false), deadline,
-                                    [&](pid_t pid) {
-                                      guard_->send({{"switch_pgid", pid},
-                                                    {"switch_start", process_start_time(pid)}});
-                                    });
+    int status = run_switch_command(
+        options_.switch_command, switch_env(to_, false), deadline, [&](pid_t pid) {
+          guard_->send({{"switch_pgid", pid}, {"switch_start", process_start_time(pid)}});
+        });
     guard_->send({{"switch_exited", true}});
     if (status != 0) {
       throw repl::CutoverAborted(fmt::format("--switch-command exited with status {}", status));
     }
+    command_moved_ = true;
   }
   if (options_.pgbouncer_config.empty() && options_.switch_command.empty()) {
     report_.notes.push_back("no --pgbouncer-config or --switch-command: traffic not switched");
@@ -1122,8 +1138,8 @@ std::optional<bool> Cutover::switch_committed_after_all(Clock::time_point deadli
       conn.exec(fmt::format("SET lock_timeout = {}", std::max<long long>(1, remaining.count())));
       conn.exec("SELECT pg_advisory_lock(hashtext($1))", {lock_key(options_.name)});
       conn.exec("RESET lock_timeout");
-      auto state = conn.exec("SELECT state FROM pgferry.cutover_history WHERE id = $1",
-                             {report_.id});
+      auto state =
+          conn.exec("SELECT state FROM pgferry.cutover_history WHERE id = $1", {report_.id});
       bool committed = state.rows() == 1 && state.get(0, 0) == "switched";
       history_conn_ = std::move(conn);
       return committed;
@@ -1186,17 +1202,39 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
       spdlog::error("cutover id={} abort: {} failed: {}", report_.id, what, e.what());
     }
   };
+  // Traffic is where it was: nothing moved, or it moved back. (A command that exited
+  // non-zero moved nothing, by its contract; a failure to run it back then leaves traffic
+  // where it was.)
+  bool way_back = true;
   if (config_written_) {
     attempt("restoring the PgBouncer config", [&] {
+      way_back = false;
       write_pgbouncer_config(options_.pgbouncer_config, config_original_);
       PgBouncerAdmin(options_.pgbouncer_conninfo).reload();
+      way_back = true;
     });
   }
   if (command_ran_) {
+    bool config_back = way_back;
     attempt("running --switch-command towards the old primary", [&] {
+      way_back = false;
       int status = run_switch_command(options_.switch_command, switch_env(from_, true),
                                       Clock::now() + switch_budget());
       if (status != 0) throw repl::Error(fmt::format("exit status {}", status));
+      way_back = config_back;
+    });
+    if (!command_moved_) way_back = config_back;
+  }
+  // Writes the new primary took while the switch was half done (the command may have sent
+  // clients there) would be lost with its slot: then the row stays `switching` with both
+  // slots, and a re-run settles it (as when the way back failed).
+  bool unsettled = !way_back;
+  if (slot_created_ && (config_written_ || command_ran_) && way_back) {
+    attempt("reading which writes the new primary took", [&] {
+      unsettled = true;
+      unsettled =
+          writes_after(to_conn_, options_.name, options_.publication_name(), report_.new_slot_lsn)
+              .value_or(0) > 0;
     });
   }
   bool lifted = true;
@@ -1208,14 +1246,21 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
     });
     if (lifted) report_.window = duration_cast<microseconds>(Clock::now() - fenced_at_);
   }
-  if (slot_created_) {
-    attempt("dropping the new slot", [&] {
-      to_conn_.exec("SET statement_timeout = 0");
-      drop_slot(to_conn_, options_.name, 1s);
-    });
+  if (unsettled) {
+    report_.notes.push_back(
+        "the switch could not be undone cleanly: the history row stays `switching` and both "
+        "slots are kept; re-run to settle it (it finishes the switch when only the new primary "
+        "took writes)");
+  } else {
+    if (slot_created_) {
+      attempt("dropping the new slot", [&] {
+        to_conn_.exec("SET statement_timeout = 0");
+        drop_slot(to_conn_, options_.name, 1s);
+      });
+    }
+    (void)publication_replaced_;  // the new side's publication is unused until a slot uses it
+    attempt("recording the abort", [&] { history_update("aborted", step + ": " + reason); });
   }
-  (void)publication_replaced_;  // the new side's publication is unused until a slot uses it
-  attempt("recording the abort", [&] { history_update("aborted", step + ": " + reason); });
   if (guard_) {
     if (lifted) {
       guard_->send({{"released", true}});
@@ -1280,6 +1325,13 @@ std::optional<std::string> cutover_state(const repl::Connection& original_target
     }
   }
   return state;
+}
+
+std::optional<std::string> switching_cutover(const repl::Connection& original_target,
+                                             std::string_view name) {
+  auto last = latest_history(original_target, name, false);
+  if (!last || last->state != "switching") return std::nullopt;
+  return last->id;
 }
 
 void prepare_direction(const std::string& source_conninfo, const std::string& target_conninfo,

@@ -13,6 +13,10 @@ namespace pgferry::cutover {
 namespace repl = pgferry::replication;
 using namespace std::chrono_literals;
 
+namespace {
+constexpr int kUnsettledWarnPolls = 500;  // at the default 20 ms poll: 10 s
+}  // namespace
+
 Follower::Follower(FollowOptions options, ObserverFor observer_for)
     : options_(std::move(options)), observer_for_(std::move(observer_for)) {}
 
@@ -21,16 +25,49 @@ void Follower::request_stop() noexcept {
   if (auto* agent = agent_.load()) agent->request_stop();
 }
 
+// Waits while cutover `id` is deciding (its row `running` with its process alive, or
+// `switching`, settled or not). Returns its state once decided, nullopt when the history has
+// no such cutover or a stop was requested.
+std::optional<std::string> Follower::wait_for_outcome(const std::string& id) {
+  const auto& target = options_.agent.target_conninfo;
+  repl::Connection conn;
+  int unsettled_polls = 0;
+  while (!stop_) {
+    try {
+      if (!conn.is_open()) conn = repl::Connection::open(target, repl::Side::target);
+      auto state = cutover_state(conn, id);
+      if (!state) return std::nullopt;
+      // (Between the cutover's death and its guard taking the lock the row is briefly
+      // unsettled too: warn only once that lasts.)
+      if (*state == "unsettled" && ++unsettled_polls == kUnsettledWarnPolls) {
+        // Traffic may point either way: neither direction may run until it is decided.
+        spdlog::error(
+            "follow name={} cutover {} died while switching traffic and its guard could not "
+            "settle it: waiting; re-run that cutover or rollback to settle it",
+            options_.agent.name, id);
+      }
+      if (*state != "running" && *state != "switching" && *state != "unsettled") return state;
+    } catch (const repl::ConnectionError& e) {
+      conn.close();
+      spdlog::warn("follow name={} waiting for cutover {}: {}", options_.agent.name, id, e.what());
+    }
+    std::this_thread::sleep_for(options_.outcome_poll);
+  }
+  return std::nullopt;
+}
+
 repl::AgentResult Follower::run() {
   const auto& source = options_.agent.source_conninfo;
   const auto& target = options_.agent.target_conninfo;
   while (true) {
     Direction direction = Direction::forward;
+    std::optional<std::string> unsettled;
     for (auto backoff = 200ms;; backoff = std::min<std::chrono::milliseconds>(backoff * 2, 10s)) {
       try {
         auto conn = repl::Connection::open(target, repl::Side::target);
+        unsettled = switching_cutover(conn, options_.agent.name);
         direction = current_direction(conn, options_.agent.name);
-        prepare_direction(source, target, options_.agent.name);
+        if (!unsettled) prepare_direction(source, target, options_.agent.name);
         break;
       } catch (const repl::ConnectionError& e) {
         spdlog::warn("follow name={} cannot read the direction, retrying in {} ms: {}",
@@ -40,6 +77,13 @@ repl::AgentResult Follower::run() {
         }
         if (stop_) return {};
       }
+    }
+    if (unsettled) {
+      // Started (or restarted) while a switch is undecided: its slots must stay unread.
+      spdlog::info("follow name={} cutover {} is switching traffic: waiting for its outcome",
+                   options_.agent.name, *unsettled);
+      if (!wait_for_outcome(*unsettled) && stop_) return {};
+      continue;
     }
     auto agent_options = options_.agent;
     if (direction == Direction::reverse)
@@ -63,37 +107,14 @@ repl::AgentResult Follower::run() {
     const std::string id = result.fence->id;
     spdlog::info("follow name={} fenced by cutover {} at {}: waiting for its outcome",
                  options_.agent.name, id, result.fence->end_lsn);
-    repl::Connection conn;
-    bool warned = false;
-    while (!stop_) {
-      try {
-        if (!conn.is_open()) conn = repl::Connection::open(target, repl::Side::target);
-        auto state = cutover_state(conn, id);
-        if (!state) {
-          spdlog::info("follow name={} fence {} is no cutover's: stopping there",
-                       options_.agent.name, id);
-          return result;
-        }
-        if (*state == "unsettled" && !warned) {
-          // Traffic may point either way: neither direction may run until it is decided.
-          warned = true;
-          spdlog::error(
-              "follow name={} cutover {} died while switching traffic and its guard could not "
-              "settle it: waiting; re-run that cutover or rollback to settle it",
-              options_.agent.name, id);
-        }
-        if (*state != "running" && *state != "switching" && *state != "unsettled") {
-          spdlog::info("follow name={} cutover {} {}", options_.agent.name, id, *state);
-          break;
-        }
-      } catch (const repl::ConnectionError& e) {
-        conn.close();
-        spdlog::warn("follow name={} waiting for cutover {}: {}", options_.agent.name, id,
-                     e.what());
-      }
-      std::this_thread::sleep_for(options_.outcome_poll);
-    }
+    auto outcome = wait_for_outcome(id);
     if (stop_) return result;
+    if (!outcome) {
+      spdlog::info("follow name={} fence {} is no cutover's: stopping there", options_.agent.name,
+                   id);
+      return result;
+    }
+    spdlog::info("follow name={} cutover {} {}", options_.agent.name, id, *outcome);
   }
 }
 

@@ -21,6 +21,7 @@
 #include "pgferry/cutover/fence.hpp"
 #include "pgferry/cutover/pgbouncer_config.hpp"
 #include "pgferry/replication/core/pg.hpp"
+#include "slot_writes.hpp"
 #include "switch_command.hpp"
 
 extern char** environ;
@@ -79,7 +80,8 @@ HistoryFinding read_history(const nlohmann::json& history, repl::Connection& con
   auto id = history.at("id").get<std::string>();
   while (true) {
     try {
-      conn = repl::Connection::open(history.at("conninfo").get<std::string>(), repl::Side::target);
+      conn = repl::Connection::open(history.at("conninfo").get<std::string>(), repl::Side::target,
+                                    {{"connect_timeout", "5"}});
       auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
       conn.exec(fmt::format("SET lock_timeout = {}", std::max<long long>(1, wait.count())));
       try {
@@ -110,13 +112,15 @@ enum class Plan {
   back_else_forward,  // the row says `switching`: undo, and if that fails, finish it
 };
 
-// Points traffic at one side: the PgBouncer entry (`config_text`, retried until `deadline`)
-// and the switch command with `env` (once, as the cutover runs it). Returns whether both
-// succeeded; every failure is logged.
+// Points traffic at one side: the PgBouncer entry (`config_text`, retried for up to
+// `budget`) and the switch command with `env` (once, as the cutover runs it, within its own
+// `budget`), both by `deadline`. Returns whether both succeeded; every failure is logged.
 bool point_traffic(const nlohmann::json& switching, const char* config_text, const char* env_key,
-                   const char* towards, Clock::time_point deadline) {
+                   const char* towards, std::chrono::milliseconds budget,
+                   Clock::time_point deadline) {
   bool ok = true;
   if (const auto& config = switching.value("config", nlohmann::json()); !config.is_null()) {
+    auto config_deadline = std::min(deadline, Clock::now() + budget);
     while (true) {
       try {
         write_pgbouncer_config(config["path"].get<std::string>(),
@@ -125,7 +129,7 @@ bool point_traffic(const nlohmann::json& switching, const char* config_text, con
         spdlog::warn("cutover-guard: PgBouncer config points at the {} (reloaded)", towards);
         break;
       } catch (const std::exception& e) {
-        if (Clock::now() > deadline) {
+        if (Clock::now() > config_deadline) {
           spdlog::error("cutover-guard: pointing PgBouncer at the {}: {}", towards, e.what());
           ok = false;
           break;
@@ -142,7 +146,8 @@ bool point_traffic(const nlohmann::json& switching, const char* config_text, con
       env.emplace_back(key, value.get<std::string>());
     }
     try {
-      int status = run_switch_command(command.get<std::string>(), env, deadline);
+      int status = run_switch_command(command.get<std::string>(), env,
+                                      std::min(deadline, Clock::now() + budget));
       if (status != 0) {
         spdlog::error("cutover-guard: --switch-command towards the {} exited with status {}",
                       towards, status);
@@ -156,6 +161,22 @@ bool point_traffic(const nlohmann::json& switching, const char* config_text, con
     }
   }
   return ok;
+}
+
+// The transactions the new primary took since the new direction's start (its slot, read
+// without consuming it); nullopt when it cannot be read (then nobody could write there).
+std::optional<long long> new_primary_writes(const nlohmann::json& switching) {
+  try {
+    const auto& side = switching.at("new_side");
+    auto conn = repl::Connection::open(side.at("conninfo").get<std::string>(), repl::Side::none,
+                                       {{"connect_timeout", "5"}});
+    return writes_after(conn, side.at("slot").get<std::string>(),
+                        side.at("publication").get<std::string>(),
+                        repl::Lsn::from_string(side.at("after").get<std::string>(), "new slot"));
+  } catch (const std::exception& e) {
+    spdlog::error("cutover-guard: cannot read which writes the new primary took: {}", e.what());
+    return std::nullopt;
+  }
 }
 
 // The `switching` row settled, on the connection that holds the cutover's lock.
@@ -191,7 +212,11 @@ int run_guard() {
   if (state.done || !state.fence || state.released) return 0;
 
   spdlog::warn("cutover-guard: the cutover ended while writes were fenced: lifting the fence");
-  auto deadline = Clock::now() + 60s;
+  // The whole takes at most the cutover's --timeout (6 switch budgets), and lifting the fence
+  // gets 5 s more whatever happened before.
+  auto budget = std::chrono::milliseconds(
+      state.switching ? state.switching->value("back_budget_ms", 10000) : 10000);
+  auto deadline = Clock::now() + 6 * budget;
   repl::Connection lock_holder;  // holds the cutover's lock while we act
   bool switch_begun = state.switching && !state.switched;
   Plan plan = switch_begun ? Plan::back : Plan::stay;
@@ -234,27 +259,34 @@ int run_guard() {
   }
   if (plan != Plan::stay) {
     const auto& switching = *state.switching;
-    auto budget = std::chrono::milliseconds(switching.value("back_budget_ms", 10000));
-    bool back = point_traffic(switching, "original", "back_env", "old primary",
-                              std::min(deadline, Clock::now() + budget));
+    // With the row `switching`, writes the new primary took (the switch command may have
+    // sent clients there) must not be left behind: then the switch is finished instead.
+    bool new_wrote =
+        plan == Plan::back_else_forward && new_primary_writes(switching).value_or(0) > 0;
+    bool back = !new_wrote &&
+                point_traffic(switching, "original", "back_env", "old primary", budget, deadline);
+    if (back && plan == Plan::back_else_forward && new_primary_writes(switching).value_or(0) > 0) {
+      spdlog::error("cutover-guard: the new primary took writes while traffic was pointed back");
+      back = false;
+    }
     if (plan == Plan::back_else_forward) {
       if (back) {
         settle(lock_holder, *state.history, "running");
-      } else if (point_traffic(switching, "switched", "forward_env", "new primary",
-                               std::min(deadline, Clock::now() + budget))) {
+      } else if (point_traffic(switching, "switched", "forward_env", "new primary", budget,
+                               deadline)) {
         // Everything before the fence is on the new primary and its slot has recorded every
         // write since: finishing the switch loses nothing.
         settle(lock_holder, *state.history, "switched");
       } else {
         spdlog::error(
-            "cutover-guard: traffic could be pointed neither back nor forward: the row stays "
+            "cutover-guard: traffic could not be pointed back, nor forward: the row stays "
             "`switching` and both slots are kept; a re-run of the cutover settles it from "
             "where writes went");
       }
     }
   }
   // Writes must not stay fenced past the budget, whatever happened above.
-  deadline = std::max(deadline, Clock::now() + 5s);
+  deadline = std::max(deadline, Clock::now()) + 5s;
   while (true) {
     try {
       lift_fence(*state.fence);

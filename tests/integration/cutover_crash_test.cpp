@@ -58,10 +58,10 @@ class CutoverCrash : public CutoverFixture {
   // Inserts `rows` ledger rows of `client` straight into `side` (not through PgBouncer), with
   // ids far from the sequences'.
   static void write_directly(const LocalCluster& side, int client, int rows) {
-    connect(side).exec(fmt::format(
-        "INSERT INTO ledger (id, client, seq) SELECT 1000000 * {0} + g, {0}, g FROM "
-        "generate_series(1, {1}) g",
-        client, rows));
+    connect(side).exec(
+        fmt::format("INSERT INTO ledger (id, client, seq) SELECT 1000000 * {0} + g, {0}, g FROM "
+                    "generate_series(1, {1}) g",
+                    client, rows));
   }
   std::string first_run_id() {
     return query_value(connect(*target_),
@@ -140,8 +140,8 @@ TEST_F(CutoverCrash, WayBackFailsGuardFinishesTheSwitch) {
   // The guard: back (config restored, the command fails), then forward again, row `switched`.
   EXPECT_TRUE(wait_until([&] { return history_state(id) == "switched"; }, 30s))
       << read_file(marker_) << result.output;
-  EXPECT_EQ(read_file(marker_), fmt::format("0 {0}\n1 {1}\n0 {0}\n", target_->port(),
-                                            source_->port()));
+  EXPECT_EQ(read_file(marker_),
+            fmt::format("0 {0}\n1 {1}\n0 {0}\n", target_->port(), source_->port()));
   EXPECT_TRUE(wait_until([&] { return !pgbouncer_paused(); }, 30s));
   EXPECT_NE(read_file(bouncer_->config_file().string()), original);
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
@@ -165,9 +165,15 @@ TEST_F(CutoverCrash, CutoverAndGuardKilledWhileSwitchingRerunSwitchesBack) {
   ASSERT_TRUE(agent_streaming(*source_));
   ASSERT_NO_FATAL_FAILURE(kill_both_while_switching());
   auto id = first_run_id();
-  // Nobody lifts the fence now, and the agent waits for the switch to be settled.
-  std::this_thread::sleep_for(1s);
+  // Nobody lifts the fence now, and the agent waits for the switch to be settled, also when
+  // `pgferry run` is restarted.
+  agent_.reset();
+  start_agent();
+  std::this_thread::sleep_for(2s);
   EXPECT_TRUE(pgbouncer_paused());
+  EXPECT_NE(agent_->log_text().find("is switching traffic: waiting for its outcome"),
+            std::string::npos)
+      << agent_->log_text();
   EXPECT_EQ(query_value(connect(*source_),
                         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry' "
                         "AND active"),
@@ -196,9 +202,10 @@ TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnTheTargetRerunFinishesTheSw
   auto rerun = run_pgferry(switch_args("cutover"));
   ASSERT_EQ(rerun.exit_code, 0) << rerun.output << agent_->log_text();
   EXPECT_NE(rerun.output.find("died while switching traffic: finished its switch (0 "
-                              "transactions on the old primary since the fence, 1 on the new"),
+                              "transactions on the old primary"),
             std::string::npos)
       << rerun.output;
+  EXPECT_NE(rerun.output.find(", 1 on the new one"), std::string::npos) << rerun.output;
   EXPECT_EQ(history_state(id), "completed");
   EXPECT_FALSE(pgbouncer_paused());
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
@@ -213,7 +220,7 @@ TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnTheTargetRerunFinishesTheSw
   EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 7"), "50");
 }
 
-TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnBothSidesRerunStops) {
+TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnBothSidesRerunStopsUntilSettled) {
   ASSERT_TRUE(agent_streaming(*source_));
   ASSERT_NO_FATAL_FAILURE(kill_both_while_switching());
   auto id = first_run_id();
@@ -221,10 +228,10 @@ TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnBothSidesRerunStops) {
   write_directly(*source_, 6, 10);
   auto rerun = run_pgferry(switch_args("cutover"));
   EXPECT_NE(rerun.exit_code, 0) << rerun.output;
-  EXPECT_NE(rerun.output.find("writes went to both sides since its fence: 1 transactions on "
-                              "the old primary, 1 on the new one"),
+  EXPECT_NE(rerun.output.find("writes went to both sides: 1 transactions on the old primary"),
             std::string::npos)
       << rerun.output;
+  EXPECT_NE(rerun.output.find("--settle forward"), std::string::npos) << rerun.output;
   // The fence is lifted all the same; both slots are kept and nothing replicates.
   EXPECT_FALSE(pgbouncer_paused());
   EXPECT_EQ(history_state(id), "switching");
@@ -234,4 +241,46 @@ TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnBothSidesRerunStops) {
               "1");
   }
   EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 6"), "0");
+
+  // The operator chooses the new primary: the switch is finished, its writes travel back.
+  auto settled = run_pgferry(switch_args("cutover", {"--settle", "forward"}));
+  ASSERT_EQ(settled.exit_code, 0) << settled.output << agent_->log_text();
+  EXPECT_NE(settled.output.find("finished its switch"), std::string::npos) << settled.output;
+  EXPECT_EQ(history_state(id), "completed");
+  EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
+  EXPECT_TRUE(wait_until(
+      [&] {
+        return query_value(connect(*source_), "SELECT count(*) FROM ledger WHERE client = 8") ==
+               "30";
+      },
+      60s))
+      << agent_->log_text();
+}
+
+TEST_F(CutoverCrash, NewPrimaryTookWritesGuardFinishesTheSwitch) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  // Forward, the command also writes on the target (as a client it moved would).
+  auto command = fmt::format(
+      "{} && if [ \"$PGFERRY_ABORT\" = 0 ]; then \"$(pg_config --bindir)/psql\" -X -q -d "
+      "'{}' -c 'INSERT INTO ledger (id, client, seq) SELECT 5000000 + count(*), 5, count(*) "
+      "FROM ledger WHERE client = 5'; fi",
+      recording_command(), target_->conninfo());
+  ::setenv("PGFERRY_CUTOVER_CRASH_AT", "before-switched", 1);
+  auto result = run_pgferry(switch_args("cutover", {"--switch-command", command}));
+  ::unsetenv("PGFERRY_CUTOVER_CRASH_AT");
+  EXPECT_NE(result.exit_code, 0) << result.output;
+  auto id = first_run_id();
+  // The guard sees the write on the new primary: it does not switch back, it finishes.
+  EXPECT_TRUE(wait_until([&] { return history_state(id) == "switched"; }, 30s))
+      << read_file(marker_) << result.output;
+  EXPECT_EQ(read_file(marker_), fmt::format("0 {0}\n0 {0}\n", target_->port()));
+  EXPECT_TRUE(wait_until([&] { return !pgbouncer_paused(); }, 30s));
+  EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
+  EXPECT_TRUE(wait_until(
+      [&] {
+        return query_value(connect(*source_), "SELECT count(*) FROM ledger WHERE client = 5") ==
+               "2";
+      },
+      60s))
+      << agent_->log_text();
 }

@@ -33,6 +33,7 @@ struct SwitchOptions {
   std::string switch_command;
   std::int64_t sequence_margin = 0;
   bool no_verify = false;
+  std::string settle;
 };
 
 std::chrono::milliseconds seconds_option(double seconds) {
@@ -67,6 +68,7 @@ int run_switch(const CommonOptions& common, const SwitchOptions& options,
   cutover_options.switch_command = options.switch_command;
   cutover_options.sequence_margin = options.sequence_margin;
   cutover_options.verify = !options.no_verify;
+  cutover_options.settle = options.settle;
   if (auto self = self_executable(); !self.empty()) {
     cutover_options.guard_argv = {self, "--log-format", common.log_format, "cutover-guard"};
   }
@@ -138,6 +140,11 @@ void add_switch_command(CLI::App& app, CommonOptions& common, CommandAction& act
   cmd->add_flag("--no-verify", options->no_verify,
                 "skip the quick verification inside the window (row counts of the small "
                 "published tables, sampled keys of the large ones)");
+  cmd->add_option("--settle", options->settle,
+                  "only for an earlier run that died while switching traffic and left writes on "
+                  "both sides (the run says so): which side's writes win, forward (the new "
+                  "primary) or back (the old one)")
+      ->check(CLI::IsMember({"forward", "back"}));
   cmd->callback([&action, &common, options, operation] {
     action = [&common, options, operation] { return run_switch(common, *options, operation); };
   });

@@ -41,7 +41,7 @@
 //   run's `switching` row that its guard could not settle is settled by the next run from
 //   where writes went since the fence (both slots are kept until then; see
 //   settle_switching): only on the new primary → the switch is finished; otherwise undone;
-//   on both sides → the run stops and names what to reconcile.
+//   on both sides → the run stops and names what to reconcile, unless --settle chooses.
 #pragma once
 
 #include <chrono>
@@ -80,6 +80,9 @@ struct CutoverOptions {
   bool terminate_blockers = false;
   std::string switch_command;
   std::int64_t sequence_margin = 0;
+  // For a dead run's `switching` row with writes on both sides: "forward" or "back" wins;
+  // empty: the run refuses to choose.
+  std::string settle;
   // While fenced: row counts of the small published tables on both sides, a sample of keys
   // of the large ones (verify --once --sample).
   bool verify = true;
@@ -138,6 +141,11 @@ Direction current_direction(const replication::Connection& original_target, std:
 // one whose process and guard are gone (nobody holds its lock).
 std::optional<std::string> cutover_state(const replication::Connection& original_target,
                                          std::string_view id);
+
+// The id of the latest cutover or rollback of `name` when its row says `switching` (its
+// outcome undecided: no direction may replicate).
+std::optional<std::string> switching_cutover(const replication::Connection& original_target,
+                                             std::string_view name);
 
 // The progress record of the reverse direction on the original source, at the reverse slot's
 // position recorded in the last completed cutover (idempotent; a no-op when the direction

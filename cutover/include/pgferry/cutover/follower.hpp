@@ -13,13 +13,16 @@
 //   row, which is at the fence's end (the fence is not seen twice). While the row says
 //   `switching` (traffic may be half switched) it keeps waiting, even with the cutover and
 //   its guard gone, until a re-run settles it: neither slot is read meanwhile, so the re-run
-//   can see where writes went. A fence that no cutover
+//   can see where writes went. The same holds when it starts (or restarts) while the latest
+//   row of its name says `switching`. A fence that no cutover
 //   recorded (someone emitted it by hand) ends run() with the agent's `fenced` result.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <optional>
+#include <string>
 
 #include "pgferry/replication/agent/agent.hpp"
 
@@ -47,6 +50,8 @@ class Follower {
 
  private:
   FollowOptions options_;
+  std::optional<std::string> wait_for_outcome(const std::string& id);
+
   ObserverFor observer_for_;
   std::atomic<bool> stop_{false};
   std::atomic<replication::Agent*> agent_{nullptr};

@@ -8,12 +8,14 @@
 //   {"fence": FenceSpec}                   before it engages the fence
 //   {"switching": {"config": {"path", "original", "switched", "admin"} | null,
 //                  "command": CMD | null, "back_env": {NAME: VALUE},
-//                  "forward_env": {NAME: VALUE}, "back_budget_ms": N}}
+//                  "forward_env": {NAME: VALUE}, "back_budget_ms": N,
+//                  "new_side": {"conninfo", "slot", "publication", "after"}}}
 //                                          before the row says `switching` and before it
 //                                          rewrites the PgBouncer config or runs
 //                                          --switch-command (back_env points CMD at the old
 //                                          primary with PGFERRY_ABORT=1, forward_env at the
-//                                          new one)
+//                                          new one; new_side: where to read which writes the
+//                                          new primary took since the new slot's start)
 //   {"switch_pgid": PID, "switch_start": T} the switch command's process group and its
 //                                          leader's start time, once started
 //   {"switch_exited": true}                once that command has ended
@@ -22,7 +24,8 @@
 //   {"released": true}                     once the fence is lifted
 //   {"done": true}                         all is well, nothing to do
 // End of input while fenced (the pipe closed because the cutover is gone) makes the guard
-// (1) decide where traffic goes, (2) point it there, (3) lift the fence, within about 30 s.
+// (1) decide where traffic goes, (2) point it there, (3) lift the fence, within the
+// cutover's --timeout (6 switch budgets) and 5 s more for the fence.
 //
 // The point of no return is the commit of the history row's `switched` state, not the
 // guard's message: the cutover may die between its UPDATE's commit and {"switched"}. So
@@ -33,11 +36,12 @@
 // - `running` after {"switching"}: nothing was switched yet; it undoes all the same (kills
 //   the switch command's group if it still runs, restores the config and RELOADs, runs the
 //   command towards the old primary with PGFERRY_ABORT=1) and lifts the fence.
-// - `switching`: the switch may be half done. It undoes it; if any part of that fails
-//   (traffic might then reach the new primary), it finishes the switch instead (config
-//   rewritten, command towards the new primary) and marks the row `switched`, which loses
-//   nothing: the new primary holds everything before the fence and its slot records every
-//   write since. Undone, it marks the row `running` again (a re-run marks it aborted). When
+// - `switching`: the switch may be half done. It undoes it, unless the new primary already
+//   took writes (its slot, read without consuming it, says so); if that is the case, or
+//   any part of undoing fails, or writes reach the new primary meanwhile, it finishes the
+//   switch instead (config rewritten, command towards the new primary) and marks the row
+//   `switched`, which loses nothing: the new primary holds everything before the fence and
+//   its slot records every write since (the old primary is still fenced). Undone, it marks the row `running` again (a re-run marks it aborted). When
 //   neither works the row stays `switching` with both slots kept, and a re-run decides from
 //   where writes went (see cutover.hpp).
 // - `switched` or `completed`: it only lifts the fence (a re-run finishes the cutover);
