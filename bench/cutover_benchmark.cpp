@@ -220,15 +220,19 @@ std::vector<Run> bench_pgferry(const Options& options) {
       continue;
     }
     Run run{"pgferry", command, report["window_ms"].get<double>(), 0, 0, {}};
+    std::string sequences_detail;
     for (const auto& step : report["steps"]) {
       run.steps_ms[step["step"].get<std::string>()] = step["ms"].get<double>();
+      if (step["step"] == "sequences" && step["detail"].is_string()) {
+        sequences_detail = step["detail"].get<std::string>();
+      }
     }
     auto [worst, errors] = load.worst(start, end);
     run.client_max_ms = static_cast<double>(worst.count()) / 1000;
     run.client_errors = errors;
     runs.push_back(run);
-    std::cerr << fmt::format("pgferry {} window {:.1f} ms, client max {:.1f} ms\n", command,
-                             run.window_ms, run.client_max_ms);
+    std::cerr << fmt::format("pgferry {} window {:.1f} ms, client max {:.1f} ms ({})\n", command,
+                             run.window_ms, run.client_max_ms, sequences_detail);
   }
   load.stop();
   agent.stop();

@@ -414,8 +414,9 @@ void Cutover::step(const char* name, milliseconds budget, Body&& body) {
     entry.detail = fmt::format("over its budget of {} ms", entry.budget.count());
   }
   report_.steps.push_back(entry);
-  spdlog::info("cutover id={} step={} ms={:.1f} budget_ms={}{}", report_.id, name,
-               ms(entry.elapsed), entry.budget.count(), over ? " over budget" : "");
+  spdlog::info("cutover id={} step={} ms={:.1f} budget_ms={}{}{}", report_.id, name,
+               ms(entry.elapsed), entry.budget.count(), over ? " over budget" : "",
+               entry.detail.empty() ? "" : ": " + entry.detail);
   if (over) throw repl::CutoverAborted(fmt::format("step {}: {}", name, entry.detail));
 }
 
@@ -889,8 +890,10 @@ void Cutover::mark_and_drain(Clock::time_point deadline) {
 void Cutover::sequences_and_verify(Clock::time_point deadline) {
   sequences::SyncOptions sync;
   sync.margin = options_.sequence_margin;
+  auto started = Clock::now();
   auto synced = sequences::sync_sequences(from_conn_, to_conn_, sync);
   report_.sequences_set = synced.changed.size();
+  auto synced_in = duration_cast<microseconds>(Clock::now() - started);
   if (!options_.verify) return;
   // Row counts of the small tables, both sides, while nothing writes.
   set_statement_timeout(from_conn_, deadline);
@@ -960,8 +963,10 @@ void Cutover::sequences_and_verify(Clock::time_point deadline) {
   from_conn_.exec("SET statement_timeout = 0");
   to_conn_.exec("SET statement_timeout = 0");
   if (!large.empty()) sample_large_tables(large, deadline);
-  step_detail_ = fmt::format("{} tables counted, {} large tables sampled ({} keys)",
-                             report_.tables_verified, report_.tables_sampled, report_.keys_sampled);
+  step_detail_ = fmt::format(
+      "sequences {:.1f} ms; {} tables counted, {} large tables sampled ({} keys) in {:.1f} ms",
+      ms(synced_in), report_.tables_verified, report_.tables_sampled, report_.keys_sampled,
+      ms(duration_cast<microseconds>(Clock::now() - started) - synced_in));
 }
 
 // The large tables: `verify --once --sample` (random keys and the last keys of each side,
