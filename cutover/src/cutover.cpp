@@ -317,7 +317,9 @@ class Cutover {
   void step(const char* name, milliseconds budget, Body&& body);
   bool recover_and_check_direction();
   void recover_traffic(const HistoryRow& dead);
-  std::string settle_switching(const HistoryRow& dead);
+  void settle_switching(const HistoryRow& dead);
+  bool finish_undone(const HistoryRow& dead, std::string_view reason);
+  void finish_switched(const HistoryRow& dead, std::string_view reason);
   // Step budgets: fence and mark have --fence-timeout and --drain-timeout; the others are
   // shares of --timeout (at its default 60 s: preconditions 30 s; prepare, sequences,
   // reverse and switch 10 s; unfence 5 s). Every step also ends at the overall --timeout.
@@ -362,7 +364,7 @@ class Cutover {
   std::string config_original_;
   bool config_written_ = false;
   bool command_ran_ = false;
-  bool command_moved_ = false;  // it exited 0
+  bool command_moved_ = false;  // it may have moved traffic (exit 0, killed, signalled)
   bool switched_ = false;
   bool recovered_ = false;           // this run recovered a dead one
   bool switch_unconfirmed_ = false;  // the `switched` UPDATE's outcome could not be read
@@ -496,68 +498,54 @@ CutoverReport Cutover::run() {
 }
 
 bool Cutover::recover_and_check_direction() {
-  if (auto last = latest_history(history_conn_, options_.name, false)) {
-    bool settled = false;
-    if (last->state == "switching") {
-      // Died while switching traffic and its guard could not settle it: traffic pointed back
-      // or forward here and the fence lifted, then finished as `running` or `switched`.
+  auto last = latest_history(history_conn_, options_.name, false);
+  if (!options_.settle.empty() && (!last || last->state != "switching")) {
+    throw repl::ConfigError(fmt::format(
+        "--settle {}: no cutover or rollback of '{}' died while switching traffic (the latest "
+        "is {}): run without --settle",
+        options_.settle, options_.name,
+        last ? fmt::format("{} {}, {}", last->operation, last->id, last->state) : "none"));
+  }
+  if (last && last->state == "switching") {
+    // Died while switching traffic and its guard could not settle it.
+    try {
+      settle_switching(*last);
+    } catch (const std::exception& e) {
+      HistoryRow fenced = *last;
+      fenced.state = "switched";  // lifts the fence only
+      std::string fence_note = "its fence is lifted";
       try {
-        last->state = settle_switching(*last);
-      } catch (const std::exception& e) {
-        HistoryRow fenced = *last;
-        fenced.state = "switched";  // lifts the fence only
-        try {
-          recover_traffic(fenced);
-        } catch (const std::exception& lift_error) {
-          spdlog::error("lifting the fence of {} {}: {}", last->operation, last->id,
-                        lift_error.what());
-        }
-        throw repl::ConfigError(fmt::format(
-            "earlier {} {} died while switching traffic and cannot be settled: {} (its fence "
-            "is lifted; its row stays `switching` and both slots are kept, so nothing "
-            "replicates and no write is lost)",
-            last->operation, last->id, e.what()));
+        recover_traffic(fenced);
+      } catch (const std::exception& lift_error) {
+        fence_note = fmt::format("its fence could NOT be lifted ({})", lift_error.what());
       }
-      settled = true;
-      recovered_ = true;
+      throw repl::ConfigError(fmt::format(
+          "earlier {} {} died while switching traffic and cannot be settled: {} ({}; its "
+          "row stays `switching` and both slots are kept, so nothing replicates and no write "
+          "is lost)",
+          last->operation, last->id, e.what(), fence_note));
     }
+    recovered_ = true;
+  } else if (last) {
     // An aborted run whose unfence failed (its guard may have left it to this run, which
     // holds the lock): lift it again; lifting is idempotent.
     bool aborted_fenced = last->state == "aborted" && last->fence_maybe_on &&
                           last->fence.value_or("none") != "none" &&
                           !(last->fence == "pgbouncer" && options_.pgbouncer_conninfo.empty());
-    if (!settled && (last->state == "running" || last->state == "switched" || aborted_fenced)) {
+    if (last->state == "running" || last->state == "switched" || aborted_fenced) {
       recover_traffic(*last);
       recovered_ = true;
     }
     if (last->state == "running") {
-      // A cutover that died before its switch: its guard lifted the fence; its new slot may
-      // remain on the side that does not send now.
-      auto direction = current_direction(history_conn_, options_.name);
-      const std::string& idle_side =
-          direction == Direction::forward ? options_.target_conninfo : options_.source_conninfo;
-      auto conn = repl::Connection::open(idle_side, repl::Side::none);
-      bool dropped = drop_slot(conn, options_.name, std::nullopt);
-      history_conn_.exec(
-          "UPDATE pgferry.cutover_history SET state = 'aborted', finished_at = now(), reason = "
-          "$2 WHERE id = $1",
-          {last->id,
-           settled ? "switch undone by the next run" : "found unfinished by the next run"});
+      // A cutover that died before its switch (or whose guard switched back): its guard
+      // lifted the fence; its new slot may remain on the side that does not send now.
+      bool dropped = finish_undone(*last, "found unfinished by the next run");
       report_.notes.push_back(fmt::format("earlier {} {} found unfinished: marked aborted{}",
                                           last->operation, last->id,
                                           dropped ? ", its new slot dropped" : ""));
     } else if (last->state == "switched") {
       // Died after the switch: finish it (the guard lifted the fence).
-      bool was_cutover = last->operation == "cutover";
-      const std::string& old_primary =
-          was_cutover ? options_.source_conninfo : options_.target_conninfo;
-      auto conn = repl::Connection::open(old_primary, repl::Side::none);
-      drop_slot(conn, options_.name, 5s);
-      if (last->new_slot_lsn) write_progress(conn, options_.name, *last->new_slot_lsn);
-      history_conn_.exec(
-          "UPDATE pgferry.cutover_history SET state = 'completed', finished_at = now(), reason "
-          "= $2 WHERE id = $1",
-          {last->id, settled ? "switch finished by the next run" : "finished by the next run"});
+      finish_switched(*last, "finished by the next run");
       report_.notes.push_back(fmt::format("earlier {} {} had switched traffic: finished it",
                                           last->operation, last->id));
     }
@@ -580,6 +568,36 @@ bool Cutover::recover_and_check_direction() {
     return false;
   }
   return true;
+}
+
+// A dead run undone: its new slot dropped on the side that does not send now, its row
+// marked aborted. Returns whether a slot was dropped.
+bool Cutover::finish_undone(const HistoryRow& dead, std::string_view reason) {
+  auto direction = current_direction(history_conn_, options_.name);
+  const std::string& idle_side =
+      direction == Direction::forward ? options_.target_conninfo : options_.source_conninfo;
+  auto conn = repl::Connection::open(idle_side, repl::Side::none);
+  bool dropped = drop_slot(conn, options_.name, std::nullopt);
+  history_conn_.exec(
+      "UPDATE pgferry.cutover_history SET state = 'aborted', finished_at = now(), reason = $2 "
+      "WHERE id = $1",
+      {dead.id, reason});
+  return dropped;
+}
+
+// A dead run whose switch is committed, finished: the old direction's slot dropped (it
+// holds no WAL, nothing travels back), the new direction's progress record written on the
+// old primary at the new slot's position, the row marked completed.
+void Cutover::finish_switched(const HistoryRow& dead, std::string_view reason) {
+  const std::string& old_primary =
+      dead.operation == "cutover" ? options_.source_conninfo : options_.target_conninfo;
+  auto conn = repl::Connection::open(old_primary, repl::Side::none);
+  drop_slot(conn, options_.name, 5s);
+  if (dead.new_slot_lsn) write_progress(conn, options_.name, *dead.new_slot_lsn);
+  history_conn_.exec(
+      "UPDATE pgferry.cutover_history SET state = 'completed', finished_at = now(), reason = "
+      "$2 WHERE id = $1",
+      {dead.id, reason});
 }
 
 // A run that died together with its guard (kill -9 of both) may have left writes fenced
@@ -647,10 +665,11 @@ void Cutover::recover_traffic(const HistoryRow& dead) {
 // primary: the switch is finished (config entry and --switch-command towards it), which
 // loses nothing; otherwise it is undone (recover_traffic points traffic back). Writes on
 // both sides cannot be merged: the run stops, naming what to reconcile, unless --settle
-// says which side wins. Traffic pointed and the fence lifted, the losing side's slot is
-// read again (late writes there would be lost with it). Returns "running" (undone) or
-// "switched" (finished); the row still says `switching` (the caller finishes it).
-std::string Cutover::settle_switching(const HistoryRow& dead) {
+// says which side wins (it may not contradict writes on one side only). Before the losing
+// side's slot is dropped it is read again (late writes there would go with it); going
+// forward, that happens while the old primary is still fenced, and the decision is
+// committed (`switched`) before anything is dropped.
+void Cutover::settle_switching(const HistoryRow& dead) {
   bool was_cutover = dead.operation == "cutover";
   const std::string& old_primary =
       was_cutover ? options_.source_conninfo : options_.target_conninfo;
@@ -675,18 +694,37 @@ std::string Cutover::settle_switching(const HistoryRow& dead) {
       count_text(old_writes), repl::redact_conninfo(old_primary), dead.fence_lsn.value_or(Lsn()),
       count_text(new_writes), repl::redact_conninfo(new_primary),
       dead.new_slot_lsn.value_or(Lsn()));
-  bool forward = options_.settle == "forward";
-  if (options_.settle.empty()) {
-    if (new_writes.value_or(0) > 0 && old_writes.value_or(0) > 0) {
-      throw repl::ConfigError(fmt::format(
-          "writes went to both sides: {}. Re-run with --settle forward (the new primary's "
-          "writes win) or --settle back (the old primary's win); the losing side's writes are "
-          "not carried over: save them first, and after the re-run delete them there and "
-          "apply them on the winning side",
-          where));
-    }
-    forward = new_writes.value_or(0) > 0;
+  bool old_wrote = old_writes.value_or(0) > 0;
+  bool new_wrote = new_writes.value_or(0) > 0;
+  bool forward = new_wrote;
+  if (options_.settle.empty() && old_wrote && new_wrote) {
+    throw repl::ConfigError(fmt::format(
+        "writes went to both sides: {}. Re-run with --settle forward (the new primary's "
+        "writes win) or --settle back (the old primary's win); the losing side's writes are "
+        "not carried over: save them first, and after the re-run delete them there and "
+        "apply them on the winning side",
+        where));
   }
+  if (!options_.settle.empty()) {
+    forward = options_.settle == "forward";
+    if (forward ? (old_wrote && !new_wrote) : (new_wrote && !old_wrote)) {
+      throw repl::ConfigError(fmt::format(
+          "--settle {} would throw away the writes of the only side that took any ({}): "
+          "re-run without --settle",
+          options_.settle, where));
+    }
+  }
+  auto check_losing_side = [&] {
+    if (!options_.settle.empty()) return;
+    auto late = writes(forward);
+    auto before = forward ? old_writes : new_writes;
+    if (late.value_or(0) > before.value_or(0)) {
+      throw repl::ConfigError(fmt::format(
+          "while traffic was pointed at the {} primary, {} transactions reached the {} one; "
+          "re-run with --settle forward or --settle back",
+          forward ? "new" : "old", *late - before.value_or(0), forward ? "old" : "new"));
+    }
+  };
   if (forward) {
     if (!options_.pgbouncer_config.empty()) {
       auto current = read_pgbouncer_config(options_.pgbouncer_config);
@@ -709,25 +747,25 @@ std::string Cutover::settle_switching(const HistoryRow& dead) {
             where, status));
       }
     }
-  }
-  HistoryRow pointed = dead;
-  pointed.state = forward ? "switched" : "running";
-  recover_traffic(pointed);  // back: points traffic back; then lifts the fence
-  if (options_.settle.empty()) {
-    auto late = writes(forward);  // the losing side
-    auto before = forward ? old_writes : new_writes;
-    if (late.value_or(0) > before.value_or(0)) {
-      throw repl::ConfigError(fmt::format(
-          "while traffic was pointed at the {} primary, {} transactions reached the {} one: "
-          "re-run with --settle forward or --settle back (see its help)",
-          forward ? "new" : "old", *late - before.value_or(0), forward ? "old" : "new"));
-    }
+    check_losing_side();  // the old primary is still fenced
+    history_conn_.exec(
+        "UPDATE pgferry.cutover_history SET state = 'switched', reason = $2 WHERE id = $1",
+        {dead.id, "switch finished by the next run"}, "recording the settled switch");
+    finish_switched(dead, "switch finished by the next run");
+    HistoryRow fenced = dead;
+    fenced.state = "switched";
+    recover_traffic(fenced);  // lifts the fence only
+  } else {
+    HistoryRow undone = dead;
+    undone.state = "running";
+    recover_traffic(undone);  // points traffic back, lifts the fence
+    check_losing_side();
+    finish_undone(dead, "switch undone by the next run");
   }
   report_.notes.push_back(
       fmt::format("earlier {} {} died while switching traffic: {} ({}{})", dead.operation, dead.id,
                   forward ? "finished its switch" : "switched back", where,
                   options_.settle.empty() ? "" : "; --settle " + options_.settle));
-  return pointed.state;
 }
 
 void Cutover::preconditions(Clock::time_point deadline) {
@@ -1091,15 +1129,18 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
   }
   if (!options_.switch_command.empty()) {
     command_ran_ = true;
+    // Killed past its budget or by a signal, it may have moved traffic; an exit status of
+    // its own other than 0 says it did not.
+    command_moved_ = true;
     int status = run_switch_command(
         options_.switch_command, switch_env(to_, false), deadline, [&](pid_t pid) {
           guard_->send({{"switch_pgid", pid}, {"switch_start", process_start_time(pid)}});
         });
     guard_->send({{"switch_exited", true}});
+    command_moved_ = status == 0 || status > 128;
     if (status != 0) {
       throw repl::CutoverAborted(fmt::format("--switch-command exited with status {}", status));
     }
-    command_moved_ = true;
   }
   if (options_.pgbouncer_config.empty() && options_.switch_command.empty()) {
     report_.notes.push_back("no --pgbouncer-config or --switch-command: traffic not switched");
@@ -1121,6 +1162,7 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
       // finish; kept switched, the row is `switched` or `switching` and a re-run settles
       // either from where writes went. So traffic stays, and the old slot is kept.
       switch_unconfirmed_ = true;
+      report_.switch_unconfirmed = true;
       report_.notes.push_back(fmt::format(
           "recording the switch: {}; whether it committed cannot be read: traffic stays on the "
           "new primary, the old slot is kept; re-run the {} once the target answers, to settle "
@@ -1207,11 +1249,22 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
       spdlog::error("cutover id={} abort: {} failed: {}", report_.id, what, e.what());
     }
   };
+  // Writes the new primary took while the switch was half done (the command may have sent
+  // clients there) would be lost with its slot: read it first, while the old primary is
+  // still fenced; then (or unreadable) traffic is left where the switch put it, the row
+  // stays `switching` with both slots, and a re-run settles it (finishing the switch when
+  // only the new primary took writes), as when the way back fails.
+  bool new_wrote = false;
+  if (slot_created_ && (config_written_ || command_moved_)) {
+    new_wrote = writes_within(to_.conninfo, options_.name, options_.publication_name(),
+                              report_.new_slot_lsn, Clock::now() + switch_budget())
+                    .value_or(1) > 0;
+  }
   // Traffic is where it was: nothing moved, or it moved back. (A command that exited
-  // non-zero moved nothing, by its contract; a failure to run it back then leaves traffic
-  // where it was.)
-  bool way_back = true;
-  if (config_written_) {
+  // non-zero by itself moved nothing, by its contract; a failure to run it back then leaves
+  // traffic where it was.)
+  bool way_back = !new_wrote;
+  if (config_written_ && !new_wrote) {
     attempt("restoring the PgBouncer config", [&] {
       way_back = false;
       write_pgbouncer_config(options_.pgbouncer_config, config_original_);
@@ -1219,7 +1272,7 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
       way_back = true;
     });
   }
-  if (command_ran_) {
+  if (command_ran_ && !new_wrote) {
     bool config_back = way_back;
     attempt("running --switch-command towards the old primary", [&] {
       way_back = false;
@@ -1230,18 +1283,7 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
     });
     if (!command_moved_) way_back = config_back;
   }
-  // Writes the new primary took while the switch was half done (the command may have sent
-  // clients there) would be lost with its slot: then the row stays `switching` with both
-  // slots, and a re-run settles it (as when the way back failed).
   bool unsettled = !way_back;
-  if (slot_created_ && (config_written_ || command_ran_) && way_back) {
-    attempt("reading which writes the new primary took", [&] {
-      unsettled = true;
-      unsettled =
-          writes_after(to_conn_, options_.name, options_.publication_name(), report_.new_slot_lsn)
-              .value_or(0) > 0;
-    });
-  }
   bool lifted = true;
   if (fence_) {
     attempt("lifting the fence", [&] {
@@ -1252,10 +1294,12 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
     if (lifted) report_.window = duration_cast<microseconds>(Clock::now() - fenced_at_);
   }
   if (unsettled) {
-    report_.notes.push_back(
-        "the switch could not be undone cleanly: the history row stays `switching` and both "
-        "slots are kept; re-run to settle it (it finishes the switch when only the new primary "
-        "took writes)");
+    report_.notes.push_back(fmt::format(
+        "{}: traffic is left where the switch put it, the history row stays `switching` and "
+        "both slots are kept; re-run to settle it (it finishes the switch when only the new "
+        "primary took writes)",
+        new_wrote ? "the new primary took writes during the switch (or they cannot be read)"
+                  : "the switch could not be undone"));
   } else {
     if (slot_created_) {
       attempt("dropping the new slot", [&] {
@@ -1383,6 +1427,7 @@ nlohmann::json CutoverReport::to_json() const {
           {"tables_sampled", tables_sampled},
           {"keys_sampled", keys_sampled},
           {"steps", steps_json},
+          {"switch_unconfirmed", switch_unconfirmed},
           {"notes", notes}};
 }
 

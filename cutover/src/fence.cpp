@@ -54,11 +54,11 @@ int terminate_blockers(const std::string& server_conninfo) {
 // at once and then polled together (pg_terminate_backend(pid, timeout) would wait for each
 // in turn, each with the whole remaining time).
 void end_sessions(const repl::Connection& conn, Clock::time_point deadline) {
-  auto ended =
-      conn.exec(fmt::format("SELECT coalesce(array_agg(pid), '{{}}')::text FROM ("
-                            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE {}) s",
-                            kOtherSessions),
-                "terminating the application sessions");
+  auto ended = conn.exec(
+      fmt::format("SELECT coalesce(array_agg(pid), '{{}}')::text FROM ("
+                  "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE {}) s",
+                  kOtherSessions),
+      "terminating the application sessions");
   std::string pids(ended.get(0, 0));
   if (pids == "{}") return;
   while (true) {

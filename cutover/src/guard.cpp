@@ -163,19 +163,20 @@ bool point_traffic(const nlohmann::json& switching, const char* config_text, con
   return ok;
 }
 
-// The transactions the new primary took since the new direction's start (its slot, read
-// without consuming it); nullopt when it cannot be read (then nobody could write there).
-std::optional<long long> new_primary_writes(const nlohmann::json& switching) {
+// Whether the new primary may have taken writes since the new direction's start: its slot
+// read without consuming it, by `deadline`; unreadable counts as "may have" (the guard's
+// host failing to reach it says nothing about the clients).
+bool new_primary_may_have_writes(const nlohmann::json& switching, Clock::time_point deadline) {
   try {
     const auto& side = switching.at("new_side");
-    auto conn = repl::Connection::open(side.at("conninfo").get<std::string>(), repl::Side::none,
-                                       {{"connect_timeout", "5"}});
-    return writes_after(conn, side.at("slot").get<std::string>(),
-                        side.at("publication").get<std::string>(),
-                        repl::Lsn::from_string(side.at("after").get<std::string>(), "new slot"));
+    auto writes = writes_within(
+        side.at("conninfo").get<std::string>(), side.at("slot").get<std::string>(),
+        side.at("publication").get<std::string>(),
+        repl::Lsn::from_string(side.at("after").get<std::string>(), "new slot"), deadline);
+    return writes.value_or(1) > 0;
   } catch (const std::exception& e) {
-    spdlog::error("cutover-guard: cannot read which writes the new primary took: {}", e.what());
-    return std::nullopt;
+    spdlog::error("cutover-guard: which writes the new primary took: {}", e.what());
+    return true;
   }
 }
 
@@ -261,11 +262,13 @@ int run_guard() {
     const auto& switching = *state.switching;
     // With the row `switching`, writes the new primary took (the switch command may have
     // sent clients there) must not be left behind: then the switch is finished instead.
+    auto peek_deadline = [&] { return std::min(deadline, Clock::now() + budget); };
     bool new_wrote =
-        plan == Plan::back_else_forward && new_primary_writes(switching).value_or(0) > 0;
+        plan == Plan::back_else_forward && new_primary_may_have_writes(switching, peek_deadline());
     bool back = !new_wrote &&
                 point_traffic(switching, "original", "back_env", "old primary", budget, deadline);
-    if (back && plan == Plan::back_else_forward && new_primary_writes(switching).value_or(0) > 0) {
+    if (back && plan == Plan::back_else_forward &&
+        new_primary_may_have_writes(switching, peek_deadline())) {
       spdlog::error("cutover-guard: the new primary took writes while traffic was pointed back");
       back = false;
     }

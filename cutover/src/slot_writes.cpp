@@ -1,6 +1,10 @@
 // Slot writes: see slot_writes.hpp.
 #include "slot_writes.hpp"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -37,6 +41,28 @@ std::optional<long long> writes_after(const repl::Connection& conn, std::string_
       if (e.sqlstate() != "55006" || Clock::now() >= deadline) throw;  // object_in_use
       std::this_thread::sleep_for(50ms);
     }
+  }
+}
+
+std::optional<long long> writes_within(const std::string& conninfo, std::string_view name,
+                                       const std::string& publication, Lsn after,
+                                       Clock::time_point deadline) {
+  try {
+    auto left = [&] {
+      return std::max<long long>(
+          1,
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+    };
+    auto conn = repl::Connection::open(conninfo, repl::Side::none,
+                                       {{"connect_timeout", std::to_string((left() + 999) / 1000)},
+                                        {"keepalives_idle", "1"},
+                                        {"keepalives_interval", "1"},
+                                        {"keepalives_count", "3"}});
+    conn.exec(fmt::format("SET statement_timeout = {}", left()));
+    return writes_after(conn, name, publication, after);
+  } catch (const std::exception& e) {
+    spdlog::error("reading which writes slot {} holds: {}", name, e.what());
+    return std::nullopt;
   }
 }
 

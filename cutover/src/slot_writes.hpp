@@ -2,6 +2,7 @@
 // switching traffic, the two directions' slots tell where writes went since the fence.
 #pragma once
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,5 +17,12 @@ namespace pgferry::cutover {
 // such slot. Waits up to 5 s for a walsender to let go of it.
 std::optional<long long> writes_after(const replication::Connection& conn, std::string_view name,
                                       const std::string& publication, replication::Lsn after);
+
+// The same on a connection of its own to `conninfo`, bounded by `deadline` (connect_timeout,
+// TCP keepalives, statement_timeout); nullopt when the count cannot be had in time or there
+// is no slot, which callers must read as "there may be writes".
+std::optional<long long> writes_within(const std::string& conninfo, std::string_view name,
+                                       const std::string& publication, replication::Lsn after,
+                                       std::chrono::steady_clock::time_point deadline);
 
 }  // namespace pgferry::cutover

@@ -10,7 +10,8 @@
 //   agent waits and PgBouncer stays paused until a re-run, which decides from where writes
 //   went since the fence: nowhere → it switches back, marks the dead run aborted and cuts
 //   over; on the target → it finishes the switch; on both sides → it stops and says so,
-//   with the fence lifted.
+//   with the fence lifted, until --settle chooses (which is refused without such a row);
+// - the new primary took writes before the guard acted: the guard finishes the switch.
 // (PGFERRY_CUTOVER_CRASH_AT makes the cutover kill itself at a named point.)
 #include <signal.h>
 #include <stdlib.h>
@@ -125,6 +126,17 @@ TEST_F(CutoverCrash, DiesAfterTheSwitchCommitsGuardKeepsTheSwitch) {
   EXPECT_EQ(history_state(id), "completed");
   EXPECT_EQ(read_file(marker_), fmt::format("0 {}\n", target_->port()));
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
+}
+
+TEST_F(CutoverCrash, SettleWithoutAnUnsettledSwitchIsRefused) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  auto result = run_pgferry(switch_args("cutover", {"--settle", "back"}));
+  EXPECT_NE(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("--settle back: no cutover or rollback of 'ferry' died while "
+                               "switching traffic"),
+            std::string::npos)
+      << result.output;
+  EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM pgferry.cutover_history"), "0");
 }
 
 TEST_F(CutoverCrash, WayBackFailsGuardFinishesTheSwitch) {
@@ -242,7 +254,8 @@ TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnBothSidesRerunStopsUntilSet
   }
   EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 6"), "0");
 
-  // The operator chooses the new primary: the switch is finished, its writes travel back.
+  // --settle may not contradict one-sided evidence: checked on the way (not here: both sides
+  // wrote). The operator chooses the new primary: the switch is finished, its writes travel back.
   auto settled = run_pgferry(switch_args("cutover", {"--settle", "forward"}));
   ASSERT_EQ(settled.exit_code, 0) << settled.output << agent_->log_text();
   EXPECT_NE(settled.output.find("finished its switch"), std::string::npos) << settled.output;

@@ -78,6 +78,7 @@ int run_switch(const CommonOptions& common, const SwitchOptions& options,
   } else {
     std::cout << report.render_text();
   }
+  if (report.switch_unconfirmed) return static_cast<int>(repl::ExitCode::target_unreachable);
   return static_cast<int>(report.ok ? repl::ExitCode::ok : repl::ExitCode::aborted);
 }
 

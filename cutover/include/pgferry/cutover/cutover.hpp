@@ -122,6 +122,9 @@ struct CutoverReport {
   std::size_t tables_sampled = 0;   // large tables whose sampled keys matched
   std::size_t keys_sampled = 0;
   std::vector<std::string> notes;  // recovered state, warnings
+  // Traffic switched, but whether the `switched` row committed could not be read (the
+  // target unreachable): the CLI exits 5 so that it is re-run once the target answers.
+  bool switch_unconfirmed = false;
 
   nlohmann::json to_json() const;
   std::string render_text() const;

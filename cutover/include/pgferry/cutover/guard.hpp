@@ -41,9 +41,9 @@
 //   any part of undoing fails, or writes reach the new primary meanwhile, it finishes the
 //   switch instead (config rewritten, command towards the new primary) and marks the row
 //   `switched`, which loses nothing: the new primary holds everything before the fence and
-//   its slot records every write since (the old primary is still fenced). Undone, it marks the row `running` again (a re-run marks it aborted). When
-//   neither works the row stays `switching` with both slots kept, and a re-run decides from
-//   where writes went (see cutover.hpp).
+//   its slot records every write since (the old primary is still fenced). Undone, it marks the row
+//   `running` again (a re-run marks it aborted). When neither works the row stays `switching` with
+//   both slots kept, and a re-run decides from where writes went (see cutover.hpp).
 // - `switched` or `completed`: it only lifts the fence (a re-run finishes the cutover);
 //   `aborted`: the cutover's abort already switched back, it lifts the fence.
 // The lock still taken after 5 s: a re-run holds it and recovers this cutover itself, so the
