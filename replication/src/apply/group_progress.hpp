@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include "pgferry/replication/apply/applier.hpp"
@@ -92,6 +93,9 @@ class GroupProgress final : public ResultCheck {
   void check(const Pending& pending, const Result& result) override;
 
  private:
+  // Sends `sql` (no parameters), prepared on its first use: BEGIN and COMMIT, sent per group,
+  // are parsed once per session, as the progress row's UPDATE is.
+  void send_fixed(std::string_view sql, const Command& command);
   void write_progress(Lsn lsn, std::optional<PgTimestamp> commit_time, Lsn commit_lsn);
   void refresh_durable(Lsn target_insert, Lsn target_flush);
   void refresh_durable(const Result& position);
