@@ -44,6 +44,7 @@ using pgferry::tools::LocalCluster;
 namespace {
 
 using pgferry::bench::median;
+using pgferry::bench::recvlogical_argv;
 using pgferry::bench::seconds_since;
 using pgferry::bench::split;
 using pgferry::bench::table_digest;
@@ -246,28 +247,9 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
   for (const auto& method : order) {
     auto start = std::chrono::steady_clock::now();
     if (method == "floor") {
-      int status = source.run_tool({"pg_recvlogical",
-                                    "-h",
-                                    source.socket_dir().string(),
-                                    "-p",
-                                    std::to_string(source.port()),
-                                    "-U",
-                                    "postgres",
-                                    "-d",
-                                    "postgres",
-                                    "--slot",
-                                    "bench_floor",
-                                    "--start",
-                                    "--no-loop",
-                                    "-E",
-                                    end_lsn,
-                                    "-o",
-                                    "proto_version=1",
-                                    "-o",
-                                    "publication_names=bench",
-                                    "-f",
-                                    "/dev/null"},
-                                   source.dir() / "recvlogical.log");
+      int status =
+          source.run_tool(recvlogical_argv(source, "bench_floor", {"--no-loop", "-E", end_lsn}),
+                          source.dir() / "recvlogical.log");
       if (status != 0) throw std::runtime_error("pg_recvlogical failed");
     } else if (method == "native" || method == "native_bs") {
       bool best = method == "native_bs";
