@@ -1,10 +1,11 @@
-// Small helpers the whole-process benchmarks share (drain, init).
+// Small helpers the whole-process benchmarks share (drain, delay, init).
 #pragma once
 
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,34 @@ inline void load_pgbench(tools::LocalCluster& cluster, int scale) {
   if (status != 0) throw std::runtime_error("pgbench -i failed");
   replication::Connection::open(cluster.conninfo(), replication::Side::none)
       .exec("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY");
+}
+
+// pg_recvlogical of pgoutput from `slot` of the cluster's postgres database (publication
+// "bench") to /dev/null, then `extra` options: the walsender floor. argv[0] is the program
+// name alone, for LocalCluster::run_tool; prefix bindir() to spawn it directly.
+inline std::vector<std::string> recvlogical_argv(const tools::LocalCluster& cluster,
+                                                 const std::string& slot,
+                                                 std::initializer_list<std::string> extra) {
+  std::vector<std::string> argv = {"pg_recvlogical",
+                                   "-h",
+                                   cluster.socket_dir().string(),
+                                   "-p",
+                                   std::to_string(cluster.port()),
+                                   "-U",
+                                   "postgres",
+                                   "-d",
+                                   "postgres",
+                                   "--slot",
+                                   slot,
+                                   "--start",
+                                   "-o",
+                                   "proto_version=1",
+                                   "-o",
+                                   "publication_names=bench",
+                                   "-f",
+                                   "/dev/null"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
 }
 
 }  // namespace pgferry::bench

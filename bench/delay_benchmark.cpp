@@ -377,27 +377,9 @@ class FloorConsumer final : public Consumer {
   explicit FloorConsumer(LocalCluster& source)
       : conn_(repl::Connection::open(source.conninfo(), repl::Side::source)) {
     conn_.exec("SELECT pg_create_logical_replication_slot('bench_floor', 'pgoutput')");
-    recvlogical_.emplace(std::vector<std::string>{source.bindir() + "/pg_recvlogical",
-                                                  "-h",
-                                                  source.socket_dir().string(),
-                                                  "-p",
-                                                  std::to_string(source.port()),
-                                                  "-U",
-                                                  "postgres",
-                                                  "-d",
-                                                  "postgres",
-                                                  "--slot",
-                                                  "bench_floor",
-                                                  "--start",
-                                                  "-o",
-                                                  "proto_version=1",
-                                                  "-o",
-                                                  "publication_names=bench",
-                                                  "-s",
-                                                  "1",
-                                                  "-f",
-                                                  "/dev/null"},
-                         source.dir() / "recvlogical.log");
+    auto argv = pgferry::bench::recvlogical_argv(source, "bench_floor", {"-s", "1"});
+    argv[0] = source.bindir() + "/" + argv[0];
+    recvlogical_.emplace(argv, source.dir() / "recvlogical.log");
   }
   ~FloorConsumer() override {
     recvlogical_.reset();

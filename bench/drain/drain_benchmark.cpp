@@ -4,6 +4,8 @@
 //   native     CREATE SUBSCRIPTION (PostgreSQL's own apply worker; --streaming),
 //   native_bs  the same WITH (binary = true, streaming = on): native at its best,
 //   pgferry    pgferry run --until <end of backlog>,
+//   baseline   the same with pgferry from --baseline-binary (another build, e.g. main), for a
+//              before/after in the same run,
 // each from its own slot created before the backlog was written. The target is checked
 // equal to the source after each native and after pgferry. Prints seconds, ratios against
 // native and against the faster native configuration, and pgferry's peak RSS; medians over
@@ -16,7 +18,7 @@
 //
 // Usage: pgferry_drain_bench [--workload bulk|oltp|bigtxn|toast|mixed|all] [--runs N]
 //                            [--rows N] [--methods floor,native,native_bs,pgferry]
-//                            [--streaming on|off]
+//                            [--streaming on|off] [--baseline-binary PATH]
 // Connections use the Unix socket for every method.
 #include <fmt/format.h>
 #include <sys/resource.h>
@@ -44,6 +46,7 @@ using pgferry::tools::LocalCluster;
 namespace {
 
 using pgferry::bench::median;
+using pgferry::bench::recvlogical_argv;
 using pgferry::bench::seconds_since;
 using pgferry::bench::split;
 using pgferry::bench::table_digest;
@@ -54,6 +57,7 @@ struct Options {
   long rows = 0;  // 0: the workload's default size
   std::vector<std::string> methods = {"floor", "native", "native_bs", "pgferry"};
   bool streaming = false;
+  std::string baseline_binary;  // method "baseline"
   // PostgreSQL bin directories of the two clusters (empty: the default one), so that a run
   // can time an upgrade pair such as 15 -> 18 (tools/build-postgres.sh 18 prints one).
   std::string source_bindir;
@@ -210,6 +214,7 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
   prepare_database(workload, target, "t_native");
   prepare_database(workload, target, "t_native_bs");
   prepare_database(workload, target, "t_pgferry");
+  if (!options.baseline_binary.empty()) prepare_database(workload, target, "t_baseline");
 
   auto src = repl::Connection::open(source.conninfo(), repl::Side::source);
   src.exec("CREATE PUBLICATION bench FOR ALL TABLES");
@@ -217,14 +222,20 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
   src.exec("SELECT pg_create_logical_replication_slot('bench_native', 'pgoutput')");
   src.exec("SELECT pg_create_logical_replication_slot('bench_native_bs', 'pgoutput')");
   std::string log = (source.dir() / "bench.log").string();
-  auto init = spawn_and_wait(
-      {PGFERRY_BINARY, "init", "--no-data", "--source", source.conninfo(), "--target",
-       target.conninfo("t_pgferry"), "--name", "bench_pgferry", "--publication", "bench"},
-      log);
-  bool with_pgferry =
-      std::find(options.methods.begin(), options.methods.end(), "pgferry") != options.methods.end();
-  if (with_pgferry && init.exit_code != 0) {
-    throw std::runtime_error(fmt::format("pgferry init failed ({}), see {}", init.exit_code, log));
+  // pgferry and the baseline: the binary, its target database and its name.
+  auto binary = [&](const std::string& method) {
+    return method == "baseline" ? options.baseline_binary : std::string(PGFERRY_BINARY);
+  };
+  for (const auto& method : options.methods) {
+    if (method != "pgferry" && method != "baseline") continue;
+    auto init = spawn_and_wait(
+        {binary(method), "init", "--no-data", "--source", source.conninfo(), "--target",
+         target.conninfo("t_" + method), "--name", "bench_" + method, "--publication", "bench"},
+        log);
+    if (init.exit_code != 0) {
+      throw std::runtime_error(
+          fmt::format("{} init failed ({}), see {}", method, init.exit_code, log));
+    }
   }
 
   auto write_start = std::chrono::steady_clock::now();
@@ -246,28 +257,9 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
   for (const auto& method : order) {
     auto start = std::chrono::steady_clock::now();
     if (method == "floor") {
-      int status = source.run_tool({"pg_recvlogical",
-                                    "-h",
-                                    source.socket_dir().string(),
-                                    "-p",
-                                    std::to_string(source.port()),
-                                    "-U",
-                                    "postgres",
-                                    "-d",
-                                    "postgres",
-                                    "--slot",
-                                    "bench_floor",
-                                    "--start",
-                                    "--no-loop",
-                                    "-E",
-                                    end_lsn,
-                                    "-o",
-                                    "proto_version=1",
-                                    "-o",
-                                    "publication_names=bench",
-                                    "-f",
-                                    "/dev/null"},
-                                   source.dir() / "recvlogical.log");
+      int status =
+          source.run_tool(recvlogical_argv(source, "bench_floor", {"--no-loop", "-E", end_lsn}),
+                          source.dir() / "recvlogical.log");
       if (status != 0) throw std::runtime_error("pg_recvlogical failed");
     } else if (method == "native" || method == "native_bs") {
       bool best = method == "native_bs";
@@ -280,23 +272,25 @@ RunResult run_once(const Options& options, const Workload& workload, int run_ind
       while (tgt.exec("SELECT count(*) FROM bench_marker").scalar() == "0") {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
-    } else if (method == "pgferry") {
-      auto run = spawn_and_wait({PGFERRY_BINARY, "run", "--source", source.conninfo(), "--target",
-                                 target.conninfo("t_pgferry"), "--name", "bench_pgferry",
+    } else if (method == "pgferry" || method == "baseline") {
+      auto run = spawn_and_wait({binary(method), "run", "--source", source.conninfo(), "--target",
+                                 target.conninfo("t_" + method), "--name", "bench_" + method,
                                  "--publication", "bench", "--until", end_lsn},
                                 log);
       if (run.exit_code != 0) {
         throw std::runtime_error(
-            fmt::format("pgferry run failed ({}), see {}", run.exit_code, log));
+            fmt::format("{} run failed ({}), see {}", method, run.exit_code, log));
       }
-      result.pgferry_rss_kib = run.max_rss_kib;
-      result.pgferry_cpu_seconds = run.cpu_seconds;
+      if (method == "pgferry") {
+        result.pgferry_rss_kib = run.max_rss_kib;
+        result.pgferry_cpu_seconds = run.cpu_seconds;
+      }
     }
     result.seconds[method] = seconds_since(start);
   }
 
   // The drained targets must equal the source.
-  for (const auto& method : {"native", "native_bs", "pgferry"}) {
+  for (const auto& method : {"native", "native_bs", "pgferry", "baseline"}) {
     if (!result.seconds.count(method)) continue;
     auto tgt =
         repl::Connection::open(target.conninfo(std::string("t_") + method), repl::Side::target);
@@ -325,7 +319,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--runs", options.runs, "runs (medians are printed)")->capture_default_str();
   app.add_option("--rows", options.rows, "workload size (0: its default)")->capture_default_str();
-  app.add_option("--methods", options.methods, "floor, native, native_bs, pgferry")
+  app.add_option("--methods", options.methods, "floor, native, native_bs, pgferry, baseline")
       ->delimiter(',')
       ->capture_default_str();
   std::string streaming = "off";
@@ -336,8 +330,16 @@ int main(int argc, char** argv) {
                  "the source cluster's PostgreSQL bin directory (default: pg_config --bindir)");
   app.add_option("--target-bindir", options.target_bindir,
                  "the target cluster's PostgreSQL bin directory (default: pg_config --bindir)");
+  app.add_option("--baseline-binary", options.baseline_binary,
+                 "method \"baseline\": pgferry from this binary (another build), beside this one");
   CLI11_PARSE(app, argc, argv);
   options.streaming = streaming == "on";
+  bool with_baseline = std::find(options.methods.begin(), options.methods.end(), "baseline") !=
+                       options.methods.end();
+  if (with_baseline != !options.baseline_binary.empty()) {
+    std::cerr << "method baseline and --baseline-binary go together: give both or neither\n";
+    return 2;
+  }
   pgferry::tools::stop_all_on_signal();
   std::vector<std::string> workloads =
       options.workload == "all"

@@ -2,7 +2,8 @@
 // with different column sets, and deletes, coalesced inside one target transaction next to
 // inserts and key changes of the same keys. Each scenario is a backlog of small source
 // transactions applied by `pgferry run --until` in one group; every table is then compared
-// source vs target, and a second run must change nothing.
+// source vs target, and a second run must change nothing; a row gone from the target is
+// named by its key.
 #include <fmt/format.h>
 
 #include <string>
@@ -27,6 +28,8 @@ struct Scenario {
   std::vector<std::pair<std::string, std::string>> tables;  // (table, ORDER BY) to compare
   std::vector<std::string> setup;                           // source transactions before init
   std::vector<std::string> backlog;                         // one source transaction each
+  std::vector<std::string> target_writes;  // on the target, after the setup is applied
+  std::string fails_naming;  // not empty: the backlog's run must fail, its output naming this
 };
 
 // kv (id, a, n) with rows 1..`rows`.
@@ -67,10 +70,17 @@ class ApplySetBased : public ClusterPairTest {
     std::string setup_end = query_value(src, "SELECT pg_current_wal_lsn()::text");
     auto first = pgferry({"run", "--until", setup_end});
     ASSERT_EQ(first.exit_code, 0) << first.output;
+    for (const auto& statement : scenario.target_writes) dst.exec(statement);
     for (const auto& statement : scenario.backlog) src.exec(statement);
     std::string until = query_value(src, "SELECT pg_current_wal_lsn()::text");
     // The whole backlog in one target transaction.
     auto run = pgferry({"run", "--until", until, "--group-max-delay-ms", "60000", "--json"});
+    if (!scenario.fails_naming.empty()) {
+      EXPECT_NE(run.exit_code, 0) << run.output;
+      EXPECT_NE(run.output.find(scenario.fails_naming), std::string::npos) << run.output;
+      pgferry({"cleanup"});
+      return;
+    }
     ASSERT_EQ(run.exit_code, 0) << run.output;
     expect_equal(src, dst, scenario);
     auto again = pgferry({"run", "--until", until});
@@ -290,4 +300,33 @@ TEST_F(ApplySetBased, TablesWithForeignKeysUnderTheReplicaRole) {
       "NULL WHERE parent_id = 2; DELETE FROM parent WHERE id = 2; COMMIT",
   };
   round_trip("setb_fk", s);
+}
+
+// A row the source changes is gone from the target (a write there): the batch affects one
+// row less than it carries, and the error names the missing key (composite, each part longer
+// than a short string) and its source transaction, for a batched update and a batched delete.
+namespace {
+Scenario missing_row_scenario(std::string backlog) {
+  Scenario s;
+  s.schema = "CREATE TABLE longkeys (region text, k text, n int, PRIMARY KEY (region, k))";
+  s.tables = {{"longkeys", "region, k"}};
+  s.setup = {
+      "INSERT INTO longkeys SELECT 'region-number-one', 'a-rather-long-key-' || g, g FROM "
+      "generate_series(1, 20) g"};
+  s.target_writes = {
+      "DELETE FROM longkeys WHERE region = 'region-number-one' AND k = 'a-rather-long-key-7'"};
+  s.backlog = {"UPDATE longkeys SET n = 0 WHERE k = 'a-rather-long-key-1'", std::move(backlog)};
+  s.fails_naming =
+      R"(key ("region", "k")=(region-number-one,a-rather-long-key-7) of source transaction )"
+      "commit_lsn=";
+  return s;
+}
+}  // namespace
+
+TEST_F(ApplySetBased, BatchedUpdateOfARowGoneFromTheTargetNamesItsKey) {
+  round_trip("setb_gone_update", missing_row_scenario("UPDATE longkeys SET n = n + 1"));
+}
+
+TEST_F(ApplySetBased, BatchedDeleteOfARowGoneFromTheTargetNamesItsKey) {
+  round_trip("setb_gone_delete", missing_row_scenario("DELETE FROM longkeys WHERE n > 3"));
 }

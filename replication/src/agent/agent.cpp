@@ -16,7 +16,10 @@
 //   5 ms groups fell behind less at 1000 tps (pgferry_delay_bench, a busy 2-core machine:
 //   p99 1.5 s against 3.3 s; native kept up, so the apply cost per transaction is still the
 //   limit there). Behind, the queue is not empty when the applier looks and the group grows
-//   to its bounds.
+//   to its bounds. A keepalive between two transactions does not commit the open group
+//   (Applier::idle keeps its position for after the commit): the walsender sends one
+//   whenever it waits for WAL, and committing there made groups of 1.2 transactions on
+//   average at 1000 tps (15,661 groups for 18,751 transactions), not 5 ms ones.
 // - until: done once the durable position reaches it. When the last transaction ended
 //   before it, only the walsender's keepalive tells that nothing else is coming (the
 //   Applier records its wal_end at idle); a status update with reply_requested asks for one.

@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <iterator>
+#include <string>
 
 #include "pgferry/replication/apply/progress.hpp"
 
@@ -26,8 +28,17 @@ GroupProgress::GroupProgress(Pipeline& pipeline, const ApplierOptions& options,
       durable_lsn_(durable ? applied.value() : 0),
       last_commit_end_(applied) {}
 
+void GroupProgress::send_fixed(std::string_view sql, const Command& command) {
+  // Keyed by the text itself: none of these is a statement key of another part.
+  const Statement& statement = pipeline_.statement(sql, 0, [&] { return std::string(sql); });
+  Params& params = pipeline_.params();
+  params.clear();
+  params.finish();
+  pipeline_.send_prepared(statement, command);
+}
+
 void GroupProgress::open_group(Lsn commit_lsn) {
-  pipeline_.send_query("BEGIN", {Op::begin, commit_lsn});
+  send_fixed("BEGIN", {Op::begin, commit_lsn});
   open_ = true;
   started_ = Clock::now();
   bytes_ = 0;
@@ -44,12 +55,22 @@ void GroupProgress::accept(const TransactionCommit& commit) {
 
 void GroupProgress::write_progress(Lsn lsn, std::optional<PgTimestamp> commit_time,
                                    Lsn commit_lsn) {
-  std::string lsn_text = lsn.to_string();
-  std::string micros;
-  if (commit_time) micros = fmt::format("{}", to_pg_timestamp(*commit_time));
-  pipeline_.send_query(
-      ProgressStore::kUpdateSql, {Op::progress, commit_lsn, nullptr, {}, 1, this},
-      {options_.name, lsn_text, commit_time ? Param(micros) : Param(std::nullopt)});
+  const Statement& statement = pipeline_.statement(
+      ProgressStore::kUpdateSql, 3, [] { return std::string(ProgressStore::kUpdateSql); });
+  // Formatted straight into the parameter arena: nothing allocated per group.
+  Params& params = pipeline_.params();
+  params.clear();
+  params.add(Param(options_.name));
+  fmt::format_to(std::back_inserter(params.begin_value()), "{}", lsn);
+  params.end_value();
+  if (commit_time) {
+    fmt::format_to(std::back_inserter(params.begin_value()), "{}", to_pg_timestamp(*commit_time));
+    params.end_value();
+  } else {
+    params.add(Param(std::nullopt));
+  }
+  params.finish();
+  pipeline_.send_prepared(statement, {Op::progress, commit_lsn, nullptr, {}, 1, this});
 }
 
 void GroupProgress::check(const Pending& /*pending*/, const Result& result) {
@@ -92,7 +113,7 @@ void GroupProgress::commit(Lsn commit_lsn, bool durable) {
   // Every result must be checked before COMMIT is sent (see NOTES).
   pipeline_.request_flush();
   pipeline_.drain();
-  pipeline_.send_query("COMMIT", {Op::commit, commit_lsn});
+  send_fixed("COMMIT", {Op::commit, commit_lsn});
   if (flush_now) {
     // Flushed with everything before it: what was waiting for the flush is durable too.
     pipeline_.sync(Op::commit);

@@ -25,12 +25,14 @@
 //   applied meanwhile already covers it (the progress row never moves back).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include "pgferry/replication/apply/applier.hpp"
@@ -79,6 +81,9 @@ class GroupProgress final : public ResultCheck {
   void refresh_flushed();
   // With no source transaction and no group open: records `wal_end` (see NOTES).
   void idle(Lsn wal_end);
+  // `wal_end` arrived while a group is open: idle_due() returns it once the group is
+  // committed and the idle interval has passed (unless the group covers it).
+  void defer_idle(Lsn wal_end) { pending_idle_ = std::max(pending_idle_, wal_end); }
   // A position idle() held back that is due now.
   std::optional<Lsn> idle_due() const {
     if (!pending_idle_.is_valid() ||
@@ -92,6 +97,9 @@ class GroupProgress final : public ResultCheck {
   void check(const Pending& pending, const Result& result) override;
 
  private:
+  // Sends `sql` (no parameters), prepared on its first use: BEGIN and COMMIT, sent per group,
+  // are parsed once per session, as the progress row's UPDATE is.
+  void send_fixed(std::string_view sql, const Command& command);
   void write_progress(Lsn lsn, std::optional<PgTimestamp> commit_time, Lsn commit_lsn);
   void refresh_durable(Lsn target_insert, Lsn target_flush);
   void refresh_durable(const Result& position);
@@ -117,8 +125,9 @@ class GroupProgress final : public ResultCheck {
   std::uint64_t transactions_ = 0;
 
   Clock::time_point last_idle_write_{};
-  // The newest keepalive position not yet recorded because of the idle rate limit; tick()
-  // records it once the interval has passed (the walsender may send no further keepalive).
+  // The newest keepalive position not yet recorded because of the idle rate limit or an open
+  // group; tick() records it once the interval has passed and the group is committed (the
+  // walsender may send no further keepalive).
   Lsn pending_idle_;
   // synchronous_commit=off: (target WAL position of a commit, source end_lsn it covers).
   std::deque<std::pair<Lsn, Lsn>> unflushed_;

@@ -228,10 +228,20 @@ void UpdateBatches::append_array(const Cells& cells, std::size_t width, std::siz
 
 void UpdateBatches::send_checked(const Statement& statement, Op op, const TargetTable& table,
                                  const Cells& cells, std::span<const std::size_t> entries) {
-  std::vector<std::pair<std::string, Lsn>> keys;
-  keys.reserve(entries.size());
-  for (std::size_t e : entries) keys.emplace_back(*cells.keys[e], cells.commit_lsns[e]);
-  inflight_.push_back(std::move(keys));
+  Sent sent;
+  if (!spare_.empty()) {
+    sent = std::move(spare_.back());
+    spare_.pop_back();
+  }
+  sent.keys.clear();
+  sent.ends.clear();
+  sent.commit_lsns.clear();
+  for (std::size_t e : entries) {
+    sent.keys.append(*cells.keys[e]);
+    sent.ends.push_back(static_cast<std::uint32_t>(sent.keys.size()));
+    sent.commit_lsns.push_back(cells.commit_lsns[e]);
+  }
+  inflight_.push_back(std::move(sent));
   pipeline_.send_prepared(
       statement,
       {op, Lsn::invalid(), &table, {}, static_cast<std::uint32_t>(entries.size()), this});
@@ -350,10 +360,13 @@ void UpdateBatches::send() {
 }
 
 void UpdateBatches::check(const Pending& pending, const Result& result) {
-  auto keys = std::move(inflight_.front());
+  Sent sent = std::move(inflight_.front());
   inflight_.pop_front();
   long affected = result.affected_rows();
-  if (affected == static_cast<long>(pending.rows)) return;
+  if (affected == static_cast<long>(pending.rows)) {
+    spare_.push_back(std::move(sent));
+    return;
+  }
   pipeline_.set_broken();
   // Name a key the target lacks: one the statement did not return.
   std::unordered_set<std::string> touched;
@@ -366,7 +379,8 @@ void UpdateBatches::check(const Pending& pending, const Result& result) {
     touched.insert(std::move(key));
   }
   std::string detail;
-  for (const auto& [key, lsn] : keys) {
+  for (std::size_t entry = 0, start = 0; entry < sent.ends.size(); start = sent.ends[entry++]) {
+    std::string key = sent.keys.substr(start, sent.ends[entry] - start);
     if (touched.count(key)) continue;
     std::string shown = key;
     std::replace(shown.begin(), shown.end(), '\0', ',');
@@ -377,7 +391,7 @@ void UpdateBatches::check(const Pending& pending, const Result& result) {
       columns += column_name(*pending.table, pending.table->row_key[i]);
     }
     detail = fmt::format(", e.g. key ({})=({}) of source transaction commit_lsn={}", columns,
-                         shown.substr(0, kMaxKeyText), lsn);
+                         shown.substr(0, kMaxKeyText), sent.commit_lsns[entry]);
     break;
   }
   throw Error(fmt::format(

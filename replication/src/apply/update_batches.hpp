@@ -127,8 +127,16 @@ class UpdateBatches final : public ResultCheck {
   std::unordered_map<RelationId, Batch> batches_;
   std::size_t rows_ = 0;
   std::size_t bytes_ = 0;
-  // Sent batches whose results are not read yet: (key text per entry, commit lsn per entry).
-  std::deque<std::vector<std::pair<std::string, Lsn>>> inflight_;
+  // A sent statement whose result is not read yet: the key text of each entry (key_of()'s,
+  // one after the other, entry i ending at ends[i]) and its commit lsn, to name a missing
+  // key. Recycled through `spare_`, so that sending costs no allocation per row.
+  struct Sent {
+    std::string keys;
+    std::vector<std::uint32_t> ends;
+    std::vector<Lsn> commit_lsns;
+  };
+  std::deque<Sent> inflight_;
+  std::vector<Sent> spare_;
   std::string key_text_;
   std::string statement_key_;
   std::vector<std::size_t> entries_;
