@@ -38,6 +38,7 @@ struct RunOptions {
   std::string synchronous_commit = "on";
   int status_interval_ms = 1000;
   int idle_interval_ms = 100;
+  int head_commit_ms = 5;
   int protocol_version = 0;
   bool no_streaming = false;
   bool spool_streamed = false;
@@ -106,6 +107,7 @@ repl::AgentOptions agent_options(const CommonOptions& common, const RunOptions& 
   agent.applier.allow_target_triggers = options.allow_target_triggers;
   agent.status_interval = std::chrono::milliseconds(options.status_interval_ms);
   agent.idle_interval = std::chrono::milliseconds(options.idle_interval_ms);
+  agent.head_commit = std::chrono::milliseconds(options.head_commit_ms);
   if (options.protocol_version > 0) agent.protocol_version = options.protocol_version;
   agent.streaming = !options.no_streaming;
   agent.spool_streamed = options.spool_streamed;
@@ -213,6 +215,12 @@ void add_run_command(CLI::App& app, CommonOptions& common, CommandAction& action
                   "at idle (e.g. only another database writes), ask the source for its WAL "
                   "position after this much quiet and record it as applied at most this often")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--head-commit-ms", options->head_commit_ms,
+                  "at the head of the stream, commit a group of transactions once everything "
+                  "received is applied and the group is this old (0: at once): lower gives "
+                  "less delay, higher fewer target commits")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--protocol-version", options->protocol_version,
                   "pgoutput protocol version (default: the highest the source speaks)")
       ->check(CLI::Range(1, 4));

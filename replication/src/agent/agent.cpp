@@ -8,12 +8,13 @@
 //   a snapshot (plain values, no call per row).
 // - Head of the stream: the group bounds are large, for a backlog. At the head a group is
 //   committed once the applier has applied everything the receiver had queued and the group
-//   is kHeadCommit (5 ms) old, or the stream delivered nothing for kHeadCommit. Until issue
-//   17 it waited for 20 ms without anything received, which a steady load of a few hundred
-//   transactions a second never gives (only a keepalive in between committed it): at 1000
-//   tps the groups ran to their 1 s bound. Committing at once whenever the queue is empty
-//   costs a group (BEGIN, progress row, COMMIT: round trips) per transaction at the head;
-//   5 ms groups fell behind less at 1000 tps (pgferry_delay_bench, a busy 2-core machine:
+//   is head_commit (--head-commit-ms, 5 ms by default) old, or the stream delivered nothing
+//   for head_commit. Until issue 17 it waited for 20 ms without anything received, which a
+//   steady load of a few hundred transactions a second never gives (only a keepalive in
+//   between committed it): at 1000 tps the groups ran to their 1 s bound. Committing at once
+//   whenever the queue is empty (--head-commit-ms 0) costs a group (BEGIN, progress row,
+//   COMMIT: round trips) per transaction at the head; before the apply session's prepared
+//   statements and generic plans, 5 ms groups fell behind less at 1000 tps (pgferry_delay_bench, a busy 2-core machine:
 //   p99 1.5 s against 3.3 s; native kept up, so the apply cost per transaction is still the
 //   limit there). Behind, the queue is not empty when the applier looks and the group grows
 //   to its bounds. A keepalive between two transactions does not commit the open group
@@ -100,7 +101,6 @@ using Clock = std::chrono::steady_clock;
 
 // At the head of the stream a group is committed once it is this old and everything
 // received is applied, or once the stream delivered nothing for this long.
-constexpr auto kHeadCommit = 5ms;
 constexpr auto kLogInterval = 10s;
 constexpr auto kFirstBackoff = 200ms;
 constexpr auto kMaxBackoff = 30s;
@@ -425,15 +425,15 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
   auto last_log = Clock::now();
   auto last_ping = Clock::now();
   Lsn last_received = stream.received_lsn();
-  // When the agent first saw the open group (for kHeadCommit).
+  // When the agent first saw the open group (for head_commit).
   Clock::time_point group_seen_open = Clock::time_point::max();
   while (true) {
-    // Everything received is applied and the group is kHeadCommit old, or nothing arrived:
+    // Everything received is applied and the group is head_commit old, or nothing arrived:
     // commit now rather than at the group's time bound (see the NOTES: head of the stream).
     Lsn received_before = stream.received_lsn();
     bool alive = false;
     try {
-      alive = stream.poll(applier.group_open() ? kHeadCommit : 100ms);
+      alive = stream.poll(applier.group_open() ? options_.head_commit : 100ms);
       bool delivered = stream.received_lsn() != received_before;
       if (delivered) applier.tick();
       auto now = Clock::now();
@@ -443,7 +443,7 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
         group_seen_open = now;
       }
       if (!delivered || (!stream.has_queued() && group_seen_open != Clock::time_point::max() &&
-                         now - group_seen_open >= kHeadCommit)) {
+                         now - group_seen_open >= options_.head_commit)) {
         applier.flush();
       }
     } catch (...) {

@@ -493,7 +493,7 @@ void Applier::idle(Lsn wal_end) {
   s.fold_streamed();  // a streamed transaction committed since is applied, too
   if (s.progress_.open()) {
     // The group is left to the caller's rule (at the head of the stream the agent commits it
-    // once it is kHeadCommit old): the walsender sends a keepalive whenever it waits for WAL,
+    // once it is head_commit old): the walsender sends a keepalive whenever it waits for WAL,
     // between almost every two transactions at the head, and committing here made groups of
     // one or two transactions at 1000 tps. The position is recorded after that commit.
     s.progress_.defer_idle(wal_end);

@@ -38,6 +38,9 @@ struct AgentOptions {
   // position at most this often, so that the applied position follows within about twice
   // this. Overrides applier.idle_progress_interval.
   std::chrono::milliseconds idle_interval{100};
+  // At the head of the stream, an open group is committed once everything received is
+  // applied and the group is this old (0: at once), or nothing arrived for this long.
+  std::chrono::milliseconds head_commit{5};
   // pgoutput protocol version; nullopt: the highest the source speaks.
   std::optional<int> protocol_version;
   // Stream large in-progress transactions (else the source sends them at commit).
