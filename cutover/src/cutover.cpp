@@ -434,8 +434,16 @@ CutoverReport Cutover::run() {
   history_conn_.exec(kHistoryDdl, "creating pgferry.cutover_history");
   // One cutover or rollback of a name at a time; the follower reads a free lock next to a
   // `running` row as "that cutover died".
-  if (history_conn_.exec("SELECT pg_try_advisory_lock(hashtext($1))", {lock_key(options_.name)})
-          .scalar() != "t") {
+  // (`pgferry run` takes it for an instant to tell a dead cutover from a live one: a few
+  // tries over half a second.)
+  bool locked = false;
+  for (int attempt = 0; attempt < 50 && !locked; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(10ms);
+    locked = history_conn_.exec("SELECT pg_try_advisory_lock(hashtext($1))",
+                                {lock_key(options_.name)})
+                 .scalar() == "t";
+  }
+  if (!locked) {
     throw repl::ConfigError(fmt::format(
         "another cutover or rollback of '{}' is running (it holds its lock on the target)",
         options_.name));
@@ -1318,8 +1326,9 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
       hand_over_to_guard();  // without "done": the guard retries the unfence
     }
   }
-  spdlog::error("cutover id={} aborted at step {}: {}; writes go where they went before",
-                report_.id, step, reason);
+  spdlog::error("cutover id={} aborted at step {}: {}; {}", report_.id, step, reason,
+                unsettled ? "traffic left where the switch put it, re-run to settle it"
+                          : "writes go where they went before");
 }
 
 // Closes the pipe without "done" while we still live: the guard acts once it holds our

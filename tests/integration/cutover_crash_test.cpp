@@ -64,6 +64,16 @@ class CutoverCrash : public CutoverFixture {
                     "generate_series(1, {1}) g",
                     client, rows));
   }
+  // Waits until the source holds `rows` ledger rows of `client` (replicated back).
+  bool reaches_source(int client, const std::string& rows) {
+    return wait_until(
+        [&] {
+          return query_value(connect(*source_),
+                             fmt::format("SELECT count(*) FROM ledger WHERE client = {}",
+                                         client)) == rows;
+        },
+        60s);
+  }
   std::string first_run_id() {
     return query_value(connect(*target_),
                        "SELECT id FROM pgferry.cutover_history ORDER BY started_at LIMIT 1");
@@ -161,13 +171,7 @@ TEST_F(CutoverCrash, WayBackFailsGuardFinishesTheSwitch) {
   ASSERT_EQ(through_pgbouncer("WITH i AS (INSERT INTO ledger (client, seq) SELECT 9, g FROM "
                               "generate_series(1, 20) g RETURNING 1) SELECT count(*) FROM i"),
             "20");
-  EXPECT_TRUE(wait_until(
-      [&] {
-        return query_value(connect(*source_), "SELECT count(*) FROM ledger WHERE client = 9") ==
-               "20";
-      },
-      60s))
-      << agent_->log_text();
+  EXPECT_TRUE(reaches_source(9, "20")) << agent_->log_text();
   auto rerun = run_pgferry(switch_args("cutover"));
   ASSERT_EQ(rerun.exit_code, 0) << rerun.output;
   EXPECT_EQ(history_state(id), "completed");
@@ -222,13 +226,7 @@ TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnTheTargetRerunFinishesTheSw
   EXPECT_FALSE(pgbouncer_paused());
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
   // Nothing lost: those writes travel to the old primary, the fence's writes are on the target.
-  EXPECT_TRUE(wait_until(
-      [&] {
-        return query_value(connect(*source_), "SELECT count(*) FROM ledger WHERE client = 8") ==
-               "30";
-      },
-      60s))
-      << agent_->log_text();
+  EXPECT_TRUE(reaches_source(8, "30")) << agent_->log_text();
   EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 7"), "50");
 }
 
@@ -261,13 +259,7 @@ TEST_F(CutoverCrash, KilledWhileSwitchingWithWritesOnBothSidesRerunStopsUntilSet
   EXPECT_NE(settled.output.find("finished its switch"), std::string::npos) << settled.output;
   EXPECT_EQ(history_state(id), "completed");
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
-  EXPECT_TRUE(wait_until(
-      [&] {
-        return query_value(connect(*source_), "SELECT count(*) FROM ledger WHERE client = 8") ==
-               "30";
-      },
-      60s))
-      << agent_->log_text();
+  EXPECT_TRUE(reaches_source(8, "30")) << agent_->log_text();
 }
 
 TEST_F(CutoverCrash, NewPrimaryTookWritesGuardFinishesTheSwitch) {
@@ -289,11 +281,5 @@ TEST_F(CutoverCrash, NewPrimaryTookWritesGuardFinishesTheSwitch) {
   EXPECT_EQ(read_file(marker_), fmt::format("0 {0}\n0 {0}\n", target_->port()));
   EXPECT_TRUE(wait_until([&] { return !pgbouncer_paused(); }, 30s));
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
-  EXPECT_TRUE(wait_until(
-      [&] {
-        return query_value(connect(*source_), "SELECT count(*) FROM ledger WHERE client = 5") ==
-               "2";
-      },
-      60s))
-      << agent_->log_text();
+  EXPECT_TRUE(reaches_source(5, "2")) << agent_->log_text();
 }
