@@ -317,6 +317,11 @@ class Cutover {
   void step(const char* name, milliseconds budget, Body&& body);
   bool recover_and_check_direction();
   void recover_traffic(const HistoryRow& dead);
+  // Only lifts a dead run's fence (recover_traffic of a row whose switch is committed).
+  void lift_dead_fence(HistoryRow dead) {
+    dead.state = "switched";
+    recover_traffic(dead);
+  }
   void settle_switching(const HistoryRow& dead);
   bool finish_undone(const HistoryRow& dead, std::string_view reason);
   void finish_switched(const HistoryRow& dead, std::string_view reason);
@@ -439,9 +444,9 @@ CutoverReport Cutover::run() {
   bool locked = false;
   for (int attempt = 0; attempt < 50 && !locked; ++attempt) {
     if (attempt > 0) std::this_thread::sleep_for(10ms);
-    locked = history_conn_.exec("SELECT pg_try_advisory_lock(hashtext($1))",
-                                {lock_key(options_.name)})
-                 .scalar() == "t";
+    locked =
+        history_conn_.exec("SELECT pg_try_advisory_lock(hashtext($1))", {lock_key(options_.name)})
+            .scalar() == "t";
   }
   if (!locked) {
     throw repl::ConfigError(fmt::format(
@@ -519,11 +524,9 @@ bool Cutover::recover_and_check_direction() {
     try {
       settle_switching(*last);
     } catch (const std::exception& e) {
-      HistoryRow fenced = *last;
-      fenced.state = "switched";  // lifts the fence only
       std::string fence_note = "its fence is lifted";
       try {
-        recover_traffic(fenced);
+        lift_dead_fence(*last);
       } catch (const std::exception& lift_error) {
         fence_note = fmt::format("its fence could NOT be lifted ({})", lift_error.what());
       }
@@ -760,9 +763,7 @@ void Cutover::settle_switching(const HistoryRow& dead) {
         "UPDATE pgferry.cutover_history SET state = 'switched', reason = $2 WHERE id = $1",
         {dead.id, "switch finished by the next run"}, "recording the settled switch");
     finish_switched(dead, "switch finished by the next run");
-    HistoryRow fenced = dead;
-    fenced.state = "switched";
-    recover_traffic(fenced);  // lifts the fence only
+    lift_dead_fence(dead);
   } else {
     HistoryRow undone = dead;
     undone.state = "running";
