@@ -145,6 +145,11 @@ TEST_F(AgentBadStates, ReadOnlyTargetStops) {
   ASSERT_TRUE(wait_until([&] { return count(target(), "readonly_items") == "1"; }));
   connect(target()).exec("ALTER SYSTEM SET default_transaction_read_only = on");
   connect(target()).exec("SELECT pg_reload_conf()");
+  // An idle session takes the new setting only after its next command: end the agent's
+  // sessions, so that the one it reconnects with is read-only from its first transaction.
+  connect(target()).exec(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = "
+      "'pgferry' AND pid <> pg_backend_pid()");
   src.exec("INSERT INTO readonly_items VALUES (2, 'b')");
   bool exited = wait_until([&] { return agent.exited(); }, std::chrono::seconds(60));
   {
