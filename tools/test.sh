@@ -7,7 +7,8 @@
 # and 18), PGFERRY_PG17_BINDIR / PGFERRY_PG18_BINDIR (use these builds instead).
 # The cross-version tests (label crossversion) need PostgreSQL 17 and 18: a full run (no
 # arguments) or one naming crossversion builds them first when the cache lacks them
-# (tools/build-postgres.sh, ~10 minutes each on 2 cores) and exports their bin directories.
+# (tools/build-postgres.sh, ~10 minutes each on 2 cores, in the background while pgferry
+# builds) and exports their bin directories.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,22 +19,22 @@ export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}" CCACHE_NOHASHDIR="${CCACHE_NOHAS
 
 not_run=()
 ctest_exclude=()
+# PostgreSQL 17 and 18 are built (or installed) in the background while pgferry builds: the 17
+# install mostly waits on the network, the 18 build and pgferry's use the cores.
+declare -A pg_build_pid=()
+pg_build_out="$(mktemp -d /tmp/pgferry-test-pg.XXXXXX)"
+trap 'rm -rf "$pg_build_out"' EXIT
 if [[ $# -eq 0 || "$*" == *crossversion* ]]; then
+  if [[ -z "${PGFERRY_PG17_BINDIR:-}" || -z "${PGFERRY_PG18_BINDIR:-}" ]]; then
+    # Once, here: two apt-get installs at once would fight over the dpkg lock.
+    tools/install-deps.sh --postgres-build
+  fi
   for major in 17 18; do
     variable="PGFERRY_PG${major}_BINDIR"
     if [[ -z "${!variable:-}" ]]; then
-      if bindir="$(tools/build-postgres.sh "$major" | tail -n 1)" && [[ -x "$bindir/postgres" ]]; then
-        export "${variable}=${bindir}"
-      else
-        # Announced as not run (here and at the end), never counted as passed.
-        echo "test.sh: PostgreSQL ${major} could not be built (see above): the tests that need it are NOT RUN" >&2
-        # Test files name the majors they use: *_<major>_*crossversion_test.cpp.
-        not_run+=("the crossversion tests that need PostgreSQL ${major}")
-        ctest_exclude+=("_${major}_.*crossversion")
-        continue
-      fi
+      tools/build-postgres.sh "$major" >"$pg_build_out/$major" &
+      pg_build_pid[$major]=$!
     fi
-    echo "test.sh: ${variable}=${!variable}" >&2
   done
 fi
 
@@ -46,8 +47,26 @@ if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
 fi
 cmake --build "$build_dir" --parallel "$(nproc)"
 
+for major in 17 18; do
+  variable="PGFERRY_PG${major}_BINDIR"
+  if [[ -n "${pg_build_pid[$major]:-}" ]]; then
+    if wait "${pg_build_pid[$major]}" && bindir="$(tail -n 1 "$pg_build_out/$major")" &&
+      [[ -x "$bindir/postgres" ]]; then
+      export "${variable}=${bindir}"
+    else
+      # Announced as not run (here and at the end), never counted as passed.
+      echo "test.sh: PostgreSQL ${major} could not be built (see above): the tests that need it are NOT RUN" >&2
+      # Test files name the majors they use: *_<major>_*crossversion_test.cpp.
+      not_run+=("the crossversion tests that need PostgreSQL ${major}")
+      ctest_exclude+=("_${major}_.*crossversion")
+      continue
+    fi
+  fi
+  if [[ -n "${!variable:-}" ]]; then echo "test.sh: ${variable}=${!variable}" >&2; fi
+done
+
 status=0
-trap 'tools/stop-stray-clusters.sh' EXIT
+trap 'tools/stop-stray-clusters.sh; rm -rf "$pg_build_out"' EXIT
 exclude=()
 if ((${#ctest_exclude[@]} > 0)); then
   exclude=(-E "$(IFS='|'; echo "${ctest_exclude[*]}")")
