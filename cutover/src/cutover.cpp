@@ -67,10 +67,18 @@ std::string lock_key(std::string_view name) {
 }
 
 // Tests only: PGFERRY_CUTOVER_CRASH_AT=<point> kills this process there (SIGKILL), to
-// check what the guard and a re-run make of a cutover that died at that exact point.
+// check what the guard and a re-run make of a cutover that died at that exact point; and
+// PGFERRY_CUTOVER_FAULT_AT=<point> runs the shell command PGFERRY_CUTOVER_FAULT there (and
+// waits for it), e.g. to kill a server at that exact point.
 void crash_point(std::string_view point) {
   const char* at = std::getenv("PGFERRY_CUTOVER_CRASH_AT");
   if (at && point == at) ::raise(SIGKILL);
+  const char* fault_at = std::getenv("PGFERRY_CUTOVER_FAULT_AT");
+  const char* fault = std::getenv("PGFERRY_CUTOVER_FAULT");
+  if (fault_at && fault && point == fault_at) {
+    int status = std::system(fault);
+    spdlog::warn("test fault at {}: `{}` exited with status {}", point, fault, status);
+  }
 }
 
 std::string new_cutover_id() {
@@ -1303,6 +1311,7 @@ void Cutover::abort(const std::string& step, const std::string& reason) {
     if (lifted) report_.window = duration_cast<microseconds>(Clock::now() - fenced_at_);
   }
   if (unsettled) {
+    report_.switch_unsettled = true;
     report_.notes.push_back(fmt::format(
         "{}: traffic is left where the switch put it, the history row stays `switching` and "
         "both slots are kept; re-run to settle it (it finishes the switch when only the new "
@@ -1438,6 +1447,7 @@ nlohmann::json CutoverReport::to_json() const {
           {"keys_sampled", keys_sampled},
           {"steps", steps_json},
           {"switch_unconfirmed", switch_unconfirmed},
+          {"switch_unsettled", switch_unsettled},
           {"notes", notes}};
 }
 

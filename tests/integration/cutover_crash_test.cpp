@@ -11,7 +11,13 @@
 //   went since the fence: nowhere → it switches back, marks the dead run aborted and cuts
 //   over; on the target → it finishes the switch; on both sides → it stops and says so,
 //   with the fence lifted, until --settle chooses (which is refused without such a row);
-// - the new primary took writes before the guard acted: the guard finishes the switch.
+// - the new primary took writes before the guard acted: the guard finishes the switch;
+// - the switch command writes on the new primary, then hangs past its budget: the cutover's
+//   own abort reads the new slot, leaves traffic there (row `switching`, exit 1, not 7) and
+//   a re-run finishes the switch;
+// - the target dies just before the `switched` UPDATE: traffic stays on it, exit 5; with
+//   the target back, a re-run settles the `switching` row (no writes anywhere: back) and
+//   cuts over. (PGFERRY_CUTOVER_FAULT_AT runs a command at a named point.)
 // (PGFERRY_CUTOVER_CRASH_AT makes the cutover kill itself at a named point.)
 #include <signal.h>
 #include <stdlib.h>
@@ -26,6 +32,8 @@ class CutoverCrash : public CutoverFixture {
  protected:
   void TearDown() override {
     ::unsetenv("PGFERRY_CUTOVER_CRASH_AT");
+    ::unsetenv("PGFERRY_CUTOVER_FAULT_AT");
+    ::unsetenv("PGFERRY_CUTOVER_FAULT");
     std::remove(marker_.c_str());
     CutoverFixture::TearDown();
   }
@@ -282,4 +290,84 @@ TEST_F(CutoverCrash, NewPrimaryTookWritesGuardFinishesTheSwitch) {
   EXPECT_TRUE(wait_until([&] { return !pgbouncer_paused(); }, 30s));
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
   EXPECT_TRUE(reaches_source(5, "2")) << agent_->log_text();
+}
+
+TEST_F(CutoverCrash, SwitchCommandOverBudgetAfterNewPrimaryTookWritesKeepsTheSwitch) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  // Forward, the command writes on the target (as a client it moved would), then hangs past
+  // the switch step's budget (a sixth of --timeout 30), so that the cutover kills it and aborts.
+  auto command = fmt::format(
+      "{} && if [ \"$PGFERRY_ABORT\" = 0 ]; then \"$(pg_config --bindir)/psql\" -X -q -d "
+      "'{}' -c 'INSERT INTO ledger (id, client, seq) VALUES (5000001, 5, 1)' && sleep 30; fi",
+      recording_command(), target_->conninfo());
+  auto result = run_pgferry(switch_args("cutover", {"--switch-command", command}));
+  // Aborted, but not rolled back: its own read of the new slot saw the write, so traffic is
+  // left where the switch put it (the command killed past its budget counts as having moved
+  // it) and the row stays `switching`; exit 1, not 7.
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  auto report = report_of(result);
+  EXPECT_EQ(report.value("failed_step", ""), "switch") << result.output;
+  EXPECT_TRUE(report.value("switch_unsettled", false)) << result.output;
+  EXPECT_NE(result.output.find("the new primary took writes during the switch"),
+            std::string::npos)
+      << result.output;
+  auto id = first_run_id();
+  EXPECT_EQ(history_state(id), "switching");
+  // Never run back towards the old primary; PgBouncer serves the new one, unfenced.
+  EXPECT_EQ(read_file(marker_), fmt::format("0 {}\n", target_->port()));
+  EXPECT_FALSE(pgbouncer_paused());
+  EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
+  for (const auto* side : {source_.get(), target_.get()}) {
+    EXPECT_EQ(query_value(connect(*side),
+                          "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry'"),
+              "1");
+  }
+
+  // Only the new primary took writes: a re-run finishes the switch, and the write travels back.
+  auto rerun = run_pgferry(switch_args("cutover"));
+  ASSERT_EQ(rerun.exit_code, 0) << rerun.output << agent_->log_text();
+  EXPECT_NE(rerun.output.find("finished its switch"), std::string::npos) << rerun.output;
+  EXPECT_EQ(history_state(id), "completed");
+  EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
+  EXPECT_TRUE(reaches_source(5, "1")) << agent_->log_text();
+}
+
+TEST_F(CutoverCrash, TargetDiesAtTheSwitchCommitKeepsTheSwitchAndExitsFive) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  ASSERT_EQ(through_pgbouncer("WITH i AS (INSERT INTO ledger (client, seq) SELECT 7, g FROM "
+                              "generate_series(1, 50) g RETURNING 1) SELECT count(*) FROM i"),
+            "50");
+  // The target (its backends, then its postmaster) dies just before the `switched` UPDATE:
+  // the UPDATE fails and nothing can read whether it committed.
+  ::setenv("PGFERRY_CUTOVER_FAULT_AT", "before-switched", 1);
+  ::setenv("PGFERRY_CUTOVER_FAULT",
+           fmt::format("pkill -KILL -P {0}; kill -KILL {0}", target_->postmaster_pid()).c_str(),
+           1);
+  auto result = run_pgferry(switch_args("cutover", {"--switch-command", recording_command()}));
+  ::unsetenv("PGFERRY_CUTOVER_FAULT_AT");
+  ::unsetenv("PGFERRY_CUTOVER_FAULT");
+  EXPECT_EQ(result.exit_code, 5) << result.output;
+  auto report = report_of(result);
+  EXPECT_TRUE(report.value("switch_unconfirmed", false)) << result.output;
+  EXPECT_NE(result.output.find("whether it committed cannot be read"), std::string::npos)
+      << result.output;
+  // Traffic stays on the new primary (never switched back), unfenced; the old slot is kept.
+  EXPECT_EQ(read_file(marker_), fmt::format("0 {}\n", target_->port()));
+  EXPECT_FALSE(pgbouncer_paused());
+  EXPECT_EQ(query_value(connect(*source_),
+                        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ferry'"),
+            "1");
+
+  // The target back: its row says `switching` (the UPDATE never ran). No writes on either
+  // side since the fence, so the re-run switches back, marks that run aborted and cuts over.
+  target_->start();
+  auto id = first_run_id();
+  EXPECT_EQ(history_state(id), "switching");
+  auto rerun = run_pgferry(switch_args("cutover", {"--switch-command", recording_command()}));
+  ASSERT_EQ(rerun.exit_code, 0) << rerun.output << agent_->log_text();
+  EXPECT_NE(rerun.output.find("died while switching traffic: switched back"), std::string::npos)
+      << rerun.output;
+  EXPECT_EQ(history_state(id), "aborted");
+  EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
+  EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 7"), "50");
 }

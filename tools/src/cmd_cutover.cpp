@@ -1,7 +1,9 @@
 // `pgferry cutover` and `pgferry rollback`: fence writes, drain to the fence, sync sequences,
 // set up the way back, switch traffic, unfence; print the report (text or --json). Also the
 // hidden `cutover-guard` subcommand, the guard process the cutover starts (see
-// cutover/guard.hpp). Exit 0 when done, 7 when it aborted (writes flow where they did).
+// cutover/guard.hpp). Exit 0 when done, 7 when it aborted (writes flow where they did); 1
+// when it aborted but left traffic where its switch put it (a re-run settles it), 5 when
+// whether the switch committed could not be read.
 #include <unistd.h>
 
 #include <climits>
@@ -79,6 +81,8 @@ int run_switch(const CommonOptions& common, const SwitchOptions& options,
     std::cout << report.render_text();
   }
   if (report.switch_unconfirmed) return static_cast<int>(repl::ExitCode::target_unreachable);
+  // Aborted without rolling back (traffic left where the switch put it): not 7.
+  if (report.switch_unsettled) return static_cast<int>(repl::ExitCode::error);
   return static_cast<int>(report.ok ? repl::ExitCode::ok : repl::ExitCode::aborted);
 }
 

@@ -125,13 +125,17 @@ struct CutoverReport {
   // Traffic switched, but whether the `switched` row committed could not be read (the
   // target unreachable): the CLI exits 5 so that it is re-run once the target answers.
   bool switch_unconfirmed = false;
+  // Aborted, but traffic is left where the switch put it (the new primary took writes, or
+  // the way back failed): the history row stays `switching` until a re-run settles it. The
+  // CLI exits 1, not 7: nothing was rolled back.
+  bool switch_unsettled = false;
 
   nlohmann::json to_json() const;
   std::string render_text() const;
 };
 
 // Runs the cutover or rollback. Returns the report; ok=false means it aborted (writes go to
-// the side they went to before, unfenced): the CLI exits 7. Throws ConfigError for bad
+// the side they went to before, unfenced, unless switch_unsettled): the CLI exits 7. Throws ConfigError for bad
 // options and errors that happen before anything was touched.
 CutoverReport run_cutover(const CutoverOptions& options);
 
