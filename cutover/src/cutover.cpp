@@ -81,6 +81,29 @@ void crash_point(std::string_view point) {
   }
 }
 
+// ": backend pid N (application, client) since T; ..." of the session that holds the
+// advisory lock `key` (pg_advisory_lock(hashtext(key)): classid and objid are the high and
+// low halves of the int8 key), for the error that says another run holds it; empty when it
+// cannot be read.
+std::string describe_lock_holder(repl::Connection& conn, const std::string& key) {
+  try {
+    auto holder = conn.exec(
+        "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'), "
+        "a.backend_start::text FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+        "AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($1)::bigint",
+        {key}, "reading who holds the cutover's lock");
+    if (holder.rows() != 1) return {};
+    return fmt::format(
+        ": backend pid {0} ({1}, from {2}) since {3}; if that run is dead (a connection the "
+        "server has not seen close), end it with SELECT pg_terminate_backend({0}) and re-run",
+        holder.get(0, 0), holder.get(0, 1), holder.get(0, 2), holder.get(0, 3));
+  } catch (const std::exception& e) {
+    spdlog::debug("reading who holds the cutover's lock: {}", e.what());
+    return {};
+  }
+}
+
 std::string new_cutover_id() {
   std::random_device device;
   auto now = std::chrono::system_clock::now().time_since_epoch();
@@ -352,6 +375,8 @@ class Cutover {
   void abort(const std::string& step, const std::string& reason);
   void history_update(std::string_view state, const std::string& reason);
   void hand_over_to_guard();
+  // Tells the guard where the history is and which session holds the lock (see guard.hpp).
+  void send_history_to_guard();
   std::vector<std::pair<std::string, std::string>> switch_env(const Side& side,
                                                               bool aborting) const;
 
@@ -458,8 +483,8 @@ CutoverReport Cutover::run() {
   }
   if (!locked) {
     throw repl::ConfigError(fmt::format(
-        "another cutover or rollback of '{}' is running (it holds its lock on the target)",
-        options_.name));
+        "another cutover or rollback of '{}' is running (it holds its lock on the target{})",
+        options_.name, describe_lock_holder(history_conn_, lock_key(options_.name))));
   }
 
   if (!recover_and_check_direction()) {
@@ -474,10 +499,7 @@ CutoverReport Cutover::run() {
       "recording the cutover");
   history_written_ = true;
   guard_ = std::make_unique<GuardLink>(options_.guard_argv);
-  guard_->send({{"history",
-                 {{"conninfo", options_.target_conninfo},
-                  {"id", report_.id},
-                  {"lock", lock_key(options_.name)}}}});
+  send_history_to_guard();
 
   std::string current_step = "preconditions";
   try {
@@ -1206,6 +1228,7 @@ std::optional<bool> Cutover::switch_committed_after_all(Clock::time_point deadli
           conn.exec("SELECT state FROM pgferry.cutover_history WHERE id = $1", {report_.id});
       bool committed = state.rows() == 1 && state.get(0, 0) == "switched";
       history_conn_ = std::move(conn);
+      send_history_to_guard();  // the session that holds the lock now
       return committed;
     } catch (const std::exception& e) {
       spdlog::warn("cutover id={} reading the switch's outcome: {}", report_.id, e.what());
@@ -1213,6 +1236,18 @@ std::optional<bool> Cutover::switch_committed_after_all(Clock::time_point deadli
     }
   }
   return std::nullopt;
+}
+
+void Cutover::send_history_to_guard() {
+  auto session = history_conn_.exec(
+      "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+      "reading the history session's backend");
+  guard_->send({{"history",
+                 {{"conninfo", options_.target_conninfo},
+                  {"id", report_.id},
+                  {"lock", lock_key(options_.name)},
+                  {"session_pid", std::stol(std::string(session.get(0, 0)))},
+                  {"session_start", std::string(session.get(0, 1))}}}});
 }
 
 void Cutover::lift(Clock::time_point /*deadline*/) {

@@ -72,24 +72,61 @@ struct HistoryFinding {
   std::string state;      // the row's state (owner only)
 };
 
+// Ends the dead cutover's own history session when the server still has it (a half-open
+// connection: the cutover died where its closing never reached the server, which would keep
+// the session, and the lock, until TCP gives up). Identified by pid and start time, so that
+// a reused pid is never hit. Returns whether it ended one.
+bool end_dead_session(repl::Connection& conn, const nlohmann::json& history) {
+  if (!history.contains("session_pid")) return false;
+  try {
+    auto ended = conn.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1::int "
+        "AND backend_start = $2::timestamptz",
+        {std::to_string(history.at("session_pid").get<long>()),
+         history.at("session_start").get<std::string>()},
+        "ending the dead cutover's session");
+    if (ended.rows() == 1 && ended.get(0, 0) == std::string_view("t")) {
+      spdlog::warn("cutover-guard: the dead cutover's session (backend pid {}) still held its "
+                   "lock: ended it",
+                   history.at("session_pid").get<long>());
+      return true;
+    }
+  } catch (const std::exception& e) {
+    spdlog::warn("cutover-guard: ending the dead cutover's session: {}", e.what());
+  }
+  return false;
+}
+
 // Takes the cutover's advisory lock on `conn` and reads its row. The lock is free only once
-// the dead cutover's session has ended, so an UPDATE it had sent is decided by then. Still
-// taken at the deadline: another run (a re-run, which recovers this cutover itself) holds it.
+// the dead cutover's session has ended, so an UPDATE it had sent is decided by then (the
+// guard ends that session itself if the server still has it after a second). Still taken at
+// the deadline: another run (a re-run, which recovers this cutover itself) holds it.
 HistoryFinding read_history(const nlohmann::json& history, repl::Connection& conn,
                             Clock::time_point deadline) {
   auto id = history.at("id").get<std::string>();
+  bool ended_session = false;
   while (true) {
     try {
       conn = repl::Connection::open(history.at("conninfo").get<std::string>(), repl::Side::target,
                                     {{"connect_timeout", "5"}});
-      auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      conn.exec(fmt::format("SET lock_timeout = {}", std::max<long long>(1, wait.count())));
-      try {
-        conn.exec("SELECT pg_advisory_lock(hashtext($1))", {history.at("lock").get<std::string>()},
-                  "waiting for the cutover's session to end");
-      } catch (const repl::PgError& e) {
-        if (e.sqlstate() != "55P03") throw;  // lock_not_available: lock_timeout expired
-        return {true, false, ""};
+      while (true) {
+        auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        long long wait_ms = std::max<long long>(1, wait.count());
+        if (!ended_session) wait_ms = std::min<long long>(wait_ms, 1000);
+        conn.exec(fmt::format("SET lock_timeout = {}", wait_ms));
+        try {
+          conn.exec("SELECT pg_advisory_lock(hashtext($1))",
+                    {history.at("lock").get<std::string>()},
+                    "waiting for the cutover's session to end");
+          break;
+        } catch (const repl::PgError& e) {
+          if (e.sqlstate() != "55P03") throw;  // lock_not_available: lock_timeout expired
+        }
+        if (!ended_session) {
+          ended_session = true;
+          if (end_dead_session(conn, history)) continue;
+        }
+        if (Clock::now() >= deadline) return {true, false, ""};
       }
       auto row = conn.exec("SELECT state FROM pgferry.cutover_history WHERE id = $1", {id},
                            "reading the cutover's history row");

@@ -3,7 +3,8 @@
 // naming the table and column), and the quick verification inside the window, which counts
 // the rows of small tables and samples the keys of large ones (a table whose pg_class
 // estimate is past 200k rows): a row missing on the target among the sampled keys aborts at
-// the sequences step. Also the step budgets derived from --timeout.
+// the sequences step. Also the step budgets derived from --timeout, and the refusal to start
+// while another session holds the cutover's lock (naming that session).
 #include "support/cutover_fixture.hpp"
 
 using namespace pgferry::testing;
@@ -114,4 +115,24 @@ TEST_F(CutoverChecks, LargeTableRowMissingOnTheTargetAborts) {
   EXPECT_NE(report.value("reason", "").find("missing"), std::string::npos) << result.output;
   EXPECT_FALSE(pgbouncer_paused());
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "source");
+}
+
+TEST_F(CutoverChecks, LockHeldByAnotherSessionNamesIt) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  // A session that holds the cutover's lock (as a run whose closing the server never saw):
+  // the cutover refuses to start and names that session and the way to end it.
+  auto holder = connect(*target_);
+  holder.exec("SELECT pg_advisory_lock(hashtext('pgferry.cutover.ferry'))");
+  auto pid = query_value(holder, "SELECT pg_backend_pid()");
+  auto result = run_pgferry(switch_args("cutover"));
+  EXPECT_NE(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("another cutover or rollback of 'ferry' is running"),
+            std::string::npos)
+      << result.output;
+  EXPECT_NE(result.output.find(fmt::format("backend pid {} (", pid)), std::string::npos)
+      << result.output;
+  EXPECT_NE(result.output.find(fmt::format("SELECT pg_terminate_backend({})", pid)),
+            std::string::npos)
+      << result.output;
+  EXPECT_FALSE(pgbouncer_paused());
 }

@@ -18,15 +18,121 @@
 // - the target dies just before the `switched` UPDATE: traffic stays on it, exit 5; with
 //   the target back, a re-run settles the `switching` row (no writes anywhere: back) and
 //   cuts over. (PGFERRY_CUTOVER_FAULT_AT runs a command at a named point.)
+// - the cutover dies where its closing never reaches the target (a proxy keeps its session,
+//   and with it the cutover's lock): the guard ends that session and switches back.
 // (PGFERRY_CUTOVER_CRASH_AT makes the cutover kill itself at a named point.)
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
 
 #include "support/cutover_fixture.hpp"
 
 using namespace pgferry::testing;
 using namespace std::chrono_literals;
+
+// A TCP proxy to a server that, like a network that lost the closing of a connection, keeps
+// the server's side open when the client goes away (the server keeps that session, and its
+// locks, until TCP gives up: hours by default).
+class HalfOpenProxy {
+ public:
+  explicit HalfOpenProxy(int server_port) : server_port_(server_port) {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&address), length) != 0 ||
+        ::listen(listen_fd_, 16) != 0 ||
+        ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      throw std::runtime_error("half-open proxy: cannot listen");
+    }
+    port_ = ntohs(address.sin_port);
+    thread_ = std::thread([this] { run(); });
+  }
+  ~HalfOpenProxy() {
+    stop_ = true;
+    thread_.join();
+    ::close(listen_fd_);
+    for (auto& pair : pairs_) {
+      if (pair.client >= 0) ::close(pair.client);
+      if (pair.server >= 0) ::close(pair.server);
+    }
+  }
+  int port() const { return port_; }
+
+ private:
+  struct Pair {
+    int client;
+    int server;
+  };
+  static bool forward(int from, int to) {
+    char buffer[16384];
+    ssize_t n = ::read(from, buffer, sizeof buffer);
+    if (n <= 0) return false;
+    for (ssize_t done = 0; to >= 0 && done < n;) {
+      ssize_t written = ::write(to, buffer + done, static_cast<std::size_t>(n - done));
+      if (written <= 0) break;
+      done += written;
+    }
+    return true;
+  }
+  void accept_one() {
+    int client = ::accept(listen_fd_, nullptr, nullptr);
+    if (client < 0) return;
+    int server = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    address.sin_port = htons(static_cast<std::uint16_t>(server_port_));
+    if (::connect(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+      ::close(client);
+      ::close(server);
+      return;
+    }
+    pairs_.push_back({client, server});
+  }
+  void run() {
+    while (!stop_) {
+      std::vector<pollfd> fds = {{listen_fd_, POLLIN, 0}};
+      for (const auto& pair : pairs_) {
+        fds.push_back({pair.client, static_cast<short>(pair.client >= 0 ? POLLIN : 0), 0});
+        fds.push_back({pair.server, static_cast<short>(pair.server >= 0 ? POLLIN : 0), 0});
+      }
+      if (::poll(fds.data(), fds.size(), 100) <= 0) continue;
+      std::size_t count = pairs_.size();
+      for (std::size_t i = 0; i < count; ++i) {
+        auto& pair = pairs_[i];
+        if (pair.client >= 0 && fds[1 + 2 * i].revents != 0 && !forward(pair.client, pair.server)) {
+          // The client went away: its closing never reaches the server.
+          ::close(pair.client);
+          pair.client = -1;
+        }
+        if (pair.server >= 0 && fds[2 + 2 * i].revents != 0 && !forward(pair.server, pair.client)) {
+          ::close(pair.server);
+          pair.server = -1;
+          if (pair.client >= 0) ::close(pair.client);
+          pair.client = -1;
+        }
+      }
+      if (fds[0].revents & POLLIN) accept_one();
+    }
+  }
+
+  int server_port_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::vector<Pair> pairs_;
+  std::thread thread_;
+};
 
 class CutoverCrash : public CutoverFixture {
  protected:
@@ -370,4 +476,32 @@ TEST_F(CutoverCrash, TargetDiesAtTheSwitchCommitKeepsTheSwitchAndExitsFive) {
   EXPECT_EQ(history_state(id), "aborted");
   EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "target");
   EXPECT_EQ(query_value(connect(*target_), "SELECT count(*) FROM ledger WHERE client = 7"), "50");
+}
+
+TEST_F(CutoverCrash, DeadCutoversSessionStillOnTheServerGuardEndsItAndSwitchesBack) {
+  ASSERT_TRUE(agent_streaming(*source_));
+  auto original = read_file(bouncer_->config_file().string());
+  // The cutover reaches the target through a proxy that keeps a dead client's session open
+  // on the server: after the cutover dies, its session still holds the cutover's lock. The
+  // guard ends that session (it knows its pid and start) instead of taking it for a re-run's
+  // and leaving the fence on.
+  HalfOpenProxy proxy(target_->port());
+  auto args = switch_args("cutover", {"--switch-command", recording_command()});
+  auto target = std::find(args.begin(), args.end(), std::string("--target"));
+  ASSERT_NE(target, args.end());
+  *(target + 1) = fmt::format("host=127.0.0.1 port={} user=postgres dbname=postgres", proxy.port());
+  ::setenv("PGFERRY_CUTOVER_CRASH_AT", "before-switched", 1);
+  auto result = run_pgferry(args);
+  ::unsetenv("PGFERRY_CUTOVER_CRASH_AT");
+  EXPECT_NE(result.exit_code, 0) << result.output;
+  EXPECT_TRUE(wait_until([&] { return !pgbouncer_paused(); }, 30s)) << result.output;
+  EXPECT_TRUE(
+      wait_until([&] { return read_file(bouncer_->config_file().string()) == original; }, 30s));
+  EXPECT_EQ(read_file(marker_), fmt::format("0 {}\n1 {}\n", proxy.port(), source_->port()));
+  EXPECT_EQ(through_pgbouncer("SELECT current_setting('cluster_name')"), "source");
+  EXPECT_EQ(history_state(first_run_id()), "running");
+  // Ended by the guard (pg_terminate_backend), not by the server noticing.
+  EXPECT_NE(read_file(target_->log_file().string())
+                .find("terminating connection due to administrator command"),
+            std::string::npos);
 }

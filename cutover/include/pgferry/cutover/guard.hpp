@@ -3,8 +3,12 @@
 // back where it was when the switch had begun but was not committed.
 //
 // Protocol: the cutover writes one JSON document a line to the guard's stdin:
-//   {"history": {"conninfo", "id", "lock"}}  at the start: where the history row is and the
-//                                          advisory lock the cutover holds while it lives
+//   {"history": {"conninfo", "id", "lock", "session_pid", "session_start"}}
+//                                          at the start (and when the cutover replaces its
+//                                          history session): where the history row is, the
+//                                          advisory lock the cutover holds while it lives and
+//                                          the backend (pid, start time) of the session that
+//                                          holds it
 //   {"fence": FenceSpec}                   before it engages the fence
 //   {"switching": {"config": {"path", "original", "switched", "admin"} | null,
 //                  "command": CMD | null, "back_env": {NAME: VALUE},
@@ -46,8 +50,11 @@
 //   both slots kept, and a re-run decides from where writes went (see cutover.hpp).
 // - `switched` or `completed`: it only lifts the fence (a re-run finishes the cutover);
 //   `aborted`: the cutover's abort already switched back, it lifts the fence.
-// The lock still taken after 5 s: a re-run holds it and recovers this cutover itself, so the
-// guard leaves. The history unreachable for 5 s (the original target down): it switches back
+// The lock still taken after a second: if the dead cutover's own session still holds it (its
+// closing never reached the server, which would keep that session until TCP gives up), the
+// guard ends it (pg_terminate_backend of that pid with that start time) and takes the lock.
+// Still taken after 5 s: a re-run holds it and recovers this cutover itself, so the guard
+// leaves. The history unreachable for 5 s (the original target down): it switches back
 // if the switch had begun and not completed ({"committing"} not heard), else keeps it, and
 // lifts the fence. The switch command's group is killed only if its leader's pid still names
 // the same process or no process (a group id is not reused while it has members).
