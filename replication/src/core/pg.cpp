@@ -63,7 +63,11 @@ void throw_pg_error(PGconn* conn, const PGresult* result, Side side, std::string
   std::string state = sqlstate.empty() ? "" : fmt::format(" (SQLSTATE {})", sqlstate);
   std::string text = fmt::format("{}{}: {}{}", to_string(side), where, message, state);
 
-  bool lost = !conn || PQstatus(conn) == CONNECTION_BAD;
+  // No SQLSTATE: libpq's own error, not the server's (which always sends one): the connection
+  // failed. libpq does not always say CONNECTION_BAD yet when it reports that: a command sent
+  // as the server crashed failed with "server closed the connection unexpectedly" while the
+  // status still read CONNECTION_OK.
+  bool lost = !conn || PQstatus(conn) == CONNECTION_BAD || sqlstate.empty();
   if (lost || is_connection_sqlstate(sqlstate)) {
     throw ConnectionError(std::move(text), sqlstate.empty() ? "08006" : sqlstate, side);
   }
@@ -110,7 +114,16 @@ Connection Connection::open(std::string_view conninfo, Side side,
 
 Result Connection::check(PGresult* raw, std::string_view context) const {
   Result result(raw);
-  if (!raw) throw_pg_error(conn_.get(), nullptr, side_, context);
+  if (!raw) {
+    // PQexec returns nothing when it could not send the command: libpq keeps a connection
+    // whose socket failed on write CONNECTION_OK (so that an error the server sent can still
+    // be read), but the server closed it all the same (a crash, a restart). A lost connection.
+    std::string where = context.empty() ? "" : fmt::format(" while {}", context);
+    std::string message = trimmed(conn_ ? PQerrorMessage(conn_.get()) : "no connection");
+    throw ConnectionError(fmt::format("{}{}: {}", to_string(side_), where,
+                                      message.empty() ? "no result from the server" : message),
+                          "08006", side_);
+  }
   switch (PQresultStatus(raw)) {
     case PGRES_COMMAND_OK:
     case PGRES_TUPLES_OK:
