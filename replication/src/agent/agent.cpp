@@ -21,6 +21,10 @@
 //   (Applier::idle keeps its position for after the commit): the walsender sends one
 //   whenever it waits for WAL, and committing there made groups of 1.2 transactions on
 //   average at 1000 tps (15,661 groups for 18,751 transactions), not 5 ms ones.
+//   Transactions that arrive on average head_commit or more apart (a weighted mean of the
+//   gaps between those applied) are committed at once: waiting would group none of them and
+//   only add the delay (at 200 tps the 5 ms rule made the median delay 3.7 ms, against 0.7
+//   for native).
 // - until: done once the durable position reaches it. When the last transaction ended
 //   before it, only the walsender's keepalive tells that nothing else is coming (the
 //   Applier records its wal_end at idle); a status update with reply_requested asks for one.
@@ -427,6 +431,11 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
   Lsn last_received = stream.received_lsn();
   // When the agent first saw the open group (for head_commit).
   Clock::time_point group_seen_open = Clock::time_point::max();
+  // The head's source transactions: when the last one was applied, and the mean gap between
+  // two (exponentially weighted, 1/8), to tell whether waiting head_commit would group any.
+  std::uint64_t applied_before = applier.counters().transactions_applied;
+  Clock::time_point last_arrival = Clock::now();
+  Clock::duration arrival_gap = Clock::duration::max() / 2;
   while (true) {
     // Everything received is applied and the group is head_commit old, or nothing arrived:
     // commit now rather than at the group's time bound (see the NOTES: head of the stream).
@@ -442,8 +451,20 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
       } else if (group_seen_open == Clock::time_point::max()) {
         group_seen_open = now;
       }
-      if (!delivered || (!stream.has_queued() && group_seen_open != Clock::time_point::max() &&
-                         now - group_seen_open >= options_.head_commit)) {
+      if (std::uint64_t applied = applier.counters().transactions_applied;
+          applied != applied_before) {
+        auto gap = (now - last_arrival) / static_cast<long>(applied - applied_before);
+        arrival_gap = arrival_gap >= Clock::duration::max() / 2 ? gap
+                                                                : arrival_gap + (gap - arrival_gap) / 8;
+        applied_before = applied;
+        last_arrival = now;
+      }
+      // Sparse transactions (on average head_commit or more apart) are committed at once:
+      // waiting would add the delay and group nothing.
+      bool sparse = arrival_gap >= options_.head_commit;
+      if (!delivered ||
+          (!stream.has_queued() && group_seen_open != Clock::time_point::max() &&
+           (sparse || now - group_seen_open >= options_.head_commit))) {
         applier.flush();
       }
     } catch (...) {
