@@ -22,6 +22,7 @@
 #include "pgferry/replication/core/error.hpp"
 #include "pgferry/replication/core/table_scope.hpp"
 #include "pgferry/sequences/sequences.hpp"
+#include "sessions.hpp"
 #include "slot_writes.hpp"
 #include "switch_command.hpp"
 
@@ -88,15 +89,18 @@ void crash_point(std::string_view point) {
 std::string describe_lock_holder(repl::Connection& conn, const std::string& key) {
   try {
     auto holder = conn.exec(
-        "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'), "
-        "a.backend_start::text FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "SELECT a.pid, coalesce(nullif(a.application_name, ''), 'no application name'), "
+        "coalesce(host(a.client_addr), 'local socket'), a.backend_start::text "
+        "FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
         "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
         "AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($1)::bigint",
         {key}, "reading who holds the cutover's lock");
     if (holder.rows() != 1) return {};
     return fmt::format(
-        ": backend pid {0} ({1}, from {2}) since {3}; if that run is dead (a connection the "
-        "server has not seen close), end it with SELECT pg_terminate_backend({0}) and re-run",
+        ": backend pid {0} ({1}, from {2}) since {3}; a cutover's guard holds it while it "
+        "recovers that cutover (wait for it); if it is a dead run's (a connection the server "
+        "has not seen close), end it with SELECT pg_terminate_backend({0}) and re-run",
         holder.get(0, 0), holder.get(0, 1), holder.get(0, 2), holder.get(0, 3));
   } catch (const std::exception& e) {
     spdlog::debug("reading who holds the cutover's lock: {}", e.what());
@@ -377,6 +381,13 @@ class Cutover {
   void hand_over_to_guard();
   // Tells the guard where the history is and which session holds the lock (see guard.hpp).
   void send_history_to_guard();
+  void name_history_session(repl::Connection& conn) const {
+    conn.exec(fmt::format(
+        "SET application_name = {}",
+        repl::quote_literal(fmt::format("pgferry {} {}", to_string(options_.operation), report_.id))));
+  }
+  // The backend of history_conn_'s session, once read.
+  std::optional<Session> history_session_;
   std::vector<std::pair<std::string, std::string>> switch_env(const Side& side,
                                                               bool aborting) const;
 
@@ -469,6 +480,8 @@ CutoverReport Cutover::run() {
   for (const auto* conn : {&from_conn_, &to_conn_, &history_conn_}) {
     conn->exec("SET client_min_messages = warning");
   }
+  // What a re-run that finds the lock taken names (see describe_lock_holder).
+  name_history_session(history_conn_);
   history_conn_.exec(kHistoryDdl, "creating pgferry.cutover_history");
   // One cutover or rollback of a name at a time; the follower reads a free lock next to a
   // `running` row as "that cutover died".
@@ -1217,9 +1230,14 @@ void Cutover::switch_traffic(Clock::time_point deadline) {
 std::optional<bool> Cutover::switch_committed_after_all(Clock::time_point deadline) {
   // Our advisory lock is free once the failed session has ended, and with it the UPDATE,
   // committed or not; then the row says which. The new session keeps the lock for the rest.
+  // The failed session is ended here if the server still has it (a connection whose failure
+  // the server has not seen, or a statement that failed on a live session), which would
+  // otherwise hold the lock against us.
   while (Clock::now() < deadline) {
     try {
       auto conn = repl::Connection::open(options_.target_conninfo, repl::Side::target);
+      name_history_session(conn);
+      if (history_session_) end_session(conn, *history_session_);
       auto remaining = duration_cast<milliseconds>(deadline - Clock::now());
       conn.exec(fmt::format("SET lock_timeout = {}", std::max<long long>(1, remaining.count())));
       conn.exec("SELECT pg_advisory_lock(hashtext($1))", {lock_key(options_.name)});
@@ -1239,15 +1257,19 @@ std::optional<bool> Cutover::switch_committed_after_all(Clock::time_point deadli
 }
 
 void Cutover::send_history_to_guard() {
-  auto session = history_conn_.exec(
-      "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-      "reading the history session's backend");
-  guard_->send({{"history",
-                 {{"conninfo", options_.target_conninfo},
-                  {"id", report_.id},
-                  {"lock", lock_key(options_.name)},
-                  {"session_pid", std::stol(std::string(session.get(0, 0)))},
-                  {"session_start", std::string(session.get(0, 1))}}}});
+  nlohmann::json history = {{"conninfo", options_.target_conninfo},
+                            {"id", report_.id},
+                            {"lock", lock_key(options_.name)}};
+  try {
+    history_session_ = read_session(history_conn_);
+    history["session_pid"] = history_session_->pid;
+    history["session_start"] = history_session_->start;
+  } catch (const std::exception& e) {
+    // The guard then waits for the session to end by itself, as before it knew it.
+    history_session_.reset();
+    spdlog::warn("cutover id={} reading the history session's backend: {}", report_.id, e.what());
+  }
+  guard_->send({{"history", history}});
 }
 
 void Cutover::lift(Clock::time_point /*deadline*/) {

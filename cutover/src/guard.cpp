@@ -21,6 +21,7 @@
 #include "pgferry/cutover/fence.hpp"
 #include "pgferry/cutover/pgbouncer_config.hpp"
 #include "pgferry/replication/core/pg.hpp"
+#include "sessions.hpp"
 #include "slot_writes.hpp"
 #include "switch_command.hpp"
 
@@ -72,31 +73,6 @@ struct HistoryFinding {
   std::string state;      // the row's state (owner only)
 };
 
-// Ends the dead cutover's own history session when the server still has it (a half-open
-// connection: the cutover died where its closing never reached the server, which would keep
-// the session, and the lock, until TCP gives up). Identified by pid and start time, so that
-// a reused pid is never hit. Returns whether it ended one.
-bool end_dead_session(repl::Connection& conn, const nlohmann::json& history) {
-  if (!history.contains("session_pid")) return false;
-  try {
-    auto ended = conn.exec(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1::int "
-        "AND backend_start = $2::timestamptz",
-        {std::to_string(history.at("session_pid").get<long>()),
-         history.at("session_start").get<std::string>()},
-        "ending the dead cutover's session");
-    if (ended.rows() == 1 && ended.get(0, 0) == std::string_view("t")) {
-      spdlog::warn("cutover-guard: the dead cutover's session (backend pid {}) still held its "
-                   "lock: ended it",
-                   history.at("session_pid").get<long>());
-      return true;
-    }
-  } catch (const std::exception& e) {
-    spdlog::warn("cutover-guard: ending the dead cutover's session: {}", e.what());
-  }
-  return false;
-}
-
 // Takes the cutover's advisory lock on `conn` and reads its row. The lock is free only once
 // the dead cutover's session has ended, so an UPDATE it had sent is decided by then (the
 // guard ends that session itself if the server still has it after a second). Still taken at
@@ -109,6 +85,9 @@ HistoryFinding read_history(const nlohmann::json& history, repl::Connection& con
     try {
       conn = repl::Connection::open(history.at("conninfo").get<std::string>(), repl::Side::target,
                                     {{"connect_timeout", "5"}});
+      // What a re-run that finds the lock taken names.
+      conn.exec(fmt::format("SET application_name = {}",
+                            repl::quote_literal(fmt::format("pgferry cutover-guard {}", id))));
       while (true) {
         auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
         long long wait_ms = std::max<long long>(1, wait.count());
@@ -122,9 +101,12 @@ HistoryFinding read_history(const nlohmann::json& history, repl::Connection& con
         } catch (const repl::PgError& e) {
           if (e.sqlstate() != "55P03") throw;  // lock_not_available: lock_timeout expired
         }
-        if (!ended_session) {
-          ended_session = true;
-          if (end_dead_session(conn, history)) continue;
+        // The dead cutover's own session (see guard.hpp); retried while it cannot be ended.
+        if (!ended_session && history.contains("session_pid")) {
+          auto ended = end_session(conn, {history.at("session_pid").get<long>(),
+                                          history.at("session_start").get<std::string>()});
+          ended_session = ended.has_value();
+          if (ended == true) continue;
         }
         if (Clock::now() >= deadline) return {true, false, ""};
       }

@@ -30,6 +30,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -44,7 +45,8 @@ using namespace std::chrono_literals;
 class HalfOpenProxy {
  public:
   explicit HalfOpenProxy(int server_port) : server_port_(server_port) {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listen_fd_ < 0) throw std::runtime_error("half-open proxy: no socket");
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -52,6 +54,7 @@ class HalfOpenProxy {
     if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&address), length) != 0 ||
         ::listen(listen_fd_, 16) != 0 ||
         ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      ::close(listen_fd_);
       throw std::runtime_error("half-open proxy: cannot listen");
     }
     port_ = ntohs(address.sin_port);
@@ -73,28 +76,31 @@ class HalfOpenProxy {
     int client;
     int server;
   };
+  // Copies what `from` has to `to` (blocking: the test's traffic is small); false at its end.
   static bool forward(int from, int to) {
     char buffer[16384];
     ssize_t n = ::read(from, buffer, sizeof buffer);
     if (n <= 0) return false;
     for (ssize_t done = 0; to >= 0 && done < n;) {
-      ssize_t written = ::write(to, buffer + done, static_cast<std::size_t>(n - done));
+      // MSG_NOSIGNAL: a peer gone meanwhile must not SIGPIPE the test.
+      ssize_t written =
+          ::send(to, buffer + done, static_cast<std::size_t>(n - done), MSG_NOSIGNAL);
       if (written <= 0) break;
       done += written;
     }
     return true;
   }
   void accept_one() {
-    int client = ::accept(listen_fd_, nullptr, nullptr);
+    int client = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (client < 0) return;
-    int server = ::socket(AF_INET, SOCK_STREAM, 0);
+    int server = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     address.sin_port = htons(static_cast<std::uint16_t>(server_port_));
-    if (::connect(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    if (server < 0 || ::connect(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
       ::close(client);
-      ::close(server);
+      if (server >= 0) ::close(server);
       return;
     }
     pairs_.push_back({client, server});

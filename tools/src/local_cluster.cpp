@@ -278,6 +278,9 @@ pid_t LocalCluster::read_postmaster_pid() const {
 }
 
 void LocalCluster::start() {
+  // A postmaster that died behind our back (killed by a test) is no longer ours to stop.
+  if (postmaster_pid_ > 0) unregister_postmaster(postmaster_pid_);
+  postmaster_pid_ = 0;
   int status = 1;
   // After kill9() the old backends may hold the shared memory for a moment: retry.
   for (int attempt = 0; attempt < 20; ++attempt) {

@@ -134,8 +134,9 @@ struct CutoverReport {
   std::string render_text() const;
 };
 
-// Runs the cutover or rollback. Returns the report; ok=false means it aborted (writes go to
-// the side they went to before, unfenced, unless switch_unsettled): the CLI exits 7. Throws ConfigError for bad
+// Runs the cutover or rollback. Returns the report; ok=false means it aborted: writes go to
+// the side they went to before, unfenced, and the CLI exits 7; or, with switch_unsettled,
+// traffic stays where the switch put it and the CLI exits 1. Throws ConfigError for bad
 // options and errors that happen before anything was touched.
 CutoverReport run_cutover(const CutoverOptions& options);
 
