@@ -19,20 +19,35 @@ export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}" CCACHE_NOHASHDIR="${CCACHE_NOHAS
 
 not_run=()
 ctest_exclude=()
-# PostgreSQL 17 and 18 are built (or installed) in the background while pgferry builds: the 17
-# install mostly waits on the network, the 18 build and pgferry's use the cores.
+# PostgreSQL 17 and 18 are built (or installed) in the background while pgferry builds, at a
+# lower priority: an install from Debian's binary packages mostly waits on the network, and
+# a build from source shares the cores. Each in its own session, so that an early exit stops
+# it; its progress goes to a log, shown when it fails.
 declare -A pg_build_pid=()
 pg_build_out="$(mktemp -d /tmp/pgferry-test-pg.XXXXXX)"
-trap 'rm -rf "$pg_build_out"' EXIT
+stop_pg_builds() {
+  local pid
+  for pid in "${pg_build_pid[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  rm -rf "$pg_build_out"
+}
+trap stop_pg_builds EXIT
+cache_root="${PGFERRY_PG_CACHE:-/var/cache/pgferry}"
 if [[ $# -eq 0 || "$*" == *crossversion* ]]; then
-  if [[ -z "${PGFERRY_PG17_BINDIR:-}" || -z "${PGFERRY_PG18_BINDIR:-}" ]]; then
-    # Once, here: two apt-get installs at once would fight over the dpkg lock.
-    tools/install-deps.sh --postgres-build
-  fi
+  for major in 17 18; do
+    variable="PGFERRY_PG${major}_BINDIR"
+    if [[ -z "${!variable:-}" && ! -f "$cache_root/postgresql-${major}/.pgferry-stamp" ]]; then
+      # Once, here, for both: two apt-get installs at once would fight over the dpkg lock.
+      # A failure costs only the tests that need these builds (reported NOT RUN below).
+      tools/install-deps.sh --postgres-build ||
+        echo "test.sh: could not install what building PostgreSQL needs (see above)" >&2
+      break
+    fi
+  done
   for major in 17 18; do
     variable="PGFERRY_PG${major}_BINDIR"
     if [[ -z "${!variable:-}" ]]; then
-      tools/build-postgres.sh "$major" >"$pg_build_out/$major" &
+      setsid -w nice -n 10 tools/build-postgres.sh "$major" >"$pg_build_out/$major" \
+        2>"$pg_build_out/$major.log" &
       pg_build_pid[$major]=$!
     fi
   done
@@ -50,12 +65,16 @@ cmake --build "$build_dir" --parallel "$(nproc)"
 for major in 17 18; do
   variable="PGFERRY_PG${major}_BINDIR"
   if [[ -n "${pg_build_pid[$major]:-}" ]]; then
-    if wait "${pg_build_pid[$major]}" && bindir="$(tail -n 1 "$pg_build_out/$major")" &&
-      [[ -x "$bindir/postgres" ]]; then
+    build_ok=true
+    wait "${pg_build_pid[$major]}" || build_ok=false
+    unset "pg_build_pid[$major]"  # ended: never signalled again
+    if $build_ok && bindir="$(tail -n 1 "$pg_build_out/$major")" && [[ -x "$bindir/postgres" ]]; then
+      grep -v "compiling PostgreSQL" "$pg_build_out/$major.log" >&2 || true
       export "${variable}=${bindir}"
     else
+      tail -n 40 "$pg_build_out/$major.log" >&2
       # Announced as not run (here and at the end), never counted as passed.
-      echo "test.sh: PostgreSQL ${major} could not be built (see above): the tests that need it are NOT RUN" >&2
+      echo "test.sh: PostgreSQL ${major} could not be built (its log above): the tests that need it are NOT RUN" >&2
       # Test files name the majors they use: *_<major>_*crossversion_test.cpp.
       not_run+=("the crossversion tests that need PostgreSQL ${major}")
       ctest_exclude+=("_${major}_.*crossversion")
@@ -66,7 +85,7 @@ for major in 17 18; do
 done
 
 status=0
-trap 'tools/stop-stray-clusters.sh; rm -rf "$pg_build_out"' EXIT
+trap 'tools/stop-stray-clusters.sh; stop_pg_builds' EXIT
 exclude=()
 if ((${#ctest_exclude[@]} > 0)); then
   exclude=(-E "$(IFS='|'; echo "${ctest_exclude[*]}")")
