@@ -382,9 +382,9 @@ class Cutover {
   // Tells the guard where the history is and which session holds the lock (see guard.hpp).
   void send_history_to_guard();
   void name_history_session(repl::Connection& conn) const {
-    conn.exec(fmt::format(
-        "SET application_name = {}",
-        repl::quote_literal(fmt::format("pgferry {} {}", to_string(options_.operation), report_.id))));
+    conn.exec(fmt::format("SET application_name = {}",
+                          repl::quote_literal(fmt::format(
+                              "pgferry {} {}", to_string(options_.operation), report_.id))));
   }
   // The backend of history_conn_'s session, once read.
   std::optional<Session> history_session_;

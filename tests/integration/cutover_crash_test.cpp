@@ -83,8 +83,7 @@ class HalfOpenProxy {
     if (n <= 0) return false;
     for (ssize_t done = 0; to >= 0 && done < n;) {
       // MSG_NOSIGNAL: a peer gone meanwhile must not SIGPIPE the test.
-      ssize_t written =
-          ::send(to, buffer + done, static_cast<std::size_t>(n - done), MSG_NOSIGNAL);
+      ssize_t written = ::send(to, buffer + done, static_cast<std::size_t>(n - done), MSG_NOSIGNAL);
       if (written <= 0) break;
       done += written;
     }
@@ -98,7 +97,8 @@ class HalfOpenProxy {
     address.sin_family = AF_INET;
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     address.sin_port = htons(static_cast<std::uint16_t>(server_port_));
-    if (server < 0 || ::connect(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    if (server < 0 ||
+        ::connect(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
       ::close(client);
       if (server >= 0) ::close(server);
       return;
@@ -188,9 +188,9 @@ class CutoverCrash : public CutoverFixture {
   bool reaches_source(int client, const std::string& rows) {
     return wait_until(
         [&] {
-          return query_value(connect(*source_),
-                             fmt::format("SELECT count(*) FROM ledger WHERE client = {}",
-                                         client)) == rows;
+          return query_value(
+                     connect(*source_),
+                     fmt::format("SELECT count(*) FROM ledger WHERE client = {}", client)) == rows;
         },
         60s);
   }
@@ -420,8 +420,7 @@ TEST_F(CutoverCrash, SwitchCommandOverBudgetAfterNewPrimaryTookWritesKeepsTheSwi
   auto report = report_of(result);
   EXPECT_EQ(report.value("failed_step", ""), "switch") << result.output;
   EXPECT_TRUE(report.value("switch_unsettled", false)) << result.output;
-  EXPECT_NE(result.output.find("the new primary took writes during the switch"),
-            std::string::npos)
+  EXPECT_NE(result.output.find("the new primary took writes during the switch"), std::string::npos)
       << result.output;
   auto id = first_run_id();
   EXPECT_EQ(history_state(id), "switching");
@@ -453,8 +452,7 @@ TEST_F(CutoverCrash, TargetDiesAtTheSwitchCommitKeepsTheSwitchAndExitsFive) {
   // the UPDATE fails and nothing can read whether it committed.
   ::setenv("PGFERRY_CUTOVER_FAULT_AT", "before-switched", 1);
   ::setenv("PGFERRY_CUTOVER_FAULT",
-           fmt::format("pkill -KILL -P {0}; kill -KILL {0}", target_->postmaster_pid()).c_str(),
-           1);
+           fmt::format("pkill -KILL -P {0}; kill -KILL {0}", target_->postmaster_pid()).c_str(), 1);
   auto result = run_pgferry(switch_args("cutover", {"--switch-command", recording_command()}));
   ::unsetenv("PGFERRY_CUTOVER_FAULT_AT");
   ::unsetenv("PGFERRY_CUTOVER_FAULT");

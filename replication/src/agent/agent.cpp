@@ -14,10 +14,10 @@
 //   between committed it): at 1000 tps the groups ran to their 1 s bound. Committing at once
 //   whenever the queue is empty (--head-commit-ms 0) costs a group (BEGIN, progress row,
 //   COMMIT: round trips) per transaction at the head; before the apply session's prepared
-//   statements and generic plans, 5 ms groups fell behind less at 1000 tps (pgferry_delay_bench, a busy 2-core machine:
-//   p99 1.5 s against 3.3 s; native kept up, so the apply cost per transaction is still the
-//   limit there). Behind, the queue is not empty when the applier looks and the group grows
-//   to its bounds. A keepalive between two transactions does not commit the open group
+//   statements and generic plans, 5 ms groups fell behind less at 1000 tps (pgferry_delay_bench, a
+//   busy 2-core machine: p99 1.5 s against 3.3 s; native kept up, so the apply cost per transaction
+//   is still the limit there). Behind, the queue is not empty when the applier looks and the group
+//   grows to its bounds. A keepalive between two transactions does not commit the open group
 //   (Applier::idle keeps its position for after the commit): the walsender sends one
 //   whenever it waits for WAL, and committing there made groups of 1.2 transactions on
 //   average at 1000 tps (15,661 groups for 18,751 transactions), not 5 ms ones.
@@ -454,17 +454,16 @@ AgentOutcome Agent::run_session(Session& session, bool& connected) {
       if (std::uint64_t applied = applier.counters().transactions_applied;
           applied != applied_before) {
         auto gap = (now - last_arrival) / static_cast<long>(applied - applied_before);
-        arrival_gap = arrival_gap >= Clock::duration::max() / 2 ? gap
-                                                                : arrival_gap + (gap - arrival_gap) / 8;
+        arrival_gap =
+            arrival_gap >= Clock::duration::max() / 2 ? gap : arrival_gap + (gap - arrival_gap) / 8;
         applied_before = applied;
         last_arrival = now;
       }
       // Sparse transactions (on average head_commit or more apart) are committed at once:
       // waiting would add the delay and group nothing.
       bool sparse = arrival_gap >= options_.head_commit;
-      if (!delivered ||
-          (!stream.has_queued() && group_seen_open != Clock::time_point::max() &&
-           (sparse || now - group_seen_open >= options_.head_commit))) {
+      if (!delivered || (!stream.has_queued() && group_seen_open != Clock::time_point::max() &&
+                         (sparse || now - group_seen_open >= options_.head_commit))) {
         applier.flush();
       }
     } catch (...) {
