@@ -19,10 +19,10 @@ export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}" CCACHE_NOHASHDIR="${CCACHE_NOHAS
 
 not_run=()
 ctest_exclude=()
-# PostgreSQL 17 and 18 are built (or installed) in the background while pgferry builds, at a
-# lower priority: an install from Debian's binary packages mostly waits on the network, and
-# a build from source shares the cores. Each in its own session, so that an early exit stops
-# it; its progress goes to a log, shown when it fails.
+# PostgreSQL 17 and 18 are built (or installed) in the background while pgferry builds: an
+# install from Debian's binary packages mostly waits on the network, and a build from source
+# shares the cores (all of it must be done before the tests start anyway). Each in its own
+# session, so that an early exit stops it; its progress goes to a log, shown when it fails.
 declare -A pg_build_pid=()
 pg_build_out="$(mktemp -d /tmp/pgferry-test-pg.XXXXXX)"
 stop_pg_builds() {
@@ -46,7 +46,7 @@ if [[ $# -eq 0 || "$*" == *crossversion* ]]; then
   for major in 17 18; do
     variable="PGFERRY_PG${major}_BINDIR"
     if [[ -z "${!variable:-}" ]]; then
-      setsid -w nice -n 10 tools/build-postgres.sh "$major" >"$pg_build_out/$major" \
+      setsid -w tools/build-postgres.sh "$major" >"$pg_build_out/$major" \
         2>"$pg_build_out/$major.log" &
       pg_build_pid[$major]=$!
     fi
