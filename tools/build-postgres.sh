@@ -193,7 +193,7 @@ show_progress() {
 }
 show_progress &
 progress_pid=$!
-trap 'kill "$progress_pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill "$progress_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 if ! (cd "$srcdir" && make -j"$jobs" -s >"$work/make.log" 2>&1); then
   kill "$progress_pid" 2>/dev/null
   [[ -t 2 ]] && echo >&2
