@@ -165,8 +165,11 @@ void run_crossversion_scenario(int source_major, int target_major) {
   ASSERT_EQ(server_major(dst), target_major) << target->bindir();
   SCOPED_TRACE(fmt::format("PostgreSQL {} -> {}", source_major, target_major));
 
+  // A name of its own per pair of majors: the crossversion tests run in parallel, and the
+  // default spool directory is named after it (<temp>/pgferry-spool-<name>).
+  const std::string name = fmt::format("xv{}to{}", source_major, target_major);
   std::vector<std::string> common = {"--source",         source->conninfo(), "--target",
-                                     target->conninfo(), "--name",           "xv"};
+                                     target->conninfo(), "--name",           name};
   auto pgferry = [&](std::vector<std::string> args) {
     auto all = common;
     all.insert(all.end(), args.begin(), args.end());
@@ -239,9 +242,10 @@ void run_crossversion_scenario(int source_major, int target_major) {
   // rolled back. (17+ would not stream it at all had it aborted before being decoded.)
   {
     auto stream_txns = [&] {
-      return std::stoll(query_value(src,
-                                    "SELECT coalesce(sum(stream_txns), 0) FROM "
-                                    "pg_stat_replication_slots WHERE slot_name = 'xv'"));
+      return std::stoll(
+          query_value(src, fmt::format("SELECT coalesce(sum(stream_txns), 0) FROM "
+                                       "pg_stat_replication_slots WHERE slot_name = '{}'",
+                                       name)));
     };
     long long streamed_before = stream_txns();
     auto all = common;
@@ -281,7 +285,10 @@ void run_crossversion_scenario(int source_major, int target_major) {
   auto applied = [&] { return std::stoll(query_value(dst, "SELECT count(*) FROM transfers")); };
   int killed_mid_stream = run_pgferry_with_sigkills(
       kill_args, log, 3, applied, random, std::chrono::milliseconds(100), [&] {
-        EXPECT_EQ(query_value(dst, "SELECT count(*) FROM pgferry.progress WHERE name = 'xv'"), "1");
+        EXPECT_EQ(
+            query_value(
+                dst, fmt::format("SELECT count(*) FROM pgferry.progress WHERE name = '{}'", name)),
+            "1");
       });
   EXPECT_GE(killed_mid_stream, 1);
   auto final_run = run_pgferry(kill_args);
@@ -303,7 +310,8 @@ void run_verify_crossversion_scenario(int source_major, int target_major) {
   ASSERT_EQ(server_major(src), source_major) << source->bindir();
   ASSERT_EQ(server_major(dst), target_major) << target->bindir();
   SCOPED_TRACE(fmt::format("verify, PostgreSQL {} -> {}", source_major, target_major));
-  PgferryPair pair{source->conninfo(), target->conninfo(), "xvv"};
+  PgferryPair pair{source->conninfo(), target->conninfo(),
+                   fmt::format("xvv{}to{}", source_major, target_major)};
 
   src.exec("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'");
   src.exec("SELECT pg_reload_conf()");
