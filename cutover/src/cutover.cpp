@@ -381,10 +381,13 @@ class Cutover {
   void hand_over_to_guard();
   // Tells the guard where the history is and which session holds the lock (see guard.hpp).
   void send_history_to_guard();
-  void name_history_session(repl::Connection& conn) const {
-    conn.exec(fmt::format("SET application_name = {}",
-                          repl::quote_literal(fmt::format(
-                              "pgferry {} {}", to_string(options_.operation), report_.id))));
+  // The history session, named for what a re-run that finds the lock taken says (see
+  // describe_lock_holder).
+  repl::Connection open_history_session() const {
+    return repl::Connection::open(
+        options_.target_conninfo, repl::Side::target,
+        {{"application_name",
+          fmt::format("pgferry {} {}", to_string(options_.operation), report_.id)}});
   }
   // The backend of history_conn_'s session, once read.
   std::optional<Session> history_session_;
@@ -476,12 +479,10 @@ CutoverReport Cutover::run() {
   overall_deadline_ = started_ + options_.timeout;
   from_conn_ = repl::Connection::open(from_.conninfo, from_.side);
   to_conn_ = repl::Connection::open(to_.conninfo, to_.side);
-  history_conn_ = repl::Connection::open(options_.target_conninfo, repl::Side::target);
+  history_conn_ = open_history_session();
   for (const auto* conn : {&from_conn_, &to_conn_, &history_conn_}) {
     conn->exec("SET client_min_messages = warning");
   }
-  // What a re-run that finds the lock taken names (see describe_lock_holder).
-  name_history_session(history_conn_);
   history_conn_.exec(kHistoryDdl, "creating pgferry.cutover_history");
   // One cutover or rollback of a name at a time; the follower reads a free lock next to a
   // `running` row as "that cutover died".
@@ -1235,8 +1236,7 @@ std::optional<bool> Cutover::switch_committed_after_all(Clock::time_point deadli
   // otherwise hold the lock against us.
   while (Clock::now() < deadline) {
     try {
-      auto conn = repl::Connection::open(options_.target_conninfo, repl::Side::target);
-      name_history_session(conn);
+      auto conn = open_history_session();
       if (history_session_) end_session(conn, *history_session_);
       auto remaining = duration_cast<milliseconds>(deadline - Clock::now());
       conn.exec(fmt::format("SET lock_timeout = {}", std::max<long long>(1, remaining.count())));

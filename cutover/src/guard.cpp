@@ -83,11 +83,11 @@ HistoryFinding read_history(const nlohmann::json& history, repl::Connection& con
   bool ended_session = false;
   while (true) {
     try {
-      conn = repl::Connection::open(history.at("conninfo").get<std::string>(), repl::Side::target,
-                                    {{"connect_timeout", "5"}});
-      // What a re-run that finds the lock taken names.
-      conn.exec(fmt::format("SET application_name = {}",
-                            repl::quote_literal(fmt::format("pgferry cutover-guard {}", id))));
+      // Named for what a re-run that finds the lock taken says.
+      conn = repl::Connection::open(
+          history.at("conninfo").get<std::string>(), repl::Side::target,
+          {{"connect_timeout", "5"},
+           {"application_name", fmt::format("pgferry cutover-guard {}", id)}});
       while (true) {
         auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
         long long wait_ms = std::max<long long>(1, wait.count());

@@ -114,16 +114,9 @@ Connection Connection::open(std::string_view conninfo, Side side,
 
 Result Connection::check(PGresult* raw, std::string_view context) const {
   Result result(raw);
-  if (!raw) {
-    // PQexec returns nothing when it could not send the command: libpq keeps a connection
-    // whose socket failed on write CONNECTION_OK (so that an error the server sent can still
-    // be read), but the server closed it all the same (a crash, a restart). A lost connection.
-    std::string where = context.empty() ? "" : fmt::format(" while {}", context);
-    std::string message = trimmed(conn_ ? PQerrorMessage(conn_.get()) : "no connection");
-    throw ConnectionError(fmt::format("{}{}: {}", to_string(side_), where,
-                                      message.empty() ? "no result from the server" : message),
-                          "08006", side_);
-  }
+  // No result (the command could not be sent): a lost connection, as any error without an
+  // SQLSTATE (throw_pg_error).
+  if (!raw) throw_pg_error(conn_.get(), nullptr, side_, context);
   switch (PQresultStatus(raw)) {
     case PGRES_COMMAND_OK:
     case PGRES_TUPLES_OK:
